@@ -1,0 +1,246 @@
+"""Typed, validated daemon configuration.
+
+YAML is loaded with line numbers kept per key path, then validated by pydantic
+models that forbid unknown keys; every error names the key path and the line.
+One class per section; every field has a description (docs/CONFIG.md is the
+reference written from them).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PathsConfig(Section):
+    models_dir: Path = Field(Path("/var/lib/edge-agent/models"), description="Model repository: {name}/{version}/model.onnx + model.yaml.")
+    state_dir: Path = Field(Path("/var/lib/edge-agent/state"), description="Update state machine, active/previous pointers, TensorRT engine and timing caches.")
+    cache_dir: Path = Field(Path("/var/lib/edge-agent/cache"), description="On-disk response cache (SQLite, WAL).")
+    outbox_dir: Path = Field(Path("/var/lib/edge-agent/outbox"), description="MQTT messages not yet acknowledged by the broker.")
+
+
+class TcpConfig(Section):
+    enabled: bool = Field(False, description="Serve the HTTP API on a TCP port as well as the socket. Off by default on edge units.")
+    host: str = Field("127.0.0.1", description="Address to bind; keep loopback unless a firewall protects the port.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one).")
+
+
+class ServerConfig(Section):
+    socket: Path = Field(Path("/run/edge-agent/agent.sock"), description="Unix socket serving the KServe v2 HTTP API.")
+    socket_mode: int = Field(0o660, description="Permission bits of the socket file.")
+    socket_group: str | None = Field(None, description="Group owning the socket (e.g. edge-agent); None keeps the process group.")
+    tcp: TcpConfig = Field(default_factory=TcpConfig, description="Optional loopback TCP listener.")
+    max_body_bytes: int = Field(8 * 1024 * 1024, gt=0, description="Largest request body accepted; larger gets payload_too_large.")
+    drain_timeout_s: float = Field(10.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish.")
+
+
+class TensorRTConfig(Section):
+    fp16: bool = Field(True, description="trt_fp16_enable: let TensorRT pick FP16 kernels.")
+    int8: bool = Field(True, description="trt_int8_enable: use INT8 for QDQ (explicitly quantized) models.")
+    workspace_mb: int = Field(1024, gt=0, description="trt_max_workspace_size in MiB.")
+    engine_cache: bool = Field(True, description="Cache built engines under {state_dir}/trt/, keyed by model digest + GPU + TensorRT version.")
+    timing_cache: bool = Field(True, description="Keep the TensorRT timing cache under {state_dir}/trt/.")
+    dla_core: int | None = Field(None, ge=0, le=1, description="Run on this DLA core (Xavier has 0 and 1); None uses the GPU.")
+    builder_optimization_level: int = Field(3, ge=0, le=5, description="trt_builder_optimization_level.")
+    min_subgraph_size: int = Field(1, ge=1, description="trt_min_subgraph_size.")
+
+
+class CudaConfig(Section):
+    device_id: int = Field(0, ge=0, description="CUDA device ordinal.")
+    gpu_mem_limit_mb: int | None = Field(None, gt=0, description="Arena limit for the CUDA EP; None is unlimited.")
+    cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = Field("HEURISTIC", description="cuDNN convolution algorithm search.")
+
+
+class RuntimeConfig(Section):
+    providers: list[Literal["tensorrt", "cuda", "cpu"]] = Field(
+        ["tensorrt", "cuda", "cpu"],
+        description="Execution providers in order of preference; unavailable ones are skipped, CPU is always the floor.",
+    )
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = Field("all", description="ONNX Runtime graph optimization level.")
+    intra_op_num_threads: int = Field(0, ge=0, description="Threads inside one operator; 0 lets ONNX Runtime choose.")
+    inter_op_num_threads: int = Field(0, ge=0, description="Threads across operators; 0 lets ONNX Runtime choose.")
+    tensorrt: TensorRTConfig = Field(default_factory=TensorRTConfig, description="TensorRT execution provider options.")
+    cuda: CudaConfig = Field(default_factory=CudaConfig, description="CUDA execution provider options.")
+
+
+class BatchingConfig(Section):
+    max_queue_delay_us: int = Field(500, ge=0, description="Default: how long a partial batch may wait for more requests (model.yaml overrides).")
+    max_queue_size: int = Field(1024, gt=0, description="Default bound of a model's queue; a full queue rejects at once with overloaded.")
+    deadline_high_s: float = Field(10.0, gt=0, description="Default deadline of a high-priority request.")
+    deadline_normal_s: float = Field(30.0, gt=0, description="Default deadline of a normal-priority request.")
+    stuck_after_s: float = Field(60.0, gt=0, description="A batch running longer than this marks the batcher stuck: the systemd watchdog is no longer fed.")
+
+
+class RateLimitConfig(Section):
+    rate: float = Field(10.0, gt=0, description="Requests per second per client (token refill rate).")
+    burst: int = Field(20, gt=0, description="Bucket size: requests a client may send at once.")
+
+
+class MqttTlsConfig(Section):
+    ca_file: Path | None = Field(None, description="CA certificate to verify the broker.")
+    cert_file: Path | None = Field(None, description="Client certificate for mutual TLS.")
+    key_file: Path | None = Field(None, description="Client private key for mutual TLS.")
+    insecure: bool = Field(False, description="Skip hostname verification (testing only).")
+
+
+class OutboxConfig(Section):
+    max_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Disk bound of the outbox; telemetry is dropped before responses.")
+    max_age_s: float = Field(24 * 3600.0, gt=0, description="Messages older than this are dropped.")
+
+
+class MqttConfig(Section):
+    enabled: bool = Field(False, description="Serve requests over MQTT.")
+    host: str = Field("localhost", description="Broker host.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port.")
+    protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version of the daemon's connection.")
+    client_id: str | None = Field(None, description="Client id; default edge-agent-{device_id}. Must be stable for the persistent session.")
+    prefix: str = Field("edge", description="Topic prefix: {prefix}/{device}/infer/{model}.")
+    group: str = Field("default", description="Fleet group: commands on fleet/{group}/ota.")
+    qos: Literal[0, 1] = Field(1, description="QoS of subscriptions and responses.")
+    keepalive_s: int = Field(30, gt=0, description="MQTT keepalive.")
+    session_expiry_s: int = Field(3600, ge=0, description="MQTT 5 session expiry: requests queued at the broker survive a restart this long.")
+    default_response_topic: str | None = Field(None, description="Where answers go when a request names no reply topic; default {prefix}/{device}/responses.")
+    max_payload_bytes: int = Field(1024 * 1024, gt=0, description="Larger request payloads get payload_too_large.")
+    username: str | None = Field(None, description="Broker username.")
+    password_file: Path | None = Field(None, description="File holding the password (or a systemd credential name under $CREDENTIALS_DIRECTORY). Never logged.")
+    tls: MqttTlsConfig | None = Field(None, description="TLS settings; None for plain TCP.")
+    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig, description="Per-client token bucket.")
+    telemetry_interval_s: float = Field(30.0, gt=0, description="Period of {prefix}/{device}/telemetry.")
+    reconnect_min_s: float = Field(0.5, gt=0, description="First reconnect delay (jittered exponential backoff).")
+    reconnect_max_s: float = Field(30.0, gt=0, description="Largest reconnect delay.")
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Disk queue for messages produced while the broker is away.")
+
+
+class CacheConfig(Section):
+    enabled: bool = Field(True, description="Response cache on/off for all models (model.yaml can turn it off per model).")
+    memory_max_bytes: int = Field(64 * 1024 * 1024, ge=0, description="Bound of the in-memory LRU tier.")
+    disk_max_bytes: int = Field(512 * 1024 * 1024, ge=0, description="Bound of the SQLite tier; 0 disables the disk tier.")
+    default_ttl_s: float = Field(24 * 3600.0, gt=0, description="Time to live of an entry unless model.yaml says otherwise.")
+
+
+class CanaryConfig(Section):
+    share: float = Field(0.05, ge=0, le=1, description="Share of live requests routed to the canary version.")
+    min_requests: int = Field(200, ge=1, description="Canary requests needed before a verdict.")
+    max_seconds: float = Field(600.0, gt=0, description="Window after which a verdict is given on what was seen.")
+    max_error_rate_increase: float = Field(0.01, ge=0, description="Roll back when canary error rate exceeds active's by more than this.")
+    max_p99_ratio: float = Field(1.5, gt=0, description="Roll back when canary p99 latency exceeds active's by this factor.")
+
+
+class OtaConfig(Section):
+    enabled: bool = Field(False, description="Pull model updates from the registry.")
+    registry_url: str | None = Field(None, description="Base URL of the registry tree.")
+    channel: str = Field("stable", description="Channel to follow.")
+    models: list[str] = Field(default_factory=list, description="Models to follow; empty means every served model.")
+    poll_interval_s: float = Field(300.0, gt=0, description="How often to check the channel.")
+    public_keys: list[Path] = Field(default_factory=list, description="Pinned Ed25519 public keys that may sign manifests.")
+    keep_versions: int = Field(3, ge=2, description="Versions kept on disk per model; active and previous are never deleted.")
+    bandwidth_limit_bps: int | None = Field(None, gt=0, description="Download cap in bytes per second.")
+    max_attempts: int = Field(5, ge=1, description="Attempts per step before the update is marked failed.")
+    canary: CanaryConfig = Field(default_factory=CanaryConfig, description="Live-traffic trial of a staged version.")
+
+
+class LoggingConfig(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    json_format: bool = Field(False, description="One JSON object per line (for log shippers) instead of text.")
+
+
+class Config(Section):
+    mode: Literal["edge", "companion"] = Field("edge", description="edge on a unit; companion on the central host taking offloaded work.")
+    device_id: str = Field(default_factory=socket.gethostname, description="Device id used in MQTT topics and telemetry.")
+    paths: PathsConfig = Field(default_factory=PathsConfig, description="Where state lives.")
+    server: ServerConfig = Field(default_factory=ServerConfig, description="Local socket and optional TCP listener.")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="ONNX Runtime session options.")
+    batching: BatchingConfig = Field(default_factory=BatchingConfig, description="Dynamic batcher defaults.")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="MQTT transport.")
+    cache: CacheConfig = Field(default_factory=CacheConfig, description="Response cache.")
+    ota: OtaConfig = Field(default_factory=OtaConfig, description="Over-the-air model updates.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_id_is_topic_safe(cls, v: str) -> str:
+        if not v or any(c in v for c in "/+#") :
+            raise ValueError("must be non-empty and contain none of / + #")
+        return v
+
+
+# --- YAML with line numbers -------------------------------------------------
+
+
+def _construct(node: yaml.Node, path: tuple, lines: dict[tuple, int], loader: yaml.SafeLoader):
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out = {}
+        for knode, vnode in node.value:
+            key = loader.construct_object(knode, deep=True)
+            if key in out:
+                raise ConfigError(f"{_fmt(path + (key,))}: duplicate key (line {knode.start_mark.line + 1})")
+            out[key] = _construct(vnode, path + (key,), lines, loader)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(v, path + (i,), lines, loader) for i, v in enumerate(node.value)]
+    return loader.construct_object(node, deep=True)
+
+
+def _fmt(path: tuple) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def load_yaml_with_lines(text: str, source: str) -> tuple[object, dict[tuple, int]]:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        lines: dict[tuple, int] = {}
+        data = _construct(node, (), lines, loader) if node is not None else {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{source}:{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    finally:
+        loader.dispose()
+    return data, lines
+
+
+def validate_with_lines(model_cls: type[BaseModel], data: object, lines: dict[tuple, int], source: str):
+    """Validate ``data``; on failure raise ConfigError naming each key path and line."""
+    try:
+        return model_cls.model_validate(data if data is not None else {})
+    except ValidationError as e:
+        msgs = []
+        for err in e.errors():
+            loc = tuple(err["loc"])
+            line = None
+            for n in range(len(loc), -1, -1):
+                if loc[:n] in lines:
+                    line = lines[loc[:n]]
+                    break
+            kind = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            msgs.append(f"{source}:{line or '?'}: {_fmt(loc)}: {kind}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(msgs)) from None
+
+
+def load_config(path: str | os.PathLike | None) -> Config:
+    """Load and validate; ``None`` gives the embedded defaults."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
+    data, lines = load_yaml_with_lines(text, str(p))
+    return validate_with_lines(Config, data, lines, str(p))

@@ -1,0 +1,123 @@
+"""The project's error hierarchy.
+
+Errors travel as data: every error has a stable ``code`` (part of the wire
+contract, never renamed), a human message, and the HTTP status the socket
+transport maps it to. Third-party exceptions are turned into these where they
+enter the project.
+"""
+
+from __future__ import annotations
+
+
+class EdgeError(Exception):
+    """Base class; ``code`` is stable and documented in docs/PROTOCOL.md."""
+
+    code = "internal"
+    http_status = 500
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict:
+        body = {"error": self.message, "code": self.code}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+class MalformedRequest(EdgeError):
+    """The body is not a valid inference request (bad JSON, missing fields)."""
+
+    code = "malformed_request"
+    http_status = 400
+
+
+class InvalidInput(EdgeError):
+    """A tensor does not match the model signature (name, shape, datatype)."""
+
+    code = "invalid_input"
+    http_status = 400
+
+
+class PayloadTooLarge(EdgeError):
+    code = "payload_too_large"
+    http_status = 413
+
+
+class UnknownModel(EdgeError):
+    code = "unknown_model"
+    http_status = 404
+
+
+class UnknownVersion(EdgeError):
+    code = "unknown_version"
+    http_status = 404
+
+
+class NotFound(EdgeError):
+    code = "not_found"
+    http_status = 404
+
+
+class ModelNotReady(EdgeError):
+    code = "model_not_ready"
+    http_status = 503
+
+
+class Overloaded(EdgeError):
+    """The model's queue is full; the request was rejected at once."""
+
+    code = "overloaded"
+    http_status = 503
+
+
+class DeadlineExceeded(EdgeError):
+    """The request's deadline passed before it could run; it was not run."""
+
+    code = "deadline_exceeded"
+    http_status = 504
+
+
+class ShuttingDown(EdgeError):
+    code = "shutting_down"
+    http_status = 503
+
+
+class RateLimited(EdgeError):
+    code = "rate_limited"
+    http_status = 429
+
+
+class InvalidText(EdgeError):
+    """A BYTES input is not valid UTF-8."""
+
+    code = "invalid_utf8"
+    http_status = 400
+
+
+class SequenceTooLong(EdgeError):
+    code = "sequence_too_long"
+    http_status = 400
+
+
+class InferenceFailed(EdgeError):
+    """ONNX Runtime raised while running a batch."""
+
+    code = "inference_failed"
+    http_status = 500
+
+
+class ConfigError(EdgeError):
+    """Configuration is invalid; the message names the key path and line."""
+
+    code = "config_invalid"
+    http_status = 400
+
+
+class ModelLoadError(EdgeError):
+    """A model directory could not be loaded (bad graph, model.yaml mismatch)."""
+
+    code = "model_load_failed"
+    http_status = 500

@@ -1,0 +1,74 @@
+"""The one request/response pair every transport decodes into and encodes from.
+
+No transport knows about batching, caching or models; the core knows nothing of
+MQTT or HTTP. Tensors are numpy arrays already in the model's dtype; BYTES
+tensors are object arrays of ``bytes``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+PRIORITY_HIGH = 0
+PRIORITY_NORMAL = 1
+PRIORITY_NAMES = {"high": PRIORITY_HIGH, "normal": PRIORITY_NORMAL}
+
+# KServe v2 datatype <-> numpy dtype.
+V2_TO_NP: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(object),
+}
+NP_TO_V2: dict[np.dtype, str] = {v: k for k, v in V2_TO_NP.items()}
+
+
+def v2_datatype(arr: np.ndarray) -> str:
+    if arr.dtype.kind in ("O", "S", "U"):
+        return "BYTES"
+    return NP_TO_V2[arr.dtype]
+
+
+@dataclass(slots=True)
+class InferRequest:
+    model: str
+    inputs: dict[str, np.ndarray]
+    version: str | None = None
+    id: str | None = None
+    # Names of outputs asked for; None means all.
+    outputs: list[str] | None = None
+    # Outputs the client wants in the binary-tensor extension (transport detail
+    # carried through so the response encoder can honour it).
+    binary_outputs: frozenset[str] = frozenset()
+    priority: int = PRIORITY_NORMAL
+    # Absolute time.monotonic() after which the request must not run; the
+    # service fills in the priority's default when None.
+    deadline: float | None = None
+    # parameters.timeout_ms: may shorten, never lengthen, the priority's default.
+    timeout_s: float | None = None
+    # parameters: {"cache": false} bypasses the response cache.
+    use_cache: bool = True
+    parameters: dict = field(default_factory=dict)
+    # Client identity for rate limiting and logs (MQTT client id, socket peer).
+    client: str | None = None
+
+
+@dataclass(slots=True)
+class InferResponse:
+    model: str
+    version: str
+    outputs: dict[str, np.ndarray]
+    id: str | None = None
+    cached: bool = False
+    parameters: dict = field(default_factory=dict)
