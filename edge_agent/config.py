@@ -36,13 +36,24 @@ class TcpConfig(Section):
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one).")
 
 
+def _octal(v):
+    if isinstance(v, str):
+        try:
+            return int(v.removeprefix("0o"), 8)
+        except ValueError:
+            raise ValueError(f"not an octal mode: {v!r}") from None
+    return v
+
+
 class ServerConfig(Section):
     socket: Path = Field(Path("/run/edge-agent/agent.sock"), description="Unix socket serving the KServe v2 HTTP API.")
-    socket_mode: int = Field(0o660, description="Permission bits of the socket file.")
+    socket_mode: int = Field(0o660, description="Permission bits of the socket file, e.g. 0660 (octal, as a string or YAML octal).")
     socket_group: str | None = Field(None, description="Group owning the socket (e.g. edge-agent); None keeps the process group.")
     tcp: TcpConfig = Field(default_factory=TcpConfig, description="Optional loopback TCP listener.")
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0, description="Largest request body accepted; larger gets payload_too_large.")
     drain_timeout_s: float = Field(10.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish.")
+
+    _mode = field_validator("socket_mode", mode="before")(_octal)
 
 
 class TensorRTConfig(Section):

@@ -1,0 +1,263 @@
+"""`edge-agent` command line: run, infer, models, status, reload, ctl, check-config, ...
+
+Exit codes: 0 success, 1 the request or action failed, 2 bad usage or input
+file, 3 the daemon could not start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from . import __version__
+from .config import load_config
+from .errors import ConfigError
+
+DEFAULT_SOCKET = "/run/edge-agent/agent.sock"
+
+
+def _socket_path(args) -> str:
+    return args.socket or os.environ.get("EDGE_AGENT_SOCKET") or DEFAULT_SOCKET
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host or "localhost", int(port)
+
+
+# --- run ------------------------------------------------------------------------
+
+
+def cmd_run(args) -> int:
+    from .daemon import run_daemon
+    from .ops.logsetup import setup_logging
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(f"edge-agent: {e.message}", file=sys.stderr)
+        return 3
+    overrides = {
+        "server.socket": Path(args.socket) if args.socket else None,
+        "paths.state_dir": Path(args.state_dir) if args.state_dir else None,
+        "paths.models_dir": Path(args.models_dir) if args.models_dir else None,
+        "paths.cache_dir": Path(args.cache_dir) if args.cache_dir else (Path(args.state_dir) / "cache" if args.state_dir else None),
+        "paths.outbox_dir": Path(args.state_dir) / "outbox" if args.state_dir else None,
+        "logging.level": args.log_level,
+        "device_id": args.device_id,
+    }
+    if args.tcp:
+        host, port = args.tcp
+        overrides.update({"server.tcp.enabled": True, "server.tcp.host": host, "server.tcp.port": port})
+    if args.mqtt:
+        host, port = args.mqtt
+        overrides.update({"mqtt.enabled": True, "mqtt.host": host, "mqtt.port": port})
+    if args.no_mqtt:
+        overrides["mqtt.enabled"] = False
+    from .daemon import apply_overrides
+
+    cfg = apply_overrides(cfg, overrides)
+    setup_logging(cfg.logging.level, cfg.logging.json_format)
+    return run_daemon(cfg, Path(args.config) if args.config else None, overrides)
+
+
+def cmd_check_config(args) -> int:
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as e:
+        print(e.message, file=sys.stderr)
+        return 2
+    print(f"{args.file}: OK (mode {cfg.mode}, socket {cfg.server.socket}, models {cfg.paths.models_dir})")
+    if args.show:
+        print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    return 0
+
+
+# --- client commands --------------------------------------------------------------
+
+
+def _client(args):
+    from .client import AgentClient
+
+    path = _socket_path(args)
+    if not os.path.exists(path):
+        print(f"edge-agent: no daemon socket at {path} (is the daemon running? --socket / $EDGE_AGENT_SOCKET)", file=sys.stderr)
+        raise SystemExit(1)
+    return AgentClient(path, timeout=args.timeout)
+
+
+def _request_body(args, client) -> dict:
+    if args.text is not None:
+        texts = args.text
+        name = args.input or "text"
+        return {"inputs": [{"name": name, "shape": [len(texts), 1], "datatype": "BYTES", "data": texts}]}
+    if args.file is None:
+        raise SystemExit("edge-agent infer: give a .json or .npy FILE, or --text")
+    path = Path(args.file)
+    try:
+        if path.suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+            name = args.input
+            if name is None:
+                status, meta = client.json("GET", f"/v2/models/{args.model}")
+                if status != 200:
+                    raise SystemExit(f"edge-agent infer: {meta.get('error')}")
+                name = meta["inputs"][0]["name"]
+            from .types import v2_datatype
+
+            return {"inputs": [{"name": name, "shape": list(arr.shape), "datatype": v2_datatype(arr), "data": arr.ravel().tolist()}]}
+        return orjson.loads(path.read_bytes())
+    except (OSError, ValueError) as e:
+        print(f"edge-agent infer: cannot read {path}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _add_params(body: dict, args) -> dict:
+    params = body.setdefault("parameters", {})
+    if args.priority:
+        params["priority"] = args.priority
+    if args.timeout_ms:
+        params["timeout_ms"] = args.timeout_ms
+    if args.no_cache:
+        params["cache"] = False
+    if not params:
+        body.pop("parameters")
+    return body
+
+
+def cmd_infer(args) -> int:
+    if args.mqtt:
+        from .transports.mqtt_client import cli_infer_mqtt
+
+        return cli_infer_mqtt(args, _request_body(args, None) if (args.text is not None or (args.file or "").endswith(".json")) else _request_body(args, None))
+    client = _client(args)
+    body = _add_params(_request_body(args, client), args)
+    status, doc = client.infer(args.model, body, args.version)
+    print(json.dumps(doc, indent=None if args.compact else 2))
+    return 0 if status == 200 else 1
+
+
+def cmd_models(args) -> int:
+    status, index = _client(args).json("POST", "/v2/repository/index")
+    if status != 200:
+        print(json.dumps(index), file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(index, indent=2))
+        return 0
+    print(f"{'MODEL':<16} {'VERSION':<8} {'STATE':<12} {'PROVIDER':<9} {'PRECISION':<13} DEFAULT")
+    for m in index:
+        print(f"{m['name']:<16} {m['version']:<8} {m['state']:<12} {m.get('provider', '-'):<9} {m.get('precision', '-'):<13} "
+              f"{'*' if m.get('default') else ''}{' canary' if m.get('canary') else ''}{' ' + m['reason'] if m.get('reason') else ''}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    status, doc = _client(args).json("GET", "/edge/status")
+    print(json.dumps(doc, indent=2))
+    return 0 if status == 200 else 1
+
+
+def cmd_reload(args) -> int:
+    status, doc = _client(args).json("POST", "/edge/reload")
+    print(json.dumps(doc, indent=2))
+    return 0 if status == 200 else 1
+
+
+def cmd_ctl(args) -> int:
+    body = {"version": args.version} if args.version else {}
+    status, doc = _client(args).json("POST", f"/edge/models/{args.model}/{args.action}", body)
+    print(json.dumps(doc, indent=2))
+    return 0 if status == 200 else 1
+
+
+# --- parser -------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="edge-agent", description="ONNX Runtime inference daemon for edge AI units.")
+    ap.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the daemon in the foreground (systemd runs this)")
+    p.add_argument("--config", help="YAML config file (default: embedded defaults)")
+    p.add_argument("--socket", help="override server.socket")
+    p.add_argument("--state-dir", help="override paths.state_dir (cache and outbox go beneath it unless set)")
+    p.add_argument("--models-dir", help="override paths.models_dir")
+    p.add_argument("--cache-dir", help="override paths.cache_dir")
+    p.add_argument("--tcp", type=_host_port, metavar="HOST:PORT", help="also serve HTTP on this TCP address")
+    p.add_argument("--mqtt", type=_host_port, metavar="HOST:PORT", help="enable MQTT with this broker")
+    p.add_argument("--no-mqtt", action="store_true", help="disable MQTT whatever the config says")
+    p.add_argument("--device-id", help="override device_id")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check-config", help="validate a config file")
+    p.add_argument("file")
+    p.add_argument("--show", action="store_true", help="print the full effective configuration")
+    p.set_defaults(func=cmd_check_config)
+
+    def client_opts(p):
+        p.add_argument("--socket", help=f"daemon socket (default $EDGE_AGENT_SOCKET or {DEFAULT_SOCKET})")
+        p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the daemon")
+
+    p = sub.add_parser("infer", help="send one inference request and print the answer")
+    p.add_argument("model")
+    p.add_argument("file", nargs="?", help="KServe v2 JSON body (.json) or a tensor (.npy)")
+    p.add_argument("--version", dest="version", help="model version (default: the served one)")
+    p.add_argument("--input", help="input name for .npy/--text (default: the model's first input / 'text')")
+    p.add_argument("--text", action="append", help="text input for text models (repeat for a batch)")
+    p.add_argument("--priority", choices=["high", "normal"])
+    p.add_argument("--timeout-ms", type=float)
+    p.add_argument("--no-cache", action="store_true", help="bypass the response cache")
+    p.add_argument("--mqtt", type=_host_port, metavar="HOST:PORT", help="send over MQTT via this broker instead of the socket")
+    p.add_argument("--device", help="device id for --mqtt (default: this host name)")
+    p.add_argument("--prefix", default="edge", help="topic prefix for --mqtt")
+    p.add_argument("--compact", action="store_true", help="print the answer on one line")
+    client_opts(p)
+    p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("models", help="list loaded models, versions, providers and states")
+    p.add_argument("--json", action="store_true")
+    client_opts(p)
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("status", help="daemon status as JSON")
+    client_opts(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("reload", help="re-read config and models (same as SIGHUP)")
+    client_opts(p)
+    p.set_defaults(func=cmd_reload)
+
+    p = sub.add_parser("ctl", help="operator actions on a model's update (promote, rollback)")
+    p.add_argument("action", choices=["promote", "rollback"])
+    p.add_argument("model")
+    p.add_argument("--version", dest="version")
+    client_opts(p)
+    p.set_defaults(func=cmd_ctl)
+
+    for mod in ("edge_agent.ota.cli", "edge_agent.quantize.cli"):
+        try:
+            module = __import__(mod, fromlist=["register"])
+        except ImportError:
+            continue
+        module.register(sub)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

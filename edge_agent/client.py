@@ -1,0 +1,68 @@
+"""A small client for the daemon's socket, used by the CLI and the tests.
+
+stdlib only (http.client over AF_UNIX): the CLI starts fast and needs nothing
+the daemon does not already have.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+
+import orjson
+
+from .serving.codec import HEADER_LENGTH
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        s.connect(self._path)
+        self.sock = s
+
+
+class AgentClient:
+    """Keeps one connection open; not thread-safe (one per thread)."""
+
+    def __init__(self, socket_path: str, timeout: float = 60.0) -> None:
+        self.path = str(socket_path)
+        self.timeout = timeout
+        self._conn: _UnixConnection | None = None
+
+    def request(self, method: str, url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, dict, bytes]:
+        for attempt in (0, 1):
+            if self._conn is None:
+                self._conn = _UnixConnection(self.path, self.timeout)
+            try:
+                self._conn.request(method, url, body=body, headers=headers or {})
+                r = self._conn.getresponse()
+                data = r.read()
+                return r.status, dict(r.getheaders()), data
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                # A kept-alive connection the server closed: retry once on a new one.
+                self.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def json(self, method: str, url: str, doc=None) -> tuple[int, object]:
+        body = orjson.dumps(doc) if doc is not None else None
+        status, headers, data = self.request(method, url, body, {"Content-Type": "application/json"} if body else None)
+        hl = headers.get(HEADER_LENGTH)
+        if hl is not None:
+            data = data[: int(hl)]
+        return status, orjson.loads(data) if data else None
+
+    def infer(self, model: str, doc: dict, version: str | None = None) -> tuple[int, dict]:
+        url = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
+        return self.json("POST", url, doc)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

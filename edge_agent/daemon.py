@@ -1,0 +1,242 @@
+"""The daemon's lifecycle: startup(), main_loop(), shutdown().
+
+Signal handlers only set flags. SIGTERM/SIGINT: stop accepting, drain
+in-flight work within ``server.drain_timeout_s``, exit 0; a second signal
+forces exit. SIGHUP: re-read the config and the model repository (new
+versions load and warm before they serve; removed ones drain first). With
+$NOTIFY_SOCKET set, READY=1 goes out once every model is warm, and WATCHDOG=1
+only while every batcher thread is alive and making progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+from . import __version__
+from .config import Config, load_config
+from .errors import ConfigError, EdgeError, UnknownModel
+from .ops.metrics import READY, register_process_collector
+from .ops.sdnotify import Notifier
+from .serving.repository import ModelRepository
+from .serving.service import InferenceService
+from .transports.http import HttpTransport
+
+log = logging.getLogger("edge_agent.daemon")
+
+EXIT_OK = 0
+EXIT_STARTUP_FAILED = 3
+EXIT_FORCED = 130
+
+
+def apply_overrides(cfg: Config, overrides: dict) -> Config:
+    """Command-line overrides win over the file (so the daemon runs unprivileged anywhere)."""
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        obj = cfg
+        *parents, last = dotted.split(".")
+        for p in parents:
+            obj = getattr(obj, p)
+        setattr(obj, last, value)
+    return cfg
+
+
+class Daemon:
+    def __init__(self, cfg: Config, config_path: Path | None = None, overrides: dict | None = None) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.overrides = overrides or {}
+        self.notifier = Notifier()
+        self.should_exit = False
+        self.force_exit = False
+        self.reload_requested = False
+        self.ready = False
+        self.repo: ModelRepository | None = None
+        self.service: InferenceService | None = None
+        self.http: HttpTransport | None = None
+        self.extras: list = []  # optional components with start()/stop()/status()
+        self._last_watchdog = 0.0
+        self._reload_lock = asyncio.Lock()
+
+    # --- signals -------------------------------------------------------------
+
+    def _on_exit_signal(self, sig: signal.Signals) -> None:
+        if self.should_exit:
+            log.warning("second %s: forcing exit", sig.name)
+            self.force_exit = True
+        else:
+            log.info("%s received: draining and stopping", sig.name)
+        self.should_exit = True
+
+    def _on_hup(self) -> None:
+        log.info("SIGHUP received: reloading configuration and models")
+        self.reload_requested = True
+
+    # --- lifecycle -----------------------------------------------------------
+
+    async def serve(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_exit_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        try:
+            try:
+                await self.startup()
+            except (EdgeError, OSError) as e:
+                log.error("start-up failed: %s", e)
+                await self.shutdown()
+                return EXIT_STARTUP_FAILED
+            await self.main_loop()
+            await self.shutdown()
+            return EXIT_FORCED if self.force_exit else EXIT_OK
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+
+    async def startup(self) -> None:
+        cfg = self.cfg
+        register_process_collector()
+        for d in (cfg.paths.state_dir, cfg.paths.cache_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        self.repo = ModelRepository(cfg, loop)
+        self.service = InferenceService(cfg, self.repo, cache=self._make_cache())
+        self.notifier.status("loading models")
+        await self.repo.sync()
+        if not self.repo.models:
+            log.warning("no model loaded from %s", cfg.paths.models_dir)
+        tcp = (cfg.server.tcp.host, cfg.server.tcp.port) if cfg.server.tcp.enabled else None
+        self.http = HttpTransport(self, cfg.server.socket, cfg.server.socket_mode, cfg.server.socket_group, tcp, cfg.server.max_body_bytes)
+        await self.http.start()
+        for comp in self._make_extras():
+            await comp.start()
+            self.extras.append(comp)
+        self.ready = True
+        READY.set(1)
+        models = ", ".join(f"{m['name']}/{m['version']}" for m in self.repo.index() if m["state"] == "READY")
+        self.notifier.ready(f"serving {models or 'no models'}")
+        log.info("edge-agent %s ready (%s mode): %s", __version__, cfg.mode, models or "no models")
+
+    def _make_cache(self):
+        return None
+
+    def _make_extras(self) -> list:
+        return []
+
+    async def main_loop(self) -> None:
+        tick = 0.05
+        while not self.should_exit:
+            await asyncio.sleep(tick)
+            for mv in self.repo.all_versions():
+                mv.batcher.sweep_expired()
+            self._feed_watchdog()
+            if self.reload_requested:
+                self.reload_requested = False
+                await self.reload()
+
+    def healthy(self) -> bool:
+        stuck = self.cfg.batching.stuck_after_s
+        return all(mv.batcher.alive(stuck) for mv in self.repo.all_versions())
+
+    def _feed_watchdog(self) -> None:
+        wd = self.notifier.watchdog_s
+        if not wd:
+            return
+        now = time.monotonic()
+        if now - self._last_watchdog < wd / 3:
+            return
+        if self.healthy():
+            self.notifier.watchdog()
+            self._last_watchdog = now
+        else:
+            log.error("a batcher is dead or stuck; withholding the systemd watchdog ping")
+
+    async def reload(self) -> dict:
+        async with self._reload_lock:
+            self.notifier.reloading()
+            result: dict = {}
+            if self.config_path is not None:
+                try:
+                    new = apply_overrides(load_config(self.config_path), self.overrides)
+                    if new.server != self.cfg.server:
+                        log.warning("server settings changed; they take effect at the next restart")
+                    new.server = self.cfg.server
+                    self.cfg = new
+                    self.repo.cfg = new
+                    self.service.cfg = new
+                except ConfigError as e:
+                    log.error("reload: keeping the running configuration: %s", e.message)
+                    result["config_error"] = e.message
+            result.update(await self.repo.sync())
+            log.info("reload done: added %s, removed %s", result.get("added"), result.get("removed"))
+            self.notifier.ready()
+            return result
+
+    async def ctl(self, model: str, action: str, body: dict) -> dict:
+        """Operator actions on a model over the socket (OTA adds promote/rollback)."""
+        for comp in self.extras:
+            handler = getattr(comp, "ctl", None)
+            if handler is not None:
+                res = await handler(model, action, body)
+                if res is not None:
+                    return res
+        if model not in self.repo.models:
+            raise UnknownModel(f"unknown model '{model}'")
+        raise EdgeError(f"action '{action}' is not available (is OTA enabled?)")
+
+    def status(self) -> dict:
+        doc = {
+            "device_id": self.cfg.device_id,
+            "agent_version": __version__,
+            "mode": self.cfg.mode,
+            "ready": self.ready,
+            "pid": os.getpid(),
+            "models": self.repo.index() if self.repo else [],
+            "stats": self.service.stats() if self.service else {},
+        }
+        for comp in self.extras:
+            st = getattr(comp, "status", None)
+            if st is not None:
+                doc[comp.name] = st()
+        return doc
+
+    async def shutdown(self) -> None:
+        self.ready = False
+        READY.set(0)
+        self.notifier.stopping()
+        timeout = self.cfg.server.drain_timeout_s
+        if self.service is not None:
+            self.service.accepting = False
+        if self.http is not None:
+            self.http.stop_listening()
+        t0 = time.monotonic()
+        if self.repo is not None and not self.force_exit:
+            await self.repo.close(timeout)
+        if self.http is not None:
+            await self.http.shutdown(max(0.1, timeout - (time.monotonic() - t0)))
+        for comp in reversed(self.extras):
+            try:
+                await comp.stop()
+            except Exception:  # noqa: BLE001 - keep stopping the rest
+                log.exception("stopping %s failed", getattr(comp, "name", comp))
+        if self.service is not None and self.service.cache is not None:
+            self.service.cache.close()
+        if self.repo is not None:
+            for mv in self.repo.all_versions():
+                mv.batcher.close()
+        log.info("stopped")
+
+
+def run_daemon(cfg: Config, config_path: Path | None, overrides: dict) -> int:
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # uvloop is optional; asyncio's loop works, slower
+        runner = asyncio.run
+    return runner(Daemon(cfg, config_path, overrides).serve())

@@ -1,0 +1,352 @@
+"""One model version loaded into an ONNX Runtime session.
+
+``LoadedModel`` owns the session, checks model.yaml against the graph, warms
+up, validates a request's tensors (before batching, so one bad request never
+fails its batch), and runs a batch: concatenate, ``session.run``, post-process,
+split back per request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from ..config import RuntimeConfig
+from ..errors import InferenceFailed, InvalidInput, ModelLoadError
+from ..types import V2_TO_NP, InferRequest
+from .model_spec import ModelSpec, TensorSpec, load_model_spec
+from .providers import build_providers
+
+log = logging.getLogger("edge_agent.runtime")
+
+_ORT_TYPES = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+_OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+_PROVIDER_SHORT = {
+    "TensorrtExecutionProvider": "tensorrt",
+    "CUDAExecutionProvider": "cuda",
+    "CPUExecutionProvider": "cpu",
+}
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A validated request, ready for the batcher."""
+
+    feeds: dict[str, np.ndarray]
+    rows: int
+    outputs: list[str] | None
+
+
+class LoadedModel:
+    def __init__(self, name: str, version: str, version_dir: Path, runtime: RuntimeConfig, state_dir: Path) -> None:
+        self.name = name
+        self.version = version
+        self.dir = version_dir
+        self.spec: ModelSpec = load_model_spec(version_dir / "model.yaml")
+        if self.spec.name is not None and self.spec.name != name:
+            raise ModelLoadError(f"{version_dir}/model.yaml: name '{self.spec.name}' does not match directory '{name}'")
+        onnx_path = version_dir / "model.onnx"
+        if not onnx_path.is_file():
+            raise ModelLoadError(f"{onnx_path}: missing")
+        self.digest = file_digest(onnx_path)
+        self.max_batch = self.spec.max_batch_size
+        self.labels = self.spec.label_list(version_dir)
+        self.session, self.provider = self._create_session(onnx_path, runtime, state_dir)
+        self.text = None
+        if self.spec.text is not None:
+            from .text import TextPipeline
+
+            self.text = TextPipeline(self.spec.text, version_dir, [i.name for i in self.session.get_inputs()])
+        self._check_signature()
+        self._graph_outputs = [o.name for o in self.session.get_outputs()]
+        self.output_specs = self._served_outputs()
+        self.output_names = [o.name for o in self.output_specs]
+        self._inputs = {t.name: (V2_TO_NP[t.datatype], t) for t in self.spec.inputs}
+
+    # --- loading -------------------------------------------------------------
+
+    def _create_session(self, path: Path, runtime: RuntimeConfig, state_dir: Path) -> tuple[ort.InferenceSession, str]:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = _OPT_LEVELS[runtime.graph_optimization_level]
+        so.intra_op_num_threads = runtime.intra_op_num_threads
+        so.inter_op_num_threads = runtime.inter_op_num_threads
+        so.log_severity_level = 3
+        available = ort.get_available_providers()
+        providers = build_providers(runtime, available, state_dir, self.digest, self.spec.precision)
+        try:
+            sess = ort.InferenceSession(
+                str(path), so, providers=[p for p, _ in providers], provider_options=[o for _, o in providers]
+            )
+        except Exception as e:  # noqa: BLE001 - ORT raises its own untyped errors
+            if len(providers) > 1:
+                # A GPU provider can be compiled in yet fail to initialise (no
+                # device, driver mismatch): the CPU provider is the floor.
+                log.warning("model %s/%s: session with %s failed (%s); retrying on CPU", self.name, self.version, [p for p, _ in providers], e)
+                try:
+                    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+                except Exception as e2:  # noqa: BLE001
+                    raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {e2}") from None
+            else:
+                raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {e}") from None
+        bound = sess.get_providers()
+        provider = _PROVIDER_SHORT.get(bound[0], bound[0])
+        wanted = [p for p in runtime.providers]
+        if wanted and wanted[0] != provider:
+            log.warning(
+                "model %s/%s: preferred provider %s unavailable (have %s); running on %s",
+                self.name, self.version, wanted[0], available, provider,
+            )
+        log.info("model %s/%s bound to %s (providers %s)", self.name, self.version, provider, bound)
+        return sess, provider
+
+    def _check_signature(self) -> None:
+        """model.yaml must describe the graph it sits beside."""
+        where = f"{self.dir}/model.yaml"
+        graph_inputs = {i.name: i for i in self.session.get_inputs()}
+        if self.text is not None:
+            spec_in = self.spec.input(self.spec.text.input)
+            if spec_in is None or spec_in.datatype != "BYTES":
+                raise ModelLoadError(f"{where}: text models need a BYTES input named '{self.spec.text.input}'")
+            if self.spec.text.graph_output not in {o.name for o in self.session.get_outputs()}:
+                raise ModelLoadError(f"{where}: graph has no output '{self.spec.text.graph_output}'")
+            return
+        batch = 1 if self.max_batch > 0 else 0
+        for t in self.spec.inputs:
+            g = graph_inputs.get(t.name)
+            if g is None:
+                raise ModelLoadError(f"{where}: input '{t.name}' is not in the graph (graph has {sorted(graph_inputs)})")
+            self._check_tensor(where, "input", t, g, batch)
+        extra = set(graph_inputs) - {t.name for t in self.spec.inputs}
+        if extra:
+            raise ModelLoadError(f"{where}: graph inputs {sorted(extra)} are not described")
+        graph_outputs = {o.name: o for o in self.session.get_outputs()}
+        derived = self._derived_output_names()
+        for t in self.spec.outputs:
+            g = graph_outputs.get(t.name)
+            if g is None:
+                if t.name in derived:
+                    continue
+                raise ModelLoadError(f"{where}: output '{t.name}' is not in the graph (graph has {sorted(graph_outputs)})")
+            self._check_tensor(where, "output", t, g, batch)
+        for p in self.spec.postprocess:
+            if p.output not in graph_outputs:
+                raise ModelLoadError(f"{where}: postprocess reads '{p.output}', which the graph does not produce")
+
+    def _check_tensor(self, where: str, kind: str, t: TensorSpec, g, batch: int) -> None:
+        gtype = _ORT_TYPES.get(g.type)
+        if gtype != t.datatype:
+            raise ModelLoadError(f"{where}: {kind} '{t.name}' is {t.datatype}, the graph says {gtype or g.type}")
+        gshape = list(g.shape)
+        if len(gshape) != len(t.dims) + batch:
+            raise ModelLoadError(f"{where}: {kind} '{t.name}' has {len(t.dims)} dims (+{batch} batch), graph rank is {len(gshape)}")
+        if batch and isinstance(gshape[0], int) and gshape[0] > 0 and self.max_batch > 1:
+            raise ModelLoadError(f"{where}: max_batch_size {self.max_batch} but the graph's first axis of '{t.name}' is fixed at {gshape[0]}")
+        for i, (d, gd) in enumerate(zip(t.dims, gshape[batch:])):
+            if isinstance(gd, int) and gd > 0 and d != -1 and d != gd:
+                raise ModelLoadError(f"{where}: {kind} '{t.name}' dim {i} is {d}, graph says {gd}")
+
+    def _derived_output_names(self) -> set[str]:
+        names = set()
+        for p in self.spec.postprocess:
+            if p.op == "softmax":
+                names.add(p.name or p.output)
+            else:
+                prefix = p.name or f"{p.output}_topk"
+                names |= {f"{prefix}_indices", f"{prefix}_values"}
+                if self.labels:
+                    names.add(f"{prefix}_labels")
+        return names
+
+    def _served_outputs(self) -> list[TensorSpec]:
+        specs = list(self.spec.outputs)
+        have = {t.name for t in specs}
+        for p in self.spec.postprocess:
+            if p.op != "topk":
+                continue
+            prefix = p.name or f"{p.output}_topk"
+            extra = [TensorSpec(name=f"{prefix}_indices", datatype="INT64", dims=[p.k]),
+                     TensorSpec(name=f"{prefix}_values", datatype="FP32", dims=[p.k])]
+            if self.labels:
+                extra.append(TensorSpec(name=f"{prefix}_labels", datatype="BYTES", dims=[p.k]))
+            specs += [t for t in extra if t.name not in have]
+        return specs
+
+    def warmup(self) -> float:
+        """Run the configured warm-up batches; returns seconds taken."""
+        t0 = time.perf_counter()
+        w = self.spec.warmup
+        rng = np.random.default_rng(0)
+        sizes = w.batch_sizes if self.max_batch > 0 else [1]
+        for n in sizes:
+            n = max(1, min(n, self.max_batch or 1))
+            inputs = {}
+            for t in self.spec.inputs:
+                dims = [d if d > 0 else 8 for d in t.dims]
+                shape = ([n] if self.max_batch > 0 else []) + dims
+                if t.datatype == "BYTES":
+                    arr = np.full(shape, w.text.encode(), dtype=object)
+                elif w.fill == "random":
+                    arr = rng.random(shape).astype(V2_TO_NP[t.datatype])
+                else:
+                    arr = np.full(shape, 1 if w.fill == "ones" else 0, dtype=V2_TO_NP[t.datatype])
+                inputs[t.name] = arr
+            p = self.prepare(InferRequest(model=self.name, inputs=inputs))
+            self.run_batch([p])
+        return time.perf_counter() - t0
+
+    # --- serving -------------------------------------------------------------
+
+    def prepare(self, req: InferRequest) -> Prepared:
+        """Validate a request against the served signature (raises InvalidInput)."""
+        inputs = req.inputs
+        specs = self._inputs
+        if len(inputs) != len(specs) or any(n not in specs for n in inputs):
+            missing = sorted(set(specs) - set(inputs))
+            unknown = sorted(set(inputs) - set(specs))
+            raise InvalidInput(
+                f"model '{self.name}' takes inputs {sorted(specs)}"
+                + (f"; missing {missing}" if missing else "")
+                + (f"; unknown {unknown}" if unknown else "")
+            )
+        rows = 1
+        batched = self.max_batch > 0
+        for name, arr in inputs.items():
+            dtype, spec = specs[name]
+            if arr.dtype != dtype:
+                got = "BYTES" if arr.dtype.kind == "O" else arr.dtype.name
+                raise InvalidInput(f"input '{name}': datatype {got}, model expects {spec.datatype}")
+            shape = arr.shape
+            dims = spec.dims
+            if len(shape) != len(dims) + batched:
+                raise InvalidInput(f"input '{name}': shape {list(shape)}, model expects {self._shape_str(spec)}")
+            if batched:
+                n = shape[0]
+                if n < 1 or n > self.max_batch:
+                    raise InvalidInput(f"input '{name}': batch of {n} rows, model takes 1..{self.max_batch}")
+                if rows != 1 and n != rows:
+                    raise InvalidInput(f"inputs disagree on the batch size ({rows} vs {n})")
+                rows = n
+                shape = shape[1:]
+            for d, want in zip(shape, dims):
+                if want != -1 and d != want:
+                    raise InvalidInput(f"input '{name}': shape {list(arr.shape)}, model expects {self._shape_str(spec)}")
+        outputs = req.outputs
+        if outputs is not None:
+            for o in outputs:
+                if o not in self.output_names:
+                    raise InvalidInput(f"model '{self.name}' has no output '{o}' (has {self.output_names})")
+        if self.text is not None:
+            feeds = self.text.prepare(inputs[self.spec.text.input], inputs[self.spec.text.input].shape)
+        else:
+            feeds = inputs
+        return Prepared(feeds, rows, outputs)
+
+    def _shape_str(self, spec: TensorSpec) -> str:
+        return str((["N"] if self.max_batch > 0 else []) + spec.dims)
+
+    def run_batch(self, batch: list[Prepared]) -> list[dict[str, np.ndarray]]:
+        """Run requests as one batch; returns each request's outputs.
+
+        Runs on a batcher thread (ORT releases the GIL during run)."""
+        if self.text is not None:
+            feeds = self.text.pad_and_concat([p.feeds for p in batch])
+        elif len(batch) == 1:
+            feeds = batch[0].feeds
+        else:
+            feeds = {k: np.concatenate([p.feeds[k] for p in batch]) for k in batch[0].feeds}
+        try:
+            raw = self.session.run(self._graph_outputs, feeds)
+        except Exception as e:  # noqa: BLE001 - ORT raises untyped errors
+            raise InferenceFailed(f"model '{self.name}' version {self.version}: {e}") from None
+        outs = dict(zip(self._graph_outputs, raw))
+        if self.text is not None:
+            outs = {self.spec.text.output: self.text.pool(outs, feeds)}
+        if self.spec.postprocess:
+            outs = self._postprocess(outs)
+        if len(batch) == 1:
+            return [self._select(outs, batch[0].outputs)]
+        results = []
+        start = 0
+        for p in batch:
+            end = start + p.rows
+            results.append(self._select({k: v[start:end] for k, v in outs.items()}, p.outputs))
+            start = end
+        return results
+
+    def _select(self, outs: dict[str, np.ndarray], wanted: list[str] | None) -> dict[str, np.ndarray]:
+        names = self.output_names if wanted is None else wanted
+        return {n: outs[n] for n in names}
+
+    def _postprocess(self, outs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for p in self.spec.postprocess:
+            x = outs[p.output]
+            if p.op == "softmax":
+                e = np.exp(x - x.max(axis=-1, keepdims=True))
+                outs[p.name or p.output] = (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+            else:
+                k = min(p.k, x.shape[-1])
+                idx = np.argsort(-x, axis=-1, kind="stable")[..., :k]
+                prefix = p.name or f"{p.output}_topk"
+                outs[f"{prefix}_indices"] = idx.astype(np.int64)
+                outs[f"{prefix}_values"] = np.take_along_axis(x, idx, axis=-1).astype(np.float32)
+                if self.labels:
+                    lab = np.array([lbl.encode() for lbl in self.labels], dtype=object)
+                    outs[f"{prefix}_labels"] = lab[idx]
+        return outs
+
+    def metadata(self) -> dict:
+        """KServe v2 model metadata, plus the bound provider."""
+        def t(s: TensorSpec) -> dict:
+            return {"name": s.name, "datatype": s.datatype, "shape": ([-1] if self.max_batch > 0 else []) + s.dims}
+
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": "onnxruntime_onnx",
+            "inputs": [t(s) for s in self.spec.inputs],
+            "outputs": [t(s) for s in self.output_specs],
+            "parameters": {
+                "provider": self.provider,
+                "providers": self.session.get_providers(),
+                "max_batch_size": self.max_batch,
+                "precision": self.spec.precision,
+                "digest": self.digest,
+            },
+        }
+
+    def close(self) -> None:
+        # ORT frees the session when the last reference goes.
+        self.session = None  # type: ignore[assignment]

@@ -1,0 +1,242 @@
+"""Dynamic batcher: one per model version.
+
+Requests are queued from the event loop into per-priority deques; one worker
+thread takes as many as fit in ``max_batch`` rows (high priority first),
+waiting at most ``max_delay`` for a partial batch to fill, runs it off the
+event loop (ORT releases the GIL), and resolves every future of the batch with
+a single ``call_soon_threadsafe``. While a batch runs, the next one gathers by
+itself, so under load batches grow without any added delay.
+
+A request past its deadline is never run: the worker drops it when it reaches
+the head, and a sweeper on the loop fails queued ones that expire while the
+worker is busy. A full queue rejects at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+
+from ..errors import DeadlineExceeded, EdgeError, InferenceFailed, Overloaded, ShuttingDown
+from ..ops.metrics import BATCHER_STUCK, QUEUE_DEPTH, ModelMetrics
+from ..runtime.session import LoadedModel, Prepared
+from ..types import PRIORITY_HIGH, PRIORITY_NORMAL
+
+log = logging.getLogger("edge_agent.batcher")
+
+_now = time.monotonic
+
+
+class _Pending:
+    __slots__ = ("prepared", "future", "deadline", "enqueued")
+
+    def __init__(self, prepared: Prepared, future: asyncio.Future, deadline: float, enqueued: float) -> None:
+        self.prepared = prepared
+        self.future = future
+        self.deadline = deadline
+        self.enqueued = enqueued
+
+
+def _set_exception(fut: asyncio.Future, exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+
+
+class Batcher:
+    def __init__(
+        self,
+        model: LoadedModel,
+        loop: asyncio.AbstractEventLoop,
+        metrics: ModelMetrics,
+        max_delay_s: float,
+        max_queue: int,
+    ) -> None:
+        self.model = model
+        self.loop = loop
+        self.metrics = metrics
+        # Models without a batch axis run one request at a time.
+        self.max_rows = model.max_batch if model.max_batch > 0 else 1
+        self.concat = model.max_batch > 0
+        self.max_delay = max_delay_s
+        self.max_queue = max_queue
+        self._queues = {PRIORITY_HIGH: deque(), PRIORITY_NORMAL: deque()}
+        self._order = (self._queues[PRIORITY_HIGH], self._queues[PRIORITY_NORMAL])
+        self._size = 0
+        self._cond = threading.Condition(threading.Lock())
+        self._closing = False
+        self._stop = False
+        self.inflight = 0  # requests taken by the worker and not yet resolved
+        self.heartbeat = _now()  # last time the worker looped (idle or not)
+        self.batch_started: float | None = None
+        self.batches = 0
+        QUEUE_DEPTH.labels(model.name, model.version).set_function(lambda: self._size)
+        self._thread = threading.Thread(target=self._worker, name=f"batcher-{model.name}-{model.version}", daemon=True)
+        self._thread.start()
+
+    # --- event-loop side -----------------------------------------------------
+
+    def submit(self, prepared: Prepared, priority: int, deadline: float) -> asyncio.Future:
+        fut = self.loop.create_future()
+        with self._cond:
+            if self._closing:
+                raise ShuttingDown(f"model '{self.model.name}' version {self.model.version} is unloading")
+            if self._size >= self.max_queue:
+                raise Overloaded(f"model '{self.model.name}': queue full ({self.max_queue} waiting)")
+            self._queues[priority].append(_Pending(prepared, fut, deadline, _now()))
+            self._size += 1
+            self._cond.notify()
+        return fut
+
+    def sweep_expired(self) -> int:
+        """Fail queued requests whose deadline has passed (called on the loop)."""
+        if not self._size:
+            return 0
+        now = _now()
+        expired = []
+        with self._cond:
+            for q in self._order:
+                if q and any(p.deadline <= now for p in q):
+                    keep = [p for p in q if p.deadline > now]
+                    expired += [p for p in q if p.deadline <= now]
+                    q.clear()
+                    q.extend(keep)
+            self._size -= len(expired)
+        for p in expired:
+            _set_exception(p.future, DeadlineExceeded("deadline passed while queued; the request was not run"))
+        return len(expired)
+
+    @property
+    def queued(self) -> int:
+        return self._size
+
+    def alive(self, stuck_after_s: float) -> bool:
+        """The worker thread lives and is not stuck in one batch."""
+        ok = self._thread.is_alive() and not (
+            self.batch_started is not None and _now() - self.batch_started > stuck_after_s
+        )
+        BATCHER_STUCK.labels(self.model.name, self.model.version).set(0 if ok else 1)
+        return ok
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop taking requests, wait for the queued and running ones."""
+        with self._cond:
+            self._closing = True
+        end = _now() + timeout
+        while (self._size or self.inflight) and _now() < end:
+            await asyncio.sleep(0.01)
+        return not (self._size or self.inflight)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._stop = True
+            left = [p for q in self._order for p in q]
+            for q in self._order:
+                q.clear()
+            self._size = 0
+            self._cond.notify_all()
+        for p in left:
+            self.loop.call_soon_threadsafe(_set_exception, p.future, ShuttingDown("model unloaded before the request ran"))
+        self._thread.join(timeout=5)
+        self.metrics.remove()
+
+    # --- worker thread -------------------------------------------------------
+
+    def _take(self) -> list[_Pending]:
+        """Under the lock: pop up to max_rows rows, high priority first, in order."""
+        batch: list[_Pending] = []
+        rows = 0
+        for q in self._order:
+            while q:
+                r = q[0].prepared.rows
+                if batch and rows + r > self.max_rows:
+                    return batch
+                batch.append(q.popleft())
+                self._size -= 1
+                rows += r
+                if not self.concat:
+                    return batch
+        return batch
+
+    def _rows_queued(self) -> int:
+        return sum(p.prepared.rows for q in self._order for p in q)
+
+    def _worker(self) -> None:
+        cond = self._cond
+        while True:
+            with cond:
+                while not self._size and not self._stop:
+                    self.heartbeat = _now()
+                    cond.wait(1.0)
+                if self._stop:
+                    return
+                if self.max_delay > 0 and self.concat:
+                    # Let a partial batch fill, but never past max_delay.
+                    end = _now() + self.max_delay
+                    while self._rows_queued() < self.max_rows and not self._stop:
+                        left = end - _now()
+                        if left <= 0:
+                            break
+                        cond.wait(left)
+                batch = self._take()
+                self.inflight += len(batch)
+            self.heartbeat = now = _now()
+            self._run(batch, now)
+
+    def _run(self, batch: list[_Pending], now: float) -> None:
+        live = []
+        expired = []
+        for p in batch:
+            (live if p.deadline > now else expired).append(p)
+        loop = self.loop
+        if expired:
+            exc = DeadlineExceeded("deadline passed while queued; the request was not run")
+            for p in expired:
+                loop.call_soon_threadsafe(_set_exception, p.future, exc)
+        if not live:
+            self._done(len(batch))
+            return
+        m = self.metrics
+        for p in live:
+            m.queue.observe(now - p.enqueued)
+        self.batch_started = time.monotonic()
+        try:
+            results = self._run_isolated(live)
+        finally:
+            t = time.monotonic()
+            m.compute.observe(t - self.batch_started)
+            self.batch_started = None
+            self.heartbeat = t
+            self.batches += 1
+        m.batch.observe(sum(p.prepared.rows for p in live))
+        loop.call_soon_threadsafe(self._resolve, [p.future for p in live], results)
+        self._done(len(batch))
+
+    def _run_isolated(self, live: list[_Pending]) -> list:
+        """Run the batch; if it fails, run its requests one by one so only the
+        request that breaks the model gets the error."""
+        try:
+            return self.model.run_batch([p.prepared for p in live])
+        except Exception as e:  # noqa: BLE001 - a batch must never kill its thread
+            if len(live) == 1:
+                err = e if isinstance(e, EdgeError) else InferenceFailed(f"model '{self.model.name}': {e}")
+                log.error("model %s/%s: request failed: %s", self.model.name, self.model.version, err)
+                return [err]
+            log.warning("model %s/%s: batch of %d failed (%s); retrying one by one", self.model.name, self.model.version, len(live), e)
+            return [self._run_isolated([p])[0] for p in live]
+
+    def _done(self, n: int) -> None:
+        with self._cond:
+            self.inflight -= n
+
+    @staticmethod
+    def _resolve(futures, results) -> None:
+        for f, r in zip(futures, results):
+            if not f.done():
+                if isinstance(r, BaseException):
+                    f.set_exception(r)
+                else:
+                    f.set_result(r)

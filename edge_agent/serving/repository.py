@@ -1,0 +1,265 @@
+"""Model repository: every version on disk loaded side by side, each with its batcher.
+
+Layout: ``{models_dir}/{name}/{version}/model.onnx + model.yaml``. Directories
+whose names start with '.' or end in '.staging' are ignored (the OTA updater
+downloads there and renames into place, so a half-written version is never
+seen). The default version of a model is the OTA ``active`` pointer
+(``{state_dir}/models/{name}.json``) when that version loaded, else the
+``previous`` one, else the highest version. Loading runs in a thread so the
+event loop keeps serving during a SIGHUP reload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import Config
+from ..errors import EdgeError, ModelNotReady, UnknownModel, UnknownVersion
+from ..ops.metrics import MODEL_INFO, MODEL_LOAD_FAILURES, WARMUP_SECONDS, ModelMetrics
+from ..runtime.session import LoadedModel
+from .batcher import Batcher
+
+log = logging.getLogger("edge_agent.repository")
+
+
+def version_key(v: str):
+    return (0, int(v), "") if v.isdigit() else (1, 0, v)
+
+
+@dataclass
+class ModelVersion:
+    model: LoadedModel
+    batcher: Batcher
+    metrics: ModelMetrics
+    state: str = "READY"
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def version(self) -> str:
+        return self.model.version
+
+
+@dataclass
+class Canary:
+    version: str
+    share: float
+
+
+@dataclass
+class ModelEntry:
+    versions: dict[str, ModelVersion] = field(default_factory=dict)
+    default: str | None = None
+    canary: Canary | None = None
+
+
+def read_pointer(state_dir: Path, name: str) -> dict:
+    p = state_dir / "models" / f"{name}.json"
+    try:
+        return json.loads(p.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        log.warning("model %s: ignoring unreadable pointer file %s: %s", name, p, e)
+        return {}
+
+
+class ModelRepository:
+    def __init__(self, cfg: Config, loop: asyncio.AbstractEventLoop) -> None:
+        self.cfg = cfg
+        self.loop = loop
+        self.models: dict[str, ModelEntry] = {}
+        self.failed: dict[tuple[str, str], str] = {}
+        self._lock = asyncio.Lock()
+        self._rand = random.Random()
+
+    # --- discovery and loading -------------------------------------------------
+
+    def scan(self) -> dict[str, dict[str, Path]]:
+        root = self.cfg.paths.models_dir
+        found: dict[str, dict[str, Path]] = {}
+        if not root.is_dir():
+            log.warning("models directory %s does not exist", root)
+            return found
+        for mdir in sorted(root.iterdir()):
+            if not mdir.is_dir() or mdir.name.startswith("."):
+                continue
+            versions = {}
+            for vdir in mdir.iterdir():
+                if vdir.is_dir() and not vdir.name.startswith(".") and not vdir.name.endswith(".staging") and (vdir / "model.onnx").exists():
+                    versions[vdir.name] = vdir
+            if versions:
+                found[mdir.name] = versions
+        return found
+
+    def _load_one(self, name: str, version: str, vdir: Path) -> LoadedModel:
+        model = LoadedModel(name, version, vdir, self.cfg.runtime, self.cfg.paths.state_dir)
+        secs = model.warmup()
+        WARMUP_SECONDS.labels(name, version).set(secs)
+        log.info("model %s/%s loaded and warm in %.3fs on %s", name, version, secs, model.provider)
+        return model
+
+    def _start(self, model: LoadedModel) -> ModelVersion:
+        b = self.cfg.batching
+        spec = model.spec.batching
+        delay_us = spec.max_queue_delay_us if spec.max_queue_delay_us is not None else b.max_queue_delay_us
+        qsize = spec.max_queue_size if spec.max_queue_size is not None else b.max_queue_size
+        metrics = ModelMetrics(model.name, model.version)
+        batcher = Batcher(model, self.loop, metrics, delay_us / 1e6, qsize)
+        return ModelVersion(model, batcher, metrics)
+
+    async def load(self, name: str, version: str, vdir: Path) -> ModelVersion:
+        """Load, warm and start one version, and publish it (raises EdgeError)."""
+        try:
+            model = await self.loop.run_in_executor(None, self._load_one, name, version, vdir)
+        except EdgeError as e:
+            self._load_failed(name, version, e.message)
+            raise
+        except Exception as e:  # noqa: BLE001 - a broken model must not take the daemon down
+            self._load_failed(name, version, str(e))
+            raise EdgeError(f"model {name}/{version}: {e}") from None
+        mv = self._start(model)
+        self.failed.pop((name, version), None)
+        self.models.setdefault(name, ModelEntry()).versions[version] = mv
+        return mv
+
+    def _load_failed(self, name: str, version: str, reason: str) -> None:
+        log.error("model %s/%s failed to load: %s", name, version, reason)
+        MODEL_LOAD_FAILURES.labels(name).inc()
+        self.failed[(name, version)] = reason
+
+    async def sync(self) -> dict[str, list[str]]:
+        """Bring loaded versions in line with the disk: load new, unload removed.
+
+        New versions load and warm before they are published; removed ones are
+        unpublished first, then drained, so no request in flight fails."""
+        async with self._lock:
+            on_disk = self.scan()
+            added, removed = [], []
+            for name, versions in on_disk.items():
+                for version, vdir in sorted(versions.items(), key=lambda kv: version_key(kv[0])):
+                    entry = self.models.get(name)
+                    if entry and version in entry.versions:
+                        continue
+                    try:
+                        await self.load(name, version, vdir)
+                        added.append(f"{name}/{version}")
+                    except EdgeError:
+                        pass
+            for name, entry in list(self.models.items()):
+                for version in list(entry.versions):
+                    if version not in on_disk.get(name, {}):
+                        removed.append(f"{name}/{version}")
+                        await self.unload(name, version)
+            for name in list(self.models):
+                self.refresh_default(name)
+            for k in list(self.failed):
+                if k[1] not in on_disk.get(k[0], {}):
+                    del self.failed[k]
+            return {"added": added, "removed": removed}
+
+    async def unload(self, name: str, version: str, drain_timeout: float = 30.0) -> None:
+        entry = self.models.get(name)
+        if entry is None or version not in entry.versions:
+            return
+        mv = entry.versions.pop(version)
+        mv.state = "UNLOADING"
+        if entry.canary and entry.canary.version == version:
+            entry.canary = None
+        self.refresh_default(name)
+        await mv.batcher.drain(drain_timeout)
+        mv.batcher.close()
+        self._remove_info(mv)
+        mv.model.close()
+        if not entry.versions:
+            del self.models[name]
+        log.info("model %s/%s unloaded", name, version)
+
+    def refresh_default(self, name: str) -> None:
+        """Pick the default version: active pointer, else previous, else highest."""
+        entry = self.models.get(name)
+        if entry is None:
+            return
+        ptr = read_pointer(self.cfg.paths.state_dir, name)
+        choice = None
+        for key in ("active", "previous"):
+            v = ptr.get(key)
+            if v is not None and str(v) in entry.versions:
+                choice = str(v)
+                if key == "previous":
+                    log.warning("model %s: active version %s is not loaded; serving previous %s", name, ptr.get("active"), v)
+                break
+        if choice is None and entry.versions:
+            choice = max(entry.versions, key=version_key)
+        entry.default = choice
+        for v, mv in entry.versions.items():
+            self._remove_info(mv)
+            MODEL_INFO.labels(name, v, mv.model.provider, mv.model.spec.precision, "true" if v == choice else "false").set(1)
+
+    def _remove_info(self, mv: ModelVersion) -> None:
+        for d in ("true", "false"):
+            try:
+                MODEL_INFO.remove(mv.name, mv.version, mv.model.provider, mv.model.spec.precision, d)
+            except KeyError:
+                pass
+
+    # --- routing ---------------------------------------------------------------
+
+    def route(self, name: str, version: str | None) -> ModelVersion:
+        entry = self.models.get(name)
+        if entry is None:
+            if any(k[0] == name for k in self.failed):
+                raise ModelNotReady(f"model '{name}' failed to load")
+            raise UnknownModel(f"unknown model '{name}'")
+        if version is not None:
+            mv = entry.versions.get(version)
+            if mv is None:
+                if (name, version) in self.failed:
+                    raise ModelNotReady(f"model '{name}' version {version} failed to load: {self.failed[(name, version)]}")
+                raise UnknownVersion(f"model '{name}' has no version '{version}' (has {sorted(entry.versions, key=version_key)})")
+            return mv
+        c = entry.canary
+        if c is not None and self._rand.random() < c.share:
+            mv = entry.versions.get(c.version)
+            if mv is not None:
+                return mv
+        return entry.versions[entry.default]  # type: ignore[index]
+
+    def set_canary(self, name: str, version: str | None, share: float = 0.0) -> None:
+        entry = self.models[name]
+        entry.canary = Canary(version, share) if version is not None else None
+
+    def all_versions(self) -> list[ModelVersion]:
+        return [mv for e in self.models.values() for mv in e.versions.values()]
+
+    def index(self) -> list[dict]:
+        out = []
+        for name, entry in sorted(self.models.items()):
+            for v in sorted(entry.versions, key=version_key):
+                mv = entry.versions[v]
+                out.append({
+                    "name": name,
+                    "version": v,
+                    "state": mv.state,
+                    "default": v == entry.default,
+                    "canary": bool(entry.canary and entry.canary.version == v),
+                    "provider": mv.model.provider,
+                    "precision": mv.model.spec.precision,
+                    "queue_depth": mv.batcher.queued,
+                })
+        for (name, v), reason in sorted(self.failed.items()):
+            out.append({"name": name, "version": v, "state": "UNAVAILABLE", "reason": reason})
+        return out
+
+    async def close(self, drain_timeout: float) -> None:
+        for mv in self.all_versions():
+            await mv.batcher.drain(drain_timeout)
+        for mv in self.all_versions():
+            mv.batcher.close()

@@ -1,0 +1,115 @@
+"""The transport-independent core: validate -> route -> cache -> batch -> respond.
+
+Every transport calls ``InferenceService.infer`` with an ``InferRequest`` and
+gets an ``InferResponse`` or an ``EdgeError`` (with its stable code). Nothing
+here knows about HTTP or MQTT.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+
+import numpy as np
+
+from ..config import Config
+from ..errors import EdgeError, ShuttingDown
+from ..ops.metrics import REQUEST_ERRORS
+from ..types import PRIORITY_HIGH, InferRequest, InferResponse
+from .repository import ModelRepository, ModelVersion
+
+log = logging.getLogger("edge_agent.service")
+
+_now = time.monotonic
+
+
+class InferenceService:
+    def __init__(self, cfg: Config, repo: ModelRepository, cache=None) -> None:
+        self.cfg = cfg
+        self.repo = repo
+        self.cache = cache
+        self.accepting = True
+        self.inflight = 0
+        self.started = _now()
+        self.count_ok = 0
+        self.count_err = 0
+        # Recent end-to-end latencies (seconds) for telemetry percentiles.
+        self.recent = deque(maxlen=4096)
+        self._deadline = {PRIORITY_HIGH: cfg.batching.deadline_high_s}
+        self._deadline_normal = cfg.batching.deadline_normal_s
+        # Observers of finished requests, e.g. the OTA canary judge:
+        # fn(model_version, ok: bool, seconds: float)
+        self.observers: list = []
+
+    async def infer(self, req: InferRequest, transport: str = "socket") -> InferResponse:
+        t0 = _now()
+        mv: ModelVersion | None = None
+        self.inflight += 1
+        try:
+            if not self.accepting:
+                raise ShuttingDown("the daemon is shutting down")
+            mv = self.repo.route(req.model, req.version)
+            model = mv.model
+            prepared = model.prepare(req)
+            cache = self.cache
+            key = None
+            if cache is not None and req.use_cache and model.spec.cache.enabled:
+                key = cache.key(model, req)
+                hit = cache.get(key)
+                if hit is not None:
+                    return self._finish(req, mv, hit, t0, cached=True)
+            limit = self._deadline.get(req.priority, self._deadline_normal)
+            if req.timeout_s is not None and req.timeout_s < limit:
+                limit = req.timeout_s
+            deadline = req.deadline if req.deadline is not None else t0 + limit
+            if key is not None:
+                outputs = await cache.single_flight(key, lambda: self._run(mv, prepared, req.priority, deadline), model)
+            else:
+                outputs = await self._run(mv, prepared, req.priority, deadline)
+            return self._finish(req, mv, outputs, t0, cached=False)
+        except EdgeError as e:
+            self.count_err += 1
+            if mv is not None:
+                mv.metrics.outcome(e.code).inc()
+                for fn in self.observers:
+                    fn(mv, False, _now() - t0)
+            else:
+                REQUEST_ERRORS.labels(transport, e.code).inc()
+            raise
+        finally:
+            self.inflight -= 1
+
+    async def _run(self, mv: ModelVersion, prepared, priority: int, deadline: float) -> dict[str, np.ndarray]:
+        return await mv.batcher.submit(prepared, priority, deadline)
+
+    def _finish(self, req: InferRequest, mv: ModelVersion, outputs, t0: float, cached: bool) -> InferResponse:
+        dt = _now() - t0
+        m = mv.metrics
+        m.ok.inc()
+        m.latency.observe(dt)
+        self.recent.append(dt)
+        self.count_ok += 1
+        for fn in self.observers:
+            fn(mv, True, dt)
+        return InferResponse(model=mv.name, version=mv.version, outputs=outputs, id=req.id, cached=cached)
+
+    def refused(self, transport: str, err: EdgeError) -> None:
+        """Count an error raised by a transport before the request reached us."""
+        self.count_err += 1
+        REQUEST_ERRORS.labels(transport, err.code).inc()
+
+    def stats(self) -> dict:
+        lat = sorted(self.recent)
+
+        def pct(p: float) -> float | None:
+            return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 3) if lat else None
+
+        return {
+            "uptime_s": round(_now() - self.started, 1),
+            "requests_ok": self.count_ok,
+            "requests_error": self.count_err,
+            "inflight": self.inflight,
+            "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99)},
+            "queue_depth": sum(mv.batcher.queued for mv in self.repo.all_versions()),
+        }
