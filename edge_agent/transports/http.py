@@ -27,6 +27,9 @@ from ..serving.codec import HEADER_LENGTH, decode_request, encode_error, encode_
 log = logging.getLogger("edge_agent.http")
 
 _JSON = "application/json"
+# Oversized bodies up to this size are read and dropped before the error goes
+# out; beyond it the connection is closed instead of reading the body.
+_DISCARD_LIMIT = 256 * 1024 * 1024
 _EXTENSIONS = ["binary_tensor_data", "model_repository", "edge_agent"]
 
 
@@ -176,11 +179,16 @@ class HttpTransport:
 
     async def _read_body(self, request: BaseRequest) -> bytes:
         cl = request.content_length
-        if cl is not None and cl > self.max_body:
-            # Refuse without reading the body; the connection cannot be reused.
-            request.protocol.force_close()
-            raise PayloadTooLarge(f"body of {cl} bytes exceeds the limit of {self.max_body}")
         content = request.content
+        if cl is not None and cl > self.max_body:
+            if cl <= _DISCARD_LIMIT:
+                # Read and drop the body so the client, still sending, gets
+                # the answer instead of a reset connection.
+                while await content.readany():
+                    pass
+            else:
+                request.protocol.force_close()
+            raise PayloadTooLarge(f"body of {cl} bytes exceeds the limit of {self.max_body}")
         if cl is not None:
             try:
                 return await content.readexactly(cl)

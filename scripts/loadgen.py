@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Closed-loop HTTP/1.1 load generator: N keep-alive connections, each sending
+the same pre-encoded request as soon as the previous answer arrives.
+
+Written on raw asyncio protocols (uvloop) so the client costs little CPU: on a
+2-core box client and server share the machine, and a heavy client would
+measure itself. The same client drives every server compared in bench.py.
+
+    python scripts/loadgen.py --unix /tmp/agent.sock --path /v2/models/digits/infer \
+        --body models/digits/1/sample.json --concurrency 64 --duration 5
+
+Prints one JSON object: requests, errors, throughput, p50/p99 latency (ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from pathlib import Path
+
+
+class _Conn(asyncio.Protocol):
+    def __init__(self, request: bytes, stats: dict, stop_at: float, done: asyncio.Future) -> None:
+        self.request = request
+        self.stats = stats
+        self.stop_at = stop_at
+        self.done = done
+        self.buf = bytearray()
+        self.need = -1
+        self.status = 0
+        self.t0 = 0
+        self.transport = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self._send()
+
+    def _send(self) -> None:
+        self.t0 = time.perf_counter_ns()
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        while True:
+            if self.need < 0:
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    return
+                head = bytes(buf[:end]).lower()
+                self.status = int(head[9:12])
+                i = head.find(b"content-length:")
+                length = int(head[i + 15 : head.find(b"\r\n", i) if head.find(b"\r\n", i) > 0 else None]) if i >= 0 else 0
+                self.need = end + 4 + length
+            if len(buf) < self.need:
+                return
+            del buf[: self.need]
+            self.need = -1
+            now = time.perf_counter_ns()
+            st = self.stats
+            st["lat"].append(now - self.t0)
+            if self.status == 200:
+                st["ok"] += 1
+            else:
+                st["errors"] += 1
+                st["codes"][self.status] = st["codes"].get(self.status, 0) + 1
+            if time.monotonic() >= self.stop_at:
+                self.transport.close()
+                if not self.done.done():
+                    self.done.set_result(None)
+                return
+            self._send()
+
+    def connection_lost(self, exc) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+def build_request(path: str, body: bytes, host: str = "localhost", content_type: str = "application/json") -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+async def run(args) -> dict:
+    loop = asyncio.get_running_loop()
+    body = Path(args.body).read_bytes()
+    request = build_request(args.path, body)
+    stats = {"ok": 0, "errors": 0, "codes": {}, "lat": []}
+    # Warm-up: a short run whose figures are thrown away.
+    for phase, secs in (("warmup", args.warmup), ("measure", args.duration)):
+        if secs <= 0:
+            continue
+        stats = {"ok": 0, "errors": 0, "codes": {}, "lat": []}
+        stop_at = time.monotonic() + secs
+        futures = []
+        t0 = time.perf_counter()
+        for _ in range(args.concurrency):
+            done = loop.create_future()
+            factory = lambda d=done: _Conn(request, stats, stop_at, d)  # noqa: E731
+            if args.unix:
+                await loop.create_unix_connection(factory, args.unix)
+            else:
+                await loop.create_connection(factory, args.host, args.port)
+            futures.append(done)
+        await asyncio.gather(*futures)
+        elapsed = time.perf_counter() - t0
+    lat = sorted(stats["lat"])
+    n = len(lat)
+
+    def pct(p: float) -> float:
+        return round(lat[min(n - 1, int(p * n))] / 1e6, 3) if n else 0.0
+
+    return {
+        "concurrency": args.concurrency,
+        "requests": n,
+        "ok": stats["ok"],
+        "errors": stats["errors"],
+        "error_codes": stats["codes"],
+        "seconds": round(elapsed, 3),
+        "throughput": round(n / elapsed, 1),
+        "p50_ms": pct(0.5),
+        "p99_ms": pct(0.99),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--unix", help="Unix socket path")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--path", default="/v2/models/digits/infer")
+    ap.add_argument("--body", required=True, help="file holding the request body")
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--warmup", type=float, default=1.0)
+    args = ap.parse_args()
+    try:
+        import uvloop
+
+        result = uvloop.run(run(args))
+    except ImportError:
+        result = asyncio.run(run(args))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

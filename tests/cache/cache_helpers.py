@@ -1,0 +1,40 @@
+"""Helpers shared by the cache tests (a uniquely named module, not conftest)."""
+
+import os
+import shutil
+import subprocess
+
+from prometheus_client import REGISTRY
+
+
+class FakeClock:
+    """Wall clock stand-in: TTL tests move time instead of sleeping."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class TickingClock(FakeClock):
+    """Every reading is later than the one before, so LRU order is exact."""
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def metric(name: str, **labels) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def can_mount() -> bool:
+    return os.geteuid() == 0 and shutil.which("mount") is not None
+
+
+def remount_read_only(path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)

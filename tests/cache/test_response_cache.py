@@ -1,0 +1,138 @@
+"""ResponseCache end to end over real SQLite files: tiers, versions, TTL, metrics."""
+
+import sqlite3
+
+import numpy as np
+
+from cache_helpers import FakeClock, TickingClock, metric
+from edge_agent.cache import response_cache
+from edge_agent.cache.keys import request_key
+from edge_agent.cache.response_cache import DB_NAME, ResponseCache
+from edge_agent.cache.tiers import ENTRY_OVERHEAD
+from edge_agent.cache.values import encode_outputs
+from edge_agent.types import InferRequest
+
+V1 = "sha256:" + "1" * 64
+V2 = "sha256:" + "2" * 64
+
+
+def request(pixels: float = 0.5) -> InferRequest:
+    return InferRequest(model="digits", inputs={"pixels": np.full((1, 64), pixels, np.float32)})
+
+
+def answer(label: int) -> dict:
+    return {"label": np.array([label], np.int64), "probs": np.eye(10, dtype=np.float32)[label][None]}
+
+
+def test_a_new_version_never_reads_the_old_versions_answer(tmp_path):
+    cache = ResponseCache(tmp_path, 1 << 20, 1 << 20, 3600.0)
+    cache.put(request_key("digits", V1, request()), answer(3))
+    misses = metric("edge_agent_cache_misses_total")
+    assert cache.get(request_key("digits", V2, request())) is None
+    assert metric("edge_agent_cache_misses_total") - misses == 1
+    cache.close()
+
+
+def test_after_a_rollback_the_older_versions_entries_serve_again(tmp_path):
+    cache = ResponseCache(tmp_path, 1 << 20, 1 << 20, 3600.0)
+    cache.put(request_key("digits", V1, request()), answer(3))
+    # v2 goes live and answers differently for the same input ...
+    assert cache.get(request_key("digits", V2, request())) is None
+    cache.put(request_key("digits", V2, request()), answer(5))
+    assert cache.get(request_key("digits", V2, request()))["label"][0] == 5
+    cache.close()
+    # ... then is rolled back, across a restart: v1's own answer comes back from disk.
+    cache = ResponseCache(tmp_path, 1 << 20, 1 << 20, 3600.0)
+    assert cache.get(request_key("digits", V1, request()))["label"][0] == 3
+    assert cache.stats()["hits"]["disk"] == 1
+    cache.close()
+
+
+def test_hits_are_counted_per_tier_and_a_disk_hit_is_promoted(tmp_path):
+    key = request_key("digits", V1, request())
+    cache = ResponseCache(tmp_path, 1 << 20, 1 << 20, 3600.0)
+    cache.put(key, answer(7))
+    cache.close()
+    mem, disk = metric("edge_agent_cache_hits_total", tier="memory"), metric("edge_agent_cache_hits_total", tier="disk")
+    cache = ResponseCache(tmp_path, 1 << 20, 1 << 20, 3600.0)
+    for _ in range(3):
+        assert cache.get(key)["label"][0] == 7
+    assert metric("edge_agent_cache_hits_total", tier="disk") - disk == 1
+    assert metric("edge_agent_cache_hits_total", tier="memory") - mem == 2
+    assert cache.stats()["tiers"]["memory"]["entries"] == 1
+    cache.close()
+
+
+def test_promotion_keeps_the_disk_entrys_expiry(tmp_path):
+    clock = FakeClock()
+    key = request_key("digits", V1, request())
+    cache = ResponseCache(tmp_path, 1 << 20, 1 << 20, 3600.0, clock=clock)
+    cache.put(key, answer(1), ttl_s=10)
+    cache.close()
+    cache = ResponseCache(tmp_path, 1 << 20, 1 << 20, 3600.0, clock=clock)
+    clock.advance(5)
+    assert cache.get(key) is not None  # from disk, now also in memory
+    clock.advance(6)
+    assert cache.get(key) is None  # neither tier serves it past its original TTL
+    cache.close()
+
+
+def test_default_ttl_applies_when_none_is_given(tmp_path):
+    clock = FakeClock()
+    key = request_key("digits", V1, request())
+    cache = ResponseCache(tmp_path, 1 << 20, 1 << 20, 60.0, clock=clock)
+    cache.put(key, answer(1))
+    clock.advance(59)
+    assert cache.get(key) is not None
+    clock.advance(2)
+    assert cache.get(key) is None
+    cache.close()
+
+
+def test_memory_bound_evicts_and_the_disk_still_answers(tmp_path):
+    one = len(encode_outputs(answer(0))) + 32 + ENTRY_OVERHEAD
+    cache = ResponseCache(tmp_path, 5 * one, 1 << 20, 3600.0)
+    keys = [request_key("digits", V1, request(p)) for p in np.linspace(0, 1, 12)]
+    for i, key in enumerate(keys):
+        cache.put(key, answer(i % 10))
+    cache.flush()
+    mem = cache.stats()["tiers"]["memory"]
+    assert mem["entries"] == 5 and mem["bytes"] <= 5 * one and mem["evictions"]["size"] == 7
+    disk_hits = cache.stats()["hits"]["disk"]
+    assert cache.get(keys[0])["label"][0] == 0
+    assert cache.stats()["hits"]["disk"] == disk_hits + 1
+    cache.close()
+
+
+def test_zero_disk_bytes_means_no_file(tmp_path):
+    cache = ResponseCache(tmp_path, 1 << 20, 0, 3600.0)
+    key = request_key("digits", V1, request())
+    cache.put(key, answer(2))
+    assert cache.get(key)["label"][0] == 2
+    assert "disk" not in cache.stats()["tiers"]
+    cache.close()
+    assert not (tmp_path / DB_NAME).exists()
+
+
+def test_an_answer_the_codec_cannot_hold_is_skipped_not_raised(tmp_path):
+    cache = ResponseCache(tmp_path, 1 << 20, 1 << 20, 3600.0)
+    key = request_key("digits", V1, request())
+    cache.put(key, {"z": np.array([1 + 2j])})
+    assert cache.get(key) is None
+    cache.close()
+
+
+def test_an_entry_hot_in_memory_stays_recent_on_disk(tmp_path):
+    clock = TickingClock()
+    keys = [request_key("digits", V1, request(p)) for p in np.linspace(0, 1, 4)]
+    cache = ResponseCache(tmp_path, 1 << 20, 1 << 20, 1e9, clock=clock)
+    for i, key in enumerate(keys):
+        cache.put(key, answer(i))
+    cache.flush()
+    clock.advance(response_cache.DISK_TOUCH_INTERVAL_S + 1)
+    assert cache.get(keys[0]) is not None  # served by memory
+    cache.flush()
+    with sqlite3.connect(tmp_path / DB_NAME) as conn:
+        order = [row[0] for row in conn.execute("SELECT key FROM entries ORDER BY last_access")]
+    assert order[-1] == keys[0]
+    cache.close()
