@@ -123,7 +123,12 @@ class Daemon:
         log.info("edge-agent %s ready (%s mode): %s", __version__, cfg.mode, models or "no models")
 
     def _make_cache(self):
-        return None
+        c = self.cfg.cache
+        if not c.enabled:
+            return None
+        from .cache import ResponseCache
+
+        return ResponseCache(self.cfg.paths.cache_dir, c.memory_max_bytes, c.disk_max_bytes, c.default_ttl_s)
 
     def _make_extras(self) -> list:
         return []

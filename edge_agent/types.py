@@ -37,7 +37,8 @@ NP_TO_V2: dict[np.dtype, str] = {v: k for k, v in V2_TO_NP.items()}
 def v2_datatype(arr: np.ndarray) -> str:
     if arr.dtype.kind in ("O", "S", "U"):
         return "BYTES"
-    return NP_TO_V2[arr.dtype]
+    # Byte order does not change the datatype ('>f4' is still FP32).
+    return NP_TO_V2[arr.dtype.newbyteorder("=")]
 
 
 @dataclass(slots=True)

@@ -135,7 +135,8 @@ def test_coded_errors_while_others_are_served(agent_factory):
 
 
 def test_expired_deadline_and_full_queue(agent_factory):
-    a = agent_factory()
+    # Identical requests would share one inference through the cache.
+    a = agent_factory(config={"cache": {"enabled": False}})
     # A long batching delay keeps requests queued, so the queue bound is reachable.
     copy_digits(a.models_dir, batching__max_queue_delay_us=1_500_000, batching__max_queue_size=4)
     a.start()

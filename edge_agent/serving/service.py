@@ -13,6 +13,7 @@ from collections import deque
 
 import numpy as np
 
+from ..cache import SingleFlight, request_key
 from ..config import Config
 from ..errors import EdgeError, ShuttingDown
 from ..ops.metrics import REQUEST_ERRORS
@@ -29,6 +30,7 @@ class InferenceService:
         self.cfg = cfg
         self.repo = repo
         self.cache = cache
+        self.flights = SingleFlight()
         self.accepting = True
         self.inflight = 0
         self.started = _now()
@@ -55,7 +57,9 @@ class InferenceService:
             cache = self.cache
             key = None
             if cache is not None and req.use_cache and model.spec.cache.enabled:
-                key = cache.key(model, req)
+                # The key holds the model file's digest, so a new version never
+                # reads another version's answers.
+                key = request_key(model.name, model.digest, req)
                 hit = cache.get(key)
                 if hit is not None:
                     return self._finish(req, mv, hit, t0, cached=True)
@@ -64,7 +68,9 @@ class InferenceService:
                 limit = req.timeout_s
             deadline = req.deadline if req.deadline is not None else t0 + limit
             if key is not None:
-                outputs = await cache.single_flight(key, lambda: self._run(mv, prepared, req.priority, deadline), model)
+                # Identical requests arriving while this one runs share its inference.
+                ttl = model.spec.cache.ttl_s
+                outputs = await self.flights.run(key, lambda: self._run_and_store(mv, prepared, req.priority, deadline, key, ttl))
             else:
                 outputs = await self._run(mv, prepared, req.priority, deadline)
             return self._finish(req, mv, outputs, t0, cached=False)
@@ -82,6 +88,11 @@ class InferenceService:
 
     async def _run(self, mv: ModelVersion, prepared, priority: int, deadline: float) -> dict[str, np.ndarray]:
         return await mv.batcher.submit(prepared, priority, deadline)
+
+    async def _run_and_store(self, mv, prepared, priority, deadline, key: bytes, ttl: float | None):
+        outputs = await mv.batcher.submit(prepared, priority, deadline)
+        self.cache.put(key, outputs, ttl)
+        return outputs
 
     def _finish(self, req: InferRequest, mv: ModelVersion, outputs, t0: float, cached: bool) -> InferResponse:
         dt = _now() - t0

@@ -1,0 +1,152 @@
+"""Fixtures of the OTA tests: tiny real ONNX models, keys, a registry, HTTP servers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import yaml
+from onnx import TensorProto, helper, numpy_helper
+
+from edge_agent.ota.devserver import RegistryServer
+from edge_agent.ota.signing import keygen
+
+
+def write_linear_model(version_dir: Path, seed: int = 0, in_dim: int = 4, out_dim: int = 3, name: str = "linear",
+                       pad_bytes: int = 0) -> Path:
+    """y = x @ W + b with a dynamic batch axis; ``pad_bytes`` adds an unused initializer to grow the file."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((in_dim, out_dim)).astype(np.float32)
+    b = rng.standard_normal(out_dim).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")]
+    if pad_bytes:
+        inits.append(numpy_helper.from_array(rng.standard_normal(pad_bytes // 4).astype(np.float32), "pad"))
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "B"], ["y"])],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", in_dim])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", out_dim])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    version_dir.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, version_dir / "model.onnx")
+    spec = {
+        "name": name,
+        "max_batch_size": 8,
+        "inputs": [{"name": "x", "datatype": "FP32", "dims": [in_dim]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "dims": [out_dim]}],
+        "lineage": {"source_model_sha256": "0" * 64, "quantization": {"method": "none"}, "trained_on": "synthetic"},
+    }
+    (version_dir / "model.yaml").write_text(yaml.safe_dump(spec))
+    return version_dir
+
+
+@pytest.fixture
+def keys(tmp_path):
+    priv, pub = keygen(tmp_path / "keys")
+    return priv, pub
+
+
+@pytest.fixture
+def other_keys(tmp_path):
+    return keygen(tmp_path / "other-keys")
+
+
+@pytest.fixture
+def registry(tmp_path):
+    root = tmp_path / "registry"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def src_models(tmp_path):
+    """Builder of source version dirs: src_models("2", seed=..) -> Path."""
+    def make(version: str, **kw) -> Path:
+        return write_linear_model(tmp_path / "src" / "linear" / version, **kw)
+    return make
+
+
+@pytest.fixture
+def devserver(registry):
+    with RegistryServer(registry) as srv:
+        yield srv
+
+
+@pytest.fixture
+def device(tmp_path):
+    d = tmp_path / "device"
+    (d / "models").mkdir(parents=True)
+    (d / "state").mkdir()
+    return d
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def nginx(registry, tmp_path):
+    """Debian's nginx serving the registry dir on a free loopback port (Range support built in)."""
+    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    if binary is None:
+        pytest.skip("nginx binary not installed")
+    prefix = tmp_path / "nginx"
+    prefix.mkdir()
+    port = free_port()
+    user = "user root;" if os.geteuid() == 0 else ""  # workers must read pytest's 0700 tmp dirs
+    conf = prefix / "nginx.conf"
+    conf.write_text(f"""
+{user}
+daemon off;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log {prefix}/access.log;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    types {{ application/json json; application/octet-stream onnx npz sig; }}
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{port};
+        root {registry};
+        location / {{ }}
+    }}
+}}
+""")
+    proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(prefix)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                out = proc.stdout.read().decode(errors="replace") if proc.poll() is not None else ""
+                proc.kill()
+                err = (prefix / "error.log").read_text() if (prefix / "error.log").exists() else ""
+                pytest.fail(f"nginx did not start: {out} {err}")
+            time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", prefix
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

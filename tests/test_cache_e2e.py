@@ -1,0 +1,127 @@
+"""The response cache inside the real daemon: real SQLite files, restarts, corruption."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import signal
+import time
+
+import numpy as np
+import onnx
+from sklearn.datasets import load_digits
+
+from daemon_proc import copy_digits, digits_body
+from test_daemon import _metric, _wait_for
+
+X, _ = load_digits(return_X_y=True)
+X = X.astype(np.float32)
+
+
+def _cached(doc: dict) -> bool:
+    return bool(doc.get("parameters", {}).get("cached"))
+
+
+def _rows_run(a) -> float:
+    _, _, m = a.client().request("GET", "/metrics")
+    return _metric(m.decode(), "edge_agent_batch_size_sum", 'model="digits"')
+
+
+def test_hit_after_restart(agent_factory):
+    a = agent_factory()
+    copy_digits(a.models_dir)
+    a.start()
+    body = digits_body(X[:1])
+    s1, d1 = a.client().infer("digits", body)
+    s2, d2 = a.client().infer("digits", body)
+    assert s1 == s2 == 200 and not _cached(d1) and _cached(d2)
+    assert d1["outputs"] == d2["outputs"]
+    assert a.stop() == 0
+    a.start()
+    s3, d3 = a.client().infer("digits", body)
+    assert s3 == 200 and _cached(d3) and d3["outputs"] == d1["outputs"]
+    assert _rows_run(a) == 0  # answered from disk, no inference after the restart
+    body["parameters"] = {"cache": False}
+    assert not _cached(a.client().infer("digits", body)[1])
+
+
+def test_garbage_over_database_is_rebuilt(agent_factory):
+    a = agent_factory()
+    copy_digits(a.models_dir)
+    a.start()
+    body = digits_body(X[1:2])
+    a.client().infer("digits", body)
+    assert a.stop() == 0
+    db = a.root / "cache" / "responses.sqlite3"
+    assert db.exists()
+    db.write_bytes(b"\x00garbage" * 50000)
+    a.start()
+    status, doc = a.client().infer("digits", body)
+    assert status == 200 and not _cached(doc)
+    assert "corrupt" in a.log().lower()
+    assert list((a.root / "cache").glob("responses.sqlite3.corrupt-*"))
+    # It caches again, on disk too: a restart still hits.
+    assert _cached(a.client().infer("digits", body)[1])
+    assert a.stop() == 0
+    a.start()
+    assert _cached(a.client().infer("digits", body)[1])
+
+
+def test_bounds_evict_and_ttl_expires(agent_factory):
+    a = agent_factory(config={"cache": {"memory_max_bytes": 8192, "disk_max_bytes": 16384}})
+    copy_digits(a.models_dir, cache__ttl_s=1.0)
+    a.start()
+    c = a.client()
+    first = digits_body(X[:1])
+    c.infer("digits", first)
+    assert _cached(c.infer("digits", first)[1])
+    time.sleep(1.3)
+    assert not _cached(c.infer("digits", first)[1]), "an entry past its TTL was served"
+    for i in range(200):
+        c.infer("digits", digits_body(X[10 + i : 11 + i]))
+    _, _, m = c.request("GET", "/metrics")
+    text = m.decode()
+    assert _metric(text, "edge_agent_cache_evictions_total", 'tier="memory"') > 0
+    _wait_for(lambda: _metric(c.request("GET", "/metrics")[2].decode(), "edge_agent_cache_evictions_total", 'tier="disk"') > 0)
+    assert _metric(c.request("GET", "/metrics")[2].decode(), "edge_agent_cache_bytes", 'tier="memory"') <= 8192
+    assert not _cached(c.infer("digits", digits_body(X[10:11]))[1]), "the oldest entry should have been evicted"
+
+
+def test_fifty_identical_requests_run_one_inference(agent_factory):
+    a = agent_factory()
+    # A batching delay keeps the first request in flight while the others arrive.
+    copy_digits(a.models_dir, batching__max_queue_delay_us=300_000)
+    a.start()
+    body = digits_body(X[5:6])
+
+    def one(_):
+        c = a.client()
+        try:
+            return c.infer("digits", body)
+        finally:
+            c.close()
+
+    with cf.ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(one, range(50)))
+    assert all(s == 200 for s, _ in results)
+    assert len({str(d["outputs"]) for _, d in results}) == 1
+    assert _rows_run(a) == 1
+
+
+def test_new_version_does_not_serve_old_answers(agent_factory):
+    a = agent_factory()
+    copy_digits(a.models_dir)
+    a.start()
+    body = digits_body(X[7:8])
+    a.client().infer("digits", body)
+    assert _cached(a.client().infer("digits", body)[1])
+    # Version 2: the same graph, a different file (so a different digest).
+    v2 = copy_digits(a.models_dir, version="2")
+    m = onnx.load(v2 / "model.onnx")
+    m.producer_version = "2"
+    onnx.save(m, v2 / "model.onnx")
+    a.signal(signal.SIGHUP)
+    _wait_for(lambda: len(a.client().json("POST", "/v2/repository/index")[1]) == 2)
+    status, doc = a.client().infer("digits", body)
+    assert status == 200 and doc["model_version"] == "2" and not _cached(doc)
+    status, doc = a.client().infer("digits", body, version="1")
+    assert doc["model_version"] == "1" and _cached(doc)
