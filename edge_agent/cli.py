@@ -135,14 +135,34 @@ def _add_params(body: dict, args) -> dict:
 
 def cmd_infer(args) -> int:
     if args.mqtt:
-        from .transports.mqtt_client import cli_infer_mqtt
-
-        return cli_infer_mqtt(args, _request_body(args, None) if (args.text is not None or (args.file or "").endswith(".json")) else _request_body(args, None))
+        return _infer_mqtt(args)
     client = _client(args)
     body = _add_params(_request_body(args, client), args)
     status, doc = client.infer(args.model, body, args.version)
     print(json.dumps(doc, indent=None if args.compact else 2))
     return 0 if status == 200 else 1
+
+
+def _infer_mqtt(args) -> int:
+    import socket as _socket
+
+    from .transports.mqtt_client import run_infer
+
+    if args.file is not None and args.file.endswith(".npy") and args.input is None:
+        print("edge-agent infer --mqtt: give --input NAME with a .npy file", file=sys.stderr)
+        return 2
+    body = _add_params(_request_body(args, None), args)
+    host, port = args.mqtt
+    try:
+        doc = run_infer(
+            f"{host}:{port}", args.model, body, device=args.device or _socket.gethostname(), prefix=args.prefix,
+            version=args.version, protocol=args.mqtt_protocol, qos=args.qos, timeout=args.timeout,
+        )
+    except (OSError, TimeoutError) as e:
+        print(f"edge-agent infer --mqtt: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(doc, indent=None if args.compact else 2))
+    return 1 if "error" in doc else 0
 
 
 def cmd_models(args) -> int:
@@ -221,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mqtt", type=_host_port, metavar="HOST:PORT", help="send over MQTT via this broker instead of the socket")
     p.add_argument("--device", help="device id for --mqtt (default: this host name)")
     p.add_argument("--prefix", default="edge", help="topic prefix for --mqtt")
+    p.add_argument("--mqtt-protocol", choices=["5", "3.1.1"], default="5", help="MQTT version for --mqtt")
+    p.add_argument("--qos", type=int, choices=[0, 1], default=1, help="QoS for --mqtt")
     p.add_argument("--compact", action="store_true", help="print the answer on one line")
     client_opts(p)
     p.set_defaults(func=cmd_infer)

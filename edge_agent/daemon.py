@@ -131,7 +131,25 @@ class Daemon:
         return ResponseCache(self.cfg.paths.cache_dir, c.memory_max_bytes, c.disk_max_bytes, c.default_ttl_s)
 
     def _make_extras(self) -> list:
-        return []
+        """Optional components, each with name, start(), stop(), status() and
+        optionally ctl(model, action, body). MQTT first, so the OTA agent can
+        take commands from it and report progress through it."""
+        extras: list = []
+        mqtt = None
+        if self.cfg.mqtt.enabled:
+            from .transports.mqtt import MqttTransport
+
+            mqtt = MqttTransport(self.cfg.mqtt, self.cfg.device_id, self.service, self.cfg.paths.outbox_dir, self.status, __version__)
+            extras.append(mqtt)
+        if self.cfg.ota.enabled:
+            from .ota.agent import OtaAgent
+
+            ota = OtaAgent(self)
+            if mqtt is not None:
+                mqtt.on_ota_command(lambda topic, command: ota.command(command))
+                ota.add_state_listener(mqtt.publish_ota_state)
+            extras.append(ota)
+        return extras
 
     async def main_loop(self) -> None:
         tick = 0.05

@@ -22,7 +22,7 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 _OPT = orjson.OPT_SERIALIZE_NUMPY
 
 
-def _parse_priority(value) -> int:
+def parse_priority(value) -> int:
     if isinstance(value, str):
         try:
             return PRIORITY_NAMES[value.lower()]
@@ -190,7 +190,7 @@ def decode_request(
     if rid is not None:
         req.id = str(rid)
     if "priority" in params:
-        req.priority = _parse_priority(params["priority"])
+        req.priority = parse_priority(params["priority"])
     if "timeout_ms" in params:
         tm = params["timeout_ms"]
         if not isinstance(tm, (int, float)) or isinstance(tm, bool) or tm <= 0:

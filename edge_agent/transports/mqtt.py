@@ -1,0 +1,533 @@
+"""MQTT transport: KServe v2 requests on ``{prefix}/{device}/infer/{model}[/{version}]``.
+
+One more adapter over the inference service: decode the message into an
+InferRequest, call ``service.infer``, encode the InferResponse (or the error)
+back to the request's reply path. MQTT 5 uses ResponseTopic + CorrelationData;
+MQTT 3.1.1 clients put ``reply_to`` and ``id`` in ``parameters``. QoS 1
+requests are acknowledged only after their answer is handed to the broker or
+the outbox, so a daemon that dies mid-request gets the request again.
+docs/MQTT.md is the wire reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import orjson
+import psutil
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from prometheus_client import Counter, Histogram
+
+from ..config import MqttConfig
+from ..errors import EdgeError, MalformedRequest, PayloadTooLarge, RateLimited
+from ..serving.codec import HEADER_LENGTH, parse_priority, decode_request, encode_response
+from .mqtt_bridge import BrokerSettings, PahoBridge, TlsSettings, read_password
+from .outbox import KIND_RESPONSE, KIND_TELEMETRY, Outbox, OutMessage
+from .ratelimit import TokenBuckets
+
+log = logging.getLogger(__name__)
+
+MESSAGES = Counter(
+    "edge_agent_mqtt_messages_total",
+    "MQTT messages received, by outcome (ok, error, malformed, too_large, rate_limited, duplicate, bad_topic, ota).",
+    ["outcome"],
+)
+REQUEST_SECONDS = Histogram(
+    "edge_agent_mqtt_request_seconds", "Time from an MQTT request's arrival to its answer being handed to the broker.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+# Recent (reply topic, correlation) pairs: a QoS 1 redelivery is answered once.
+_DEDUP_SIZE = 4096
+# Unacknowledged outbox messages on the wire at once while flushing.
+_FLUSH_WINDOW = 128
+
+
+@dataclass(slots=True)
+class _Reply:
+    topic: str
+    correlation: bytes | None
+    id: str | None
+    qos: int
+    v5: bool
+    expires: float | None  # wall clock, from the request's Message Expiry Interval
+    dedup: str | None = None
+
+
+def _user_props(props) -> dict[str, str]:
+    pairs = getattr(props, "UserProperty", None) if props is not None else None
+    return {k.lower(): v for k, v in pairs} if pairs else {}
+
+
+def _lenient_params(payload: bytes) -> dict:
+    """parameters of a body that failed to decode, to find a 3.1.1 reply path."""
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return {}
+    params = doc.get("parameters") if isinstance(doc, dict) else None
+    if not isinstance(params, dict):
+        return {}
+    if "id" not in params and isinstance(doc.get("id"), (str, int)):
+        params = {**params, "id": doc["id"]}
+    return params
+
+
+class MqttTransport:
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        device_id: str,
+        service,
+        outbox_dir: Path,
+        info: Callable[[], dict],
+        agent_version: str,
+    ) -> None:
+        self.cfg = cfg
+        self.device_id = device_id
+        self.service = service
+        self.info = info
+        self.agent_version = agent_version
+        self.base = f"{cfg.prefix}/{device_id}"
+        self.infer_prefix = f"{self.base}/infer/"
+        self.status_topic = f"{self.base}/status"
+        self.telemetry_topic = f"{self.base}/telemetry"
+        self.ota_topic = f"{self.base}/ota"
+        self.ota_state_topic = f"{self.base}/ota/state"
+        self.fleet_ota_topic = f"fleet/{cfg.group}/ota"
+        self.default_response_topic = cfg.default_response_topic or f"{self.base}/responses"
+        self.client_id = cfg.client_id or f"edge-agent-{device_id}"
+        self.outbox_dir = Path(outbox_dir)
+        self._limiter = TokenBuckets(cfg.rate_limit.rate, cfg.rate_limit.burst)
+        self._recent: OrderedDict[str, bool] = OrderedDict()
+        self._tasks: set[asyncio.Task] = set()
+        # mid -> message paho has not yet confirmed (PUBACK for QoS 1).
+        self._pending: dict[int, OutMessage] = {}
+        self._pending_drained = asyncio.Event()
+        self._flush_after = 0
+        self._draining = False
+        self._flush_task: asyncio.Task | None = None
+        self._telemetry_task: asyncio.Task | None = None
+        self._ota_callbacks: list[Callable] = []
+        self._ota_state: dict[str, dict] = {}
+        self._stopping = False
+        self._started = time.time()
+        self._latencies: deque[float] = deque(maxlen=10_000)
+        self._counts = {"requests": 0, "errors": 0}
+        self._last_telemetry = time.monotonic()
+        self._proc = psutil.Process()
+        self._bridge: PahoBridge | None = None
+        self._outbox: Outbox | None = None
+
+    # --- lifecycle -----------------------------------------------------------
+
+    def _settings(self) -> BrokerSettings:
+        c = self.cfg
+        tls = None
+        if c.tls is not None:
+            tls = TlsSettings(c.tls.ca_file, c.tls.cert_file, c.tls.key_file, c.tls.insecure)
+        return BrokerSettings(
+            host=c.host, port=c.port, client_id=self.client_id, protocol=c.protocol, keepalive_s=c.keepalive_s,
+            persistent=True, session_expiry_s=c.session_expiry_s, tls=tls, username=c.username,
+            password=read_password(c.password_file), reconnect_min_s=c.reconnect_min_s, reconnect_max_s=c.reconnect_max_s,
+        )
+
+    async def start(self) -> None:
+        """Returns at once; the connection is made (and remade) in the background.
+
+        Raises ConfigError for unreadable TLS files or password file.
+        """
+        self._loop = asyncio.get_running_loop()
+        self._outbox = Outbox(self.outbox_dir, self.cfg.outbox.max_bytes, self.cfg.outbox.max_age_s)
+        self._draining = len(self._outbox) > 0
+        for key in self._outbox.dedup_keys():
+            self._recent[key] = True
+        will = (self.status_topic, self._status_payload("offline", reason="lost"), 1, True)
+        self._bridge = PahoBridge(
+            self._settings(), on_connect=self._on_connect, on_disconnect=self._on_disconnect,
+            on_message=self._on_message, on_publish=self._on_publish, will=will, manual_ack=True, name="transport",
+        )
+        self._bridge.start()
+        self._telemetry_task = self._loop.create_task(self._telemetry_loop(), name="mqtt-telemetry")
+        log.info("mqtt: serving %s#, broker %s:%d (MQTT %s)", self.infer_prefix, self.cfg.host, self.cfg.port, self.cfg.protocol)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Finish in-flight requests, publish offline status, flush, disconnect."""
+        self._stopping = True
+        if self._telemetry_task is not None:
+            self._telemetry_task.cancel()
+        if self._tasks:
+            done, not_done = await asyncio.wait(set(self._tasks), timeout=timeout)
+            for t in not_done:
+                t.cancel()
+            if not_done:
+                log.warning("mqtt: cancelled %d requests still running at stop (the broker will redeliver them)", len(not_done))
+        if self._bridge is None:
+            return
+        if self._bridge.connected:
+            info = self._bridge.publish(self.status_topic, self._status_payload("offline", reason="stopped"), 1, True)
+            self._pending[info.mid] = OutMessage(self.status_topic, b"", 1, kind="status")
+            try:
+                await asyncio.wait_for(self._wait_pending_empty(), timeout)
+            except asyncio.TimeoutError:
+                log.warning("mqtt: %d publishes not acknowledged at stop", len(self._pending))
+        self._persist_pending()
+        if self._flush_task is not None:
+            self._flush_task.cancel()
+        await self._bridge.stop(timeout)
+        self._outbox.close()
+
+    async def _wait_pending_empty(self) -> None:
+        while self._pending:
+            self._pending_drained.clear()
+            await self._pending_drained.wait()
+
+    def _persist_pending(self) -> None:
+        # Answers paho still holds unacknowledged would die with the process.
+        for m in self._pending.values():
+            if m.seq is None and m.kind in (KIND_RESPONSE, KIND_TELEMETRY):
+                self._outbox.put(m)
+        self._pending.clear()
+
+    # --- connection events ---------------------------------------------------
+
+    def _on_connect(self, session_present: bool) -> None:
+        qos = self.cfg.qos
+        self._bridge.subscribe([(f"{self.infer_prefix}#", qos), (self.ota_topic, qos), (self.fleet_ota_topic, qos)])
+        self._bridge.publish(self.status_topic, self._status_payload("online"), 1, True)
+        if self._ota_state:
+            self._publish_ota_doc()
+        # paho re-sends its own unacknowledged messages; the outbox is walked again
+        # from the start, skipping rows paho still holds.
+        self._flush_after = 0
+        if len(self._outbox):
+            self._draining = True
+            self._kick_flush()
+
+    def _on_disconnect(self) -> None:
+        # QoS 0 packets not yet written are lost with the socket; outbox rows among
+        # them are sent again by the next flush.
+        for mid in [mid for mid, m in self._pending.items() if m.qos == 0]:
+            del self._pending[mid]
+        if not self._pending:
+            self._pending_drained.set()
+
+    def _on_publish(self, mid: int) -> None:
+        m = self._pending.pop(mid, None)
+        if m is not None and m.seq is not None:
+            self._outbox.remove(m.seq)
+        if not self._pending:
+            self._pending_drained.set()
+
+    # --- outgoing ------------------------------------------------------------
+
+    def _props(self, m: OutMessage) -> Properties | None:
+        if not m.props and m.expires is None:
+            return None
+        p = Properties(PacketTypes.PUBLISH)
+        if m.props:
+            if m.props.get("correlation") is not None:
+                p.CorrelationData = bytes.fromhex(m.props["correlation"])
+            if m.props.get("user"):
+                p.UserProperty = [tuple(kv) for kv in m.props["user"]]
+        if m.expires is not None and m.seq is not None:
+            # Only queued messages carry an expiry: the rest is sent at once.
+            p.MessageExpiryInterval = max(1, int(m.expires - time.time()))
+        return p
+
+    def _send(self, m: OutMessage) -> None:
+        b = self._bridge
+        if b.connected and not self._draining:
+            info = b.publish(m.topic, m.payload, m.qos, m.retain, self._props(m))
+            if info.rc == 0:
+                if m.qos > 0:
+                    self._pending[info.mid] = m
+                return
+            if m.qos > 0:
+                # paho keeps QoS 1 and sends it after the reconnect.
+                self._pending[info.mid] = m
+                return
+        self._outbox.put(m)
+        if b.connected:
+            self._kick_flush()
+
+    def _kick_flush(self) -> None:
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = self._loop.create_task(self._flush(), name="mqtt-outbox-flush")
+
+    async def _flush(self) -> None:
+        """Send outbox rows in order; each is deleted on its PUBACK."""
+        while self._bridge.connected and not self._stopping:
+            held = {m.seq for m in self._pending.values() if m.seq is not None}
+            batch = self._outbox.peek(self._flush_after, _FLUSH_WINDOW)
+            if not batch:
+                self._draining = False
+                return
+            for m in batch:
+                while len(self._pending) >= _FLUSH_WINDOW and self._bridge.connected:
+                    self._pending_drained.clear()
+                    try:
+                        await asyncio.wait_for(self._pending_drained.wait(), 0.05)
+                    except asyncio.TimeoutError:
+                        pass
+                if not self._bridge.connected:
+                    return
+                self._flush_after = m.seq
+                if m.seq in held:
+                    continue
+                info = self._bridge.publish(m.topic, m.payload, m.qos, m.retain, self._props(m))
+                self._pending[info.mid] = m
+            await asyncio.sleep(0)
+
+    def _status_payload(self, state: str, reason: str | None = None) -> bytes:
+        doc: dict = {"state": state, "device": self.device_id, "version": self.agent_version}
+        if state == "online":
+            doc["models"] = self._safe_info().get("models", {})
+            doc["since"] = time.time()
+        else:
+            doc["reason"] = reason
+            if reason != "lost":
+                doc["ts"] = time.time()
+        return orjson.dumps(doc)
+
+    def _safe_info(self) -> dict:
+        try:
+            return self.info() or {}
+        except Exception:  # the daemon's hook must not take the transport down
+            log.exception("mqtt: info() failed")
+            return {}
+
+    # --- incoming ------------------------------------------------------------
+
+    def _on_message(self, msg) -> None:
+        gen = self._bridge.generation
+        if self._stopping:
+            return  # not acknowledged: the broker redelivers it to the next run
+        topic = msg.topic
+        try:
+            if topic.startswith(self.infer_prefix):
+                self._on_request(msg, gen, topic[len(self.infer_prefix):])
+                return
+            if topic in (self.ota_topic, self.fleet_ota_topic):
+                self._on_ota(msg)
+            else:
+                MESSAGES.labels("bad_topic").inc()
+        except Exception:
+            log.exception("mqtt: unexpected error handling a message on %s", topic)
+            MESSAGES.labels("error").inc()
+        self._bridge.ack(msg.mid, msg.qos, gen)
+
+    def _on_request(self, msg, gen: int, rest: str) -> None:
+        t0 = time.monotonic()
+        props = msg.properties if self._bridge.v5 else None
+        user = _user_props(props)
+        reply_topic = getattr(props, "ResponseTopic", None) if props is not None else None
+        correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        expiry = getattr(props, "MessageExpiryInterval", None) if props is not None else None
+        req = None
+        err: EdgeError | None = None
+        params: dict = {}
+        parts = rest.split("/")
+        payload = msg.payload
+        if len(parts) not in (1, 2) or not all(parts):
+            err = MalformedRequest(f"topic must be {self.infer_prefix}{{model}}[/{{version}}], got {msg.topic!r}")
+        elif len(payload) > self.cfg.max_payload_bytes:
+            err = PayloadTooLarge(f"payload of {len(payload)} bytes exceeds the limit of {self.cfg.max_payload_bytes}")
+        else:
+            try:
+                hl = user.get(HEADER_LENGTH.lower())
+                header_length = int(hl) if hl is not None else None
+            except ValueError:
+                err = MalformedRequest(f"user property {HEADER_LENGTH} must be an integer, got {hl!r}")
+            else:
+                try:
+                    req = decode_request(payload, parts[0], parts[1] if len(parts) == 2 else None, header_length)
+                    params = req.parameters
+                    self._apply_user_props(req, user)
+                except EdgeError as e:
+                    err = e
+        if req is None and not (reply_topic and correlation is not None) and err.code != "payload_too_large":
+            params = _lenient_params(payload)
+        rid = params.get("id") if isinstance(params.get("id"), (str, int)) else None
+        rid = str(rid) if rid is not None else (req.id if req is not None else None)
+        rt = params.get("reply_to")
+        reply = _Reply(
+            topic=reply_topic or (rt if isinstance(rt, str) and rt and not any(c in rt for c in "+#") else self.default_response_topic),
+            correlation=correlation, id=rid, qos=min(msg.qos, 1), v5=self._bridge.v5,
+            expires=time.time() + expiry if expiry else None,
+        )
+        key = None
+        if msg.qos > 0 and (correlation is not None or rid is not None):
+            key = f"{reply.topic}\0" + (f"c:{correlation.hex()}" if correlation is not None else f"i:{rid}")
+            reply.dedup = key
+        dedup = key is not None
+        if dedup and key in self._recent:
+            MESSAGES.labels("duplicate").inc()
+            log.debug("mqtt: redelivered request %r on %s answered already", key, msg.topic)
+            self._bridge.ack(msg.mid, msg.qos, gen)
+            return
+        client = user.get("client_id") or user.get("client-id")
+        client = f"id:{client}" if client else f"reply:{reply.topic}"
+        if not self._limiter.allow(client):
+            err = RateLimited(f"client {client} exceeds {self.cfg.rate_limit.rate:g} requests/s (burst {self.cfg.rate_limit.burst})")
+        elif dedup:
+            self._recent[key] = True
+            if len(self._recent) > _DEDUP_SIZE:
+                self._recent.popitem(last=False)
+        if err is not None:
+            outcome = {"payload_too_large": "too_large", "rate_limited": "rate_limited"}.get(err.code, "malformed")
+            MESSAGES.labels(outcome).inc()
+            self._counts["errors"] += 1
+            log.info("mqtt: rejected request on %s from %s: %s (%s)", msg.topic, client, err.code, err.message)
+            self._answer_error(reply, err)
+            self._bridge.ack(msg.mid, msg.qos, gen)
+            return
+        req.client = client
+        if reply.id is not None and req.id is None:
+            req.id = reply.id
+        if expiry:
+            req.timeout_s = min(req.timeout_s or expiry, float(expiry))
+        if not reply.v5:
+            req.binary_outputs = frozenset()  # 3.1.1 has no user property to carry the header length
+        task = self._loop.create_task(self._run(req, reply, msg.mid, msg.qos, gen, t0))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _apply_user_props(self, req, user: dict[str, str]) -> None:
+        if "priority" in user:
+            p = user["priority"]
+            req.priority = parse_priority(int(p) if p.isdigit() else p)
+        if "timeout_ms" in user:
+            try:
+                tm = float(user["timeout_ms"])
+            except ValueError:
+                tm = -1
+            if tm <= 0:
+                raise MalformedRequest(f"user property timeout_ms must be a positive number, got {user['timeout_ms']!r}")
+            req.timeout_s = min(req.timeout_s or tm / 1000.0, tm / 1000.0)
+
+    async def _run(self, req, reply: _Reply, mid: int, qos: int, gen: int, t0: float) -> None:
+        try:
+            resp = await self.service.infer(req)
+        except EdgeError as e:
+            MESSAGES.labels("error").inc()
+            self._counts["errors"] += 1
+            self._answer_error(reply, e)
+        except Exception as e:  # a bug in one request must not take the transport down
+            log.exception("mqtt: inference of %s failed unexpectedly", req.model)
+            MESSAGES.labels("error").inc()
+            self._counts["errors"] += 1
+            self._answer_error(reply, EdgeError(f"internal error: {type(e).__name__}"))
+        else:
+            if resp.id is None:
+                resp.id = reply.id
+            body, header_length = encode_response(resp, req.binary_outputs)
+            user = [(HEADER_LENGTH, str(header_length))] if header_length is not None else None
+            self._send(self._out(reply, body, user))
+            MESSAGES.labels("ok").inc()
+        dt = time.monotonic() - t0
+        REQUEST_SECONDS.observe(dt)
+        self._latencies.append(dt)
+        self._counts["requests"] += 1
+        self._bridge.ack(mid, qos, gen)
+
+    def _out(self, reply: _Reply, body: bytes, user: list | None = None) -> OutMessage:
+        props = None
+        if reply.v5 and (reply.correlation is not None or user):
+            props = {"correlation": reply.correlation.hex() if reply.correlation is not None else None, "user": user}
+        return OutMessage(reply.topic, body, reply.qos, props=props, expires=reply.expires, dedup=reply.dedup)
+
+    def _answer_error(self, reply: _Reply, err: EdgeError) -> None:
+        doc = err.to_dict()
+        if reply.id is not None:
+            doc["id"] = reply.id
+        self._send(self._out(reply, orjson.dumps(doc)))
+
+    # --- OTA hooks -----------------------------------------------------------
+
+    def on_ota_command(self, callback: Callable) -> None:
+        """callback(topic: str, command: dict), sync or async, per OTA command message."""
+        self._ota_callbacks.append(callback)
+
+    def _on_ota(self, msg) -> None:
+        try:
+            doc = orjson.loads(msg.payload)
+            if not isinstance(doc, dict):
+                raise ValueError("not an object")
+        except ValueError as e:
+            MESSAGES.labels("malformed").inc()
+            log.warning("mqtt: ignored OTA command on %s: not a JSON object (%s)", msg.topic, e)
+            return
+        MESSAGES.labels("ota").inc()
+        for cb in self._ota_callbacks:
+            try:
+                res = cb(msg.topic, doc)
+                if inspect.isawaitable(res):
+                    t = self._loop.create_task(res)
+                    self._tasks.add(t)
+                    t.add_done_callback(self._tasks.discard)
+            except Exception:
+                log.exception("mqtt: OTA command callback failed")
+
+    def publish_ota_state(self, model: str, state: dict) -> None:
+        """Retained on {prefix}/{device}/ota/state as {"models": {model: state}, "ts": ...}."""
+        self._ota_state[model] = state
+        if self._bridge is not None and self._bridge.connected:
+            self._publish_ota_doc()
+
+    def _publish_ota_doc(self) -> None:
+        doc = {"device": self.device_id, "models": self._ota_state, "ts": time.time()}
+        self._bridge.publish(self.ota_state_topic, orjson.dumps(doc), 1, True)
+
+    # --- telemetry -----------------------------------------------------------
+
+    def telemetry(self) -> dict:
+        """The JSON published on {prefix}/{device}/telemetry (documented in docs/MQTT.md)."""
+        now = time.monotonic()
+        window = max(now - self._last_telemetry, 1e-6)
+        self._last_telemetry = now
+        lat = np.fromiter(self._latencies, dtype=np.float64)
+        self._latencies.clear()
+        counts, self._counts = self._counts, {"requests": 0, "errors": 0}
+        pct = {f"p{q}": round(float(np.percentile(lat, q)) * 1000, 3) for q in (50, 90, 99)} if lat.size else {}
+        info = self._safe_info()
+        with self._proc.oneshot():
+            cpu = self._proc.cpu_percent(None)
+            rss = self._proc.memory_info().rss
+        return {
+            "device": self.device_id,
+            "version": self.agent_version,
+            "ts": time.time(),
+            "uptime_s": round(time.time() - self._started, 1),
+            "mqtt": {
+                "window_s": round(window, 3),
+                "requests_per_s": round(counts["requests"] / window, 3),
+                "errors_per_s": round(counts["errors"] / window, 3),
+                "latency_ms": pct,
+                "in_flight": len(self._tasks),
+                "outbox_messages": len(self._outbox) if self._outbox else 0,
+                "outbox_bytes": self._outbox.nbytes if self._outbox else 0,
+                "connected": bool(self._bridge and self._bridge.connected),
+            },
+            "process": {"cpu_percent": cpu, "rss_bytes": rss},
+            "service": info,
+        }
+
+    async def _telemetry_loop(self) -> None:
+        self._proc.cpu_percent(None)  # first call only starts the measurement
+        while True:
+            await asyncio.sleep(self.cfg.telemetry_interval_s)
+            try:
+                doc = self.telemetry()
+                self._send(OutMessage(self.telemetry_topic, orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY), self.cfg.qos, kind=KIND_TELEMETRY))
+            except Exception:
+                log.exception("mqtt: telemetry failed")

@@ -1,0 +1,37 @@
+"""Per-client token buckets.
+
+Keyed by whatever identifies a client (MQTT client id user property, else its
+reply topic). The table is an LRU bounded in size so a stream of forged ids
+cannot grow memory without limit; an evicted client just starts with a full
+bucket again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+
+
+class TokenBuckets:
+    def __init__(self, rate: float, burst: int, max_clients: int = 10_000, clock=time.monotonic) -> None:
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self.max_clients = max_clients
+        self._clock = clock
+        # key -> (tokens, last refill time)
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def allow(self, key: str, cost: float = 1.0) -> bool:
+        now = self._clock()
+        tokens, last = self._buckets.pop(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        ok = tokens >= cost
+        if ok:
+            tokens -= cost
+        self._buckets[key] = (tokens, now)
+        if len(self._buckets) > self.max_clients:
+            self._buckets.popitem(last=False)
+        return ok
+
+    def __len__(self) -> int:
+        return len(self._buckets)

@@ -1,0 +1,159 @@
+"""MQTT against the real daemon process: same answers as the socket, restarts, Last Will."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+import uuid
+
+import numpy as np
+import orjson
+import paho.mqtt.client as paho
+import pytest
+from sklearn.datasets import load_digits
+
+from daemon_proc import DIGITS, copy_digits, digits_body
+from edge_agent.transports.mqtt_client import MqttInferClient
+from tests.brokers import Mosquitto
+
+X, _ = load_digits(return_X_y=True)
+X = X.astype(np.float32)
+DEVICE = "test-unit"
+
+
+@pytest.fixture
+def broker(tmp_path):
+    b = Mosquitto(tmp_path / "broker", persistence=True).start()
+    yield b
+    b.kill()
+
+
+def _agent(agent_factory, broker, prefix: str):
+    a = agent_factory(config={"mqtt": {
+        "enabled": True, "host": "127.0.0.1", "port": broker.port, "prefix": prefix,
+        "client_id": f"edge-agent-{prefix}", "reconnect_min_s": 0.1, "reconnect_max_s": 0.5,
+        "telemetry_interval_s": 0.5,
+    }})
+    copy_digits(a.models_dir)
+    return a
+
+
+def _outputs(doc: dict) -> dict:
+    return {o["name"]: o["data"] for o in doc["outputs"]}
+
+
+def _retained(broker, topic: str, want: str, timeout: float = 20.0) -> dict:
+    """Wait until the retained message on ``topic`` has state ``want``."""
+    got: dict = {}
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"watch-{uuid.uuid4().hex[:8]}")
+    c.on_message = lambda cl, ud, msg: got.update(doc=orjson.loads(msg.payload)) if msg.payload else None
+    c.connect("127.0.0.1", broker.port)
+    c.subscribe(topic, qos=1)
+    c.loop_start()
+    try:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if got.get("doc", {}).get("state") == want:
+                return got["doc"]
+            time.sleep(0.05)
+        raise AssertionError(f"{topic} never became {want}: {got}")
+    finally:
+        c.loop_stop()
+        c.disconnect()
+
+
+def test_mqtt5_and_311_answer_like_the_socket(agent_factory, broker):
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    a = _agent(agent_factory, broker, prefix)
+    a.start()
+    _retained(broker, f"{prefix}/{DEVICE}/status", "online")
+    body = digits_body(X[3:5])
+    body["parameters"] = {"cache": False}
+    status, via_socket = a.client().infer("digits", body)
+    assert status == 200
+
+    async def ask(protocol: str, qos: int) -> dict:
+        c = MqttInferClient("127.0.0.1", broker.port, device=DEVICE, prefix=prefix, protocol=protocol)
+        await c.connect()
+        try:
+            return (await c.infer("digits", body, qos=qos, timeout=20)).doc
+        finally:
+            await c.close()
+
+    for protocol in ("5", "3.1.1"):
+        for qos in (0, 1):
+            doc = asyncio.run(ask(protocol, qos))
+            assert _outputs(doc) == _outputs(via_socket), (protocol, qos)
+    # An error travels back as a coded error on the reply path.
+    bad = {"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
+
+    async def ask_bad() -> dict:
+        c = MqttInferClient("127.0.0.1", broker.port, device=DEVICE, prefix=prefix)
+        await c.connect()
+        try:
+            return (await c.infer("digits", bad, timeout=20)).doc
+        finally:
+            await c.close()
+
+    assert asyncio.run(ask_bad())["code"] == "invalid_input"
+
+
+def test_requests_waiting_at_the_broker_are_served_after_a_daemon_restart(agent_factory, broker):
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    a = _agent(agent_factory, broker, prefix)
+    a.start()
+    _retained(broker, f"{prefix}/{DEVICE}/status", "online")
+    assert a.stop() == 0
+    _retained(broker, f"{prefix}/{DEVICE}/status", "offline")
+
+    async def run() -> list[dict]:
+        c = MqttInferClient("127.0.0.1", broker.port, device=DEVICE, prefix=prefix, persistent=True)
+        await c.connect()
+        try:
+            futs = [c.send("digits", digits_body(X[i : i + 1]), qos=1) for i in range(10)]
+            await asyncio.sleep(0.5)
+            assert not any(f.done() for f in futs), "answered while the daemon was down?"
+            await asyncio.to_thread(a.start)
+            answers = await asyncio.wait_for(asyncio.gather(*futs), 60)
+            assert max(c.answers.values()) == 1
+            return [ans.doc for ans in answers]
+        finally:
+            await c.close()
+
+    docs = asyncio.run(run())
+    assert [_outputs(d)["label"][0] for d in docs] == [_outputs(a.client().infer("digits", digits_body(X[i : i + 1]))[1])["label"][0] for i in range(10)]
+
+
+def test_kill_9_sets_the_last_will_and_return_sets_online(agent_factory, broker):
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    a = _agent(agent_factory, broker, prefix)
+    a.start()
+    topic = f"{prefix}/{DEVICE}/status"
+    online = _retained(broker, topic, "online")
+    assert any(m["name"] == "digits" for m in online["models"])
+    a.kill()
+    _retained(broker, topic, "offline", timeout=30)
+    a.start()
+    _retained(broker, topic, "online")
+
+
+def test_daemon_serves_its_socket_while_the_broker_is_down(agent_factory, tmp_path):
+    b = Mosquitto(tmp_path / "late", persistence=False)
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    a = _agent(agent_factory, b, prefix)
+    a.start()  # no broker yet: ready all the same
+    assert a.client().infer("digits", digits_body(X[:1]))[0] == 200
+    b.start()
+    try:
+        _retained(b, f"{prefix}/{DEVICE}/status", "online", timeout=30)
+        out = subprocess.run(
+            [sys.executable, "-m", "edge_agent.cli", "infer", "digits", str(DIGITS / "sample.json"),
+             "--mqtt", f"127.0.0.1:{b.port}", "--device", DEVICE, "--prefix", prefix, "--compact"],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert _outputs(orjson.loads(out.stdout))["label"] == [2]
+    finally:
+        b.kill()

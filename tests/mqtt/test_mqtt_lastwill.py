@@ -1,0 +1,63 @@
+"""kill -9 of a process serving MQTT: the Last Will marks it offline; on return it is online."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+
+import orjson
+import pytest
+
+from edge_agent.transports.mqtt_bridge import BrokerSettings, PahoBridge
+from tests.mqtt.conftest import DEVICE, ROOT
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
+
+
+def spawn(tiny_model, broker, prefix, outbox) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen(
+        [sys.executable, "-m", "tests.mqtt.tiny_service", str(tiny_model), "127.0.0.1", str(broker.port), prefix, DEVICE, str(outbox)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    assert p.stdout.readline().strip() == b"serving"
+    return p
+
+
+async def test_kill9_last_will_then_online(broker, prefix, tiny_model, tmp_path):
+    states: asyncio.Queue = asyncio.Queue()
+    status_topic = f"{prefix}/{DEVICE}/status"
+
+    def on_message(msg):
+        if msg.topic == status_topic:
+            states.put_nowait(orjson.loads(msg.payload)["state"])
+
+    watcher = PahoBridge(
+        BrokerSettings("127.0.0.1", broker.port, f"{prefix}-watch", persistent=False),
+        on_connect=lambda sp: watcher.subscribe([(status_topic, 1)]), on_disconnect=lambda: None, on_message=on_message,
+    )
+    watcher.start()
+    await watcher.wait_connected(10)
+
+    async def next_state() -> str:
+        return await asyncio.wait_for(states.get(), 20)
+
+    proc = spawn(tiny_model, broker, prefix, tmp_path / "outbox")
+    try:
+        assert await next_state() == "online"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        # keepalive is 5 s: the broker notices within 1.5x that and publishes the will.
+        assert await next_state() == "offline"
+        proc = spawn(tiny_model, broker, prefix, tmp_path / "outbox")
+        assert await next_state() == "online"
+        proc.send_signal(signal.SIGTERM)  # a clean stop says offline too, without the will
+        assert proc.wait(10) == 0
+        assert await next_state() == "offline"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        await watcher.stop(1)
