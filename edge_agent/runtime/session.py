@@ -89,7 +89,7 @@ class LoadedModel:
         if self.spec.text is not None:
             from .text import TextPipeline
 
-            self.text = TextPipeline(self.spec.text, version_dir, [i.name for i in self.session.get_inputs()])
+            self.text = TextPipeline(self.spec.text, version_dir, [i.name for i in self.session.get_inputs()], model=name)
         self._check_signature()
         self._graph_outputs = [o.name for o in self.session.get_outputs()]
         self.output_specs = self._served_outputs()
@@ -281,19 +281,22 @@ class LoadedModel:
         """Run requests as one batch; returns each request's outputs.
 
         Runs on a batcher thread (ORT releases the GIL during run)."""
-        if self.text is not None:
-            feeds = self.text.pad_and_concat([p.feeds for p in batch])
+        text = self.text
+        if text is not None:
+            # Token sequences differ in length: pad to the longest in the batch
+            # (mask 0), so each row pools exactly as it would alone.
+            feeds = text.pad_and_concat([p.feeds for p in batch])
         elif len(batch) == 1:
             feeds = batch[0].feeds
         else:
             feeds = {k: np.concatenate([p.feeds[k] for p in batch]) for k in batch[0].feeds}
         try:
-            raw = self.session.run(self._graph_outputs, feeds)
+            raw = self.session.run(self._graph_outputs, text.graph_feeds(feeds) if text is not None else feeds)
         except Exception as e:  # noqa: BLE001 - ORT raises untyped errors
             raise InferenceFailed(f"model '{self.name}' version {self.version}: {e}") from None
         outs = dict(zip(self._graph_outputs, raw))
-        if self.text is not None:
-            outs = {self.spec.text.output: self.text.pool(outs, feeds)}
+        if text is not None:
+            outs = {self.spec.text.output: text.pool(outs, feeds)}
         if self.spec.postprocess:
             outs = self._postprocess(outs)
         if len(batch) == 1:

@@ -1,0 +1,78 @@
+"""`edge-agent quantize`: FP32 version dir -> gated INT8/FP16 version dir."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ..errors import EdgeError
+
+# Literal here (not imported) so registering the subcommand stays cheap;
+# tests check they match convert.py / gate.py.
+MODES = ("dynamic", "fp16", "qdq")
+CALIBRATE_METHODS = ("Entropy", "MinMax", "Percentile")
+DEFAULT_MIN_MEAN_COSINE, DEFAULT_MIN_MIN_COSINE, DEFAULT_MAX_TOP1_DROP_PP = 0.99, 0.98, 3.0
+
+EXIT_OK, EXIT_ERROR, EXIT_GATE_FAILED = 0, 2, 3
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "quantize",
+        help="quantize a model version (INT8 QDQ/dynamic or FP16) behind an accuracy gate",
+        description="Quantize MODEL_VERSION_DIR (model.onnx + model.yaml) into --out, a new version "
+        "directory, only if the result passes the accuracy gate against the FP32 original. "
+        f"Exit codes: {EXIT_OK} written, {EXIT_GATE_FAILED} refused by the gate, {EXIT_ERROR} other error.",
+    )
+    p.add_argument("version_dir", type=Path, metavar="MODEL_VERSION_DIR")
+    p.add_argument("--mode", choices=MODES, required=True, help="qdq: static INT8 QDQ (TensorRT); dynamic: INT8 dynamic (CPU); fp16: FP16 with FP32 IO")
+    p.add_argument("--out", type=Path, required=True, help="new version directory (must not exist or be empty)")
+    p.add_argument("--calibration", help="calibration data: DIR of .npy/.npz, a .txt of texts (text models) or module:function (qdq only)")
+    p.add_argument("--eval", required=True, dest="eval_source", help="evaluation data, same forms as --calibration")
+    p.add_argument("--task", choices=["classification", "embedding"], help="gate kind; default embedding for text models, else classification")
+    p.add_argument("--output", help="graph output to compare (default: pooled embedding for text models, else the first output)")
+    p.add_argument("--op-types", nargs="*", metavar="OP", help="quantize only these op types, e.g. MatMul (default: all ORT supports)")
+    p.add_argument("--exclude-op-types", nargs="*", default=[], metavar="OP", help="op types left in float, e.g. Softmax Gelu")
+    p.add_argument("--exclude-nodes", nargs="*", default=[], metavar="GLOB", help="node names (fnmatch globs) left in float")
+    p.add_argument("--calibrate-method", choices=CALIBRATE_METHODS, default="MinMax")
+    p.add_argument("--no-per-channel", dest="per_channel", action="store_false", help="per-tensor weight scales")
+    p.add_argument("--asymmetric-activations", dest="symmetric", action="store_false", help="QDQ activations with zero points (not for TensorRT)")
+    p.add_argument("--min-cosine", type=float, default=DEFAULT_MIN_MEAN_COSINE, help="embedding gate: minimum mean cosine")
+    p.add_argument("--min-min-cosine", type=float, default=DEFAULT_MIN_MIN_COSINE, help="embedding gate: minimum per-sample cosine")
+    p.add_argument("--max-top1-drop", type=float, default=DEFAULT_MAX_TOP1_DROP_PP, help="classification gate: largest top-1 drop, percentage points")
+    p.add_argument("--json", action="store_true", help="print the gate report as JSON")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from .gate import AccuracyGateFailed, GateThresholds
+    from .version import quantize_version
+
+    if args.mode == "qdq" and not args.calibration:
+        print("edge-agent quantize: --mode qdq needs --calibration", file=sys.stderr)
+        return EXIT_ERROR
+    th = GateThresholds(max_top1_drop_pp=args.max_top1_drop, min_mean_cosine=args.min_cosine, min_min_cosine=args.min_min_cosine)
+    try:
+        report = quantize_version(
+            args.version_dir, args.out, args.mode, eval_source=args.eval_source, calibration=args.calibration,
+            task=args.task, thresholds=th, per_channel=args.per_channel, calibrate_method=args.calibrate_method,
+            op_types_to_quantize=args.op_types or None, exclude_op_types=args.exclude_op_types, exclude_nodes=args.exclude_nodes,
+            symmetric_activations=args.symmetric, output=args.output, progress=args.progress,
+        )
+    except AccuracyGateFailed as e:
+        print(json.dumps(e.report.to_dict()) if args.json else e.report.summary(), file=sys.stdout)
+        print(f"edge-agent quantize: refused, {args.out} not written", file=sys.stderr)
+        return EXIT_GATE_FAILED
+    except EdgeError as e:
+        print(f"edge-agent quantize: {e.code}: {e.message}", file=sys.stderr)
+        return EXIT_ERROR
+    print(json.dumps(report.to_dict()) if args.json else report.summary())
+    print(f"wrote {args.out}", file=sys.stderr)
+    return EXIT_OK

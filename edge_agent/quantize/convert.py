@@ -1,0 +1,154 @@
+"""FP32 ONNX -> INT8 static QDQ, INT8 dynamic, or FP16 (IO kept FP32).
+
+Everything intermediate (shape-inferred copy, ORT's augmented calibration
+model) lives in a scratch TemporaryDirectory that is removed whatever
+happens; only the finished graph is moved to ``out``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import onnx
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_dynamic, quantize_static
+
+from ..errors import EdgeError
+from .calibration import CalibrationSource, FeedReader, load_batches
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["qdq", "dynamic", "fp16"]
+PRECISION = {"qdq": "int8-qdq", "dynamic": "int8-dynamic", "fp16": "fp16"}
+CALIBRATE_METHODS = {"MinMax": CalibrationMethod.MinMax, "Entropy": CalibrationMethod.Entropy, "Percentile": CalibrationMethod.Percentile}
+
+
+class QuantizationError(EdgeError):
+    """ONNX Runtime's quantizer refused the model or the recipe."""
+
+    code = "quantization_failed"
+    http_status = 500
+
+
+def graph_input_names(model: onnx.ModelProto) -> list[str]:
+    inits = {i.name for i in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in inits]
+
+
+def select_nodes(model: onnx.ModelProto, exclude_op_types: Sequence[str] = (), exclude_nodes: Sequence[str] = ()) -> list[str]:
+    """Names of nodes to leave in float: by op type, or by name (fnmatch globs)."""
+    ops = set(exclude_op_types)
+    out = []
+    for n in model.graph.node:
+        if n.op_type in ops or any(fnmatch.fnmatchcase(n.name, p) for p in exclude_nodes):
+            out.append(n.name)
+    return out
+
+
+def quantize(
+    fp32_model: Path,
+    out: Path,
+    mode: Mode,
+    calibration: CalibrationSource | None = None,
+    *,
+    per_channel: bool = True,
+    calibrate_method: str = "MinMax",
+    op_types_to_quantize: Sequence[str] | None = None,
+    exclude_op_types: Sequence[str] = (),
+    exclude_nodes: Sequence[str] = (),
+    symmetric_activations: bool = True,
+    reduce_range: bool = False,
+    text_pipeline=None,
+    progress: bool = True,
+) -> dict:
+    """Write the converted graph to ``out``; return the recipe (for lineage).
+
+    ``symmetric_activations`` (QDQ only) keeps activation zero points at 0,
+    the form TensorRT's explicit INT8 requires. ``reduce_range`` uses 7-bit
+    weights, which avoids int16 saturation on x86 CPUs without VNNI.
+    """
+    fp32_model, out = Path(fp32_model), Path(out)
+    if mode not in PRECISION:
+        raise QuantizationError(f"unknown mode {mode!r}; one of {sorted(PRECISION)}")
+    if calibrate_method not in CALIBRATE_METHODS:
+        raise QuantizationError(f"unknown calibrate method {calibrate_method!r}; one of {sorted(CALIBRATE_METHODS)}")
+    recipe: dict = {"mode": mode}
+    with tempfile.TemporaryDirectory(prefix="edge-agent-quant-") as tmp:
+        tmpd = Path(tmp)
+        result = tmpd / "model.onnx"
+        try:
+            if mode == "fp16":
+                _to_fp16(fp32_model, result, exclude_op_types)
+                recipe["exclude_op_types"] = list(exclude_op_types)
+            else:
+                pre = tmpd / "pre.onnx"
+                recipe["pre_process"] = _pre_process(fp32_model, pre)
+                model = onnx.load(str(pre), load_external_data=False)
+                excluded = select_nodes(model, exclude_op_types, exclude_nodes)
+                recipe.update(per_channel=per_channel, reduce_range=reduce_range, exclude_op_types=list(exclude_op_types), exclude_nodes=list(exclude_nodes), excluded_node_count=len(excluded))
+                if op_types_to_quantize:
+                    recipe["op_types_to_quantize"] = list(op_types_to_quantize)
+                if mode == "dynamic":
+                    quantize_dynamic(str(pre), str(result), per_channel=per_channel, reduce_range=reduce_range, weight_type=QuantType.QInt8,
+                                     op_types_to_quantize=op_types_to_quantize, nodes_to_exclude=excluded)
+                else:
+                    if calibration is None:
+                        raise QuantizationError("static QDQ quantization needs calibration data")
+                    names = graph_input_names(model)
+                    batches = load_batches(calibration, names, text_pipeline)
+                    if calibrate_method != "MinMax" and text_pipeline is not None:
+                        # ORT's histogram calibrators stack every batch's
+                        # activations: feed equal shapes (one row, one width).
+                        width = max(x["input_ids"].shape[1] for x in batches)
+                        batches = [{k: v[i : i + 1] for k, v in text_pipeline.pad_to(b, width).items()}
+                                   for b in batches for i in range(len(b["input_ids"]))]
+                    reader = FeedReader(batches, names, progress)
+                    recipe.update(calibrate_method=calibrate_method, calibration_batches=len(reader), symmetric_activations=symmetric_activations)
+                    quantize_static(
+                        str(pre), str(result), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=op_types_to_quantize, nodes_to_exclude=excluded,
+                        calibrate_method=CALIBRATE_METHODS[calibrate_method],
+                        extra_options={"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True},
+                    )
+        except EdgeError:
+            raise
+        except Exception as e:  # ORT raises plain exceptions of many kinds
+            raise QuantizationError(f"{fp32_model}: {mode} quantization failed: {type(e).__name__}: {e}") from e
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(result), str(out))
+    log.info("quantized %s -> %s (%s)", fp32_model, out, mode)
+    return recipe
+
+
+def _pre_process(src: Path, dst: Path) -> str:
+    """Shape inference + graph cleanup ORT recommends before quantizing.
+
+    Symbolic shape inference gives up on some exporters' graphs (dynamic
+    sequence axes through Reshape); then merge unknown dims, then fall back
+    to ONNX's own shape inference. Returns which variant worked.
+    """
+    attempts = (("symbolic", {}), ("symbolic-auto-merge", {"auto_merge": True}), ("onnx-shape", {"skip_symbolic_shape": True}))
+    for i, (name, kw) in enumerate(attempts):
+        try:
+            quant_pre_process(str(src), str(dst), **kw)
+            return name
+        except Exception as e:  # ORT raises bare Exception here
+            if i == len(attempts) - 1:
+                raise
+            log.info("pre-process %s failed (%s); trying %s", name, e, attempts[i + 1][0])
+    raise AssertionError("unreachable")
+
+
+def _to_fp16(src: Path, dst: Path, exclude_op_types: Sequence[str]) -> None:
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    model = onnx.load(str(src))
+    block = list(DEFAULT_OP_BLOCK_LIST) + [t for t in exclude_op_types if t not in DEFAULT_OP_BLOCK_LIST]
+    # keep_io_types: clients keep sending FP32; casts sit at the graph edges.
+    onnx.save(convert_float_to_float16(model, keep_io_types=True, op_block_list=block), str(dst))

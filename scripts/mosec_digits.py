@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""The digits model behind Mosec (Rust HTTP front, Python workers, dynamic
+batching), doing the same work per request as edge-agent: decode the KServe v2
+JSON body, batch, run ONNX Runtime, encode a v2 JSON answer. bench.py drives it
+with the same client as the daemon, as the reference point for the target.
+
+    python scripts/mosec_digits.py --port 8001 --address 127.0.0.1
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import orjson
+from mosec import Server, Worker
+
+MODEL = os.environ.get("DIGITS_MODEL", os.path.join(os.path.dirname(__file__), "..", "models", "digits", "1", "model.onnx"))
+
+
+class Digits(Worker):
+    def __init__(self) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        self.session = ort.InferenceSession(MODEL, so, providers=["CPUExecutionProvider"])
+
+    def deserialize(self, data: bytes) -> np.ndarray:
+        doc = orjson.loads(data)
+        t = doc["inputs"][0]
+        return np.asarray(t["data"], dtype=np.float32).reshape(t["shape"])
+
+    def forward(self, data: list[np.ndarray]) -> list[dict]:
+        x = np.concatenate(data)
+        label, proba = self.session.run(None, {"input": x})
+        out, start = [], 0
+        for d in data:
+            end = start + len(d)
+            out.append({
+                "model_name": "digits",
+                "outputs": [
+                    {"name": "label", "datatype": "INT64", "shape": [end - start], "data": label[start:end]},
+                    {"name": "probabilities", "datatype": "FP32", "shape": [end - start, 10], "data": proba[start:end].ravel()},
+                ],
+            })
+            start = end
+        return out
+
+    def serialize(self, data: dict) -> bytes:
+        return orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+if __name__ == "__main__":
+    server = Server()
+    server.append_worker(Digits, num=1, max_batch_size=64, max_wait_time=1)
+    server.run()
