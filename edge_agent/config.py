@@ -81,6 +81,7 @@ class RuntimeConfig(Section):
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = Field("all", description="ONNX Runtime graph optimization level.")
     intra_op_num_threads: int = Field(0, ge=0, description="Threads inside one operator; 0 lets ONNX Runtime choose.")
     inter_op_num_threads: int = Field(0, ge=0, description="Threads across operators; 0 lets ONNX Runtime choose.")
+    allow_spinning: bool = Field(False, description="Let ONNX Runtime's idle worker threads spin-wait. Off: on a few shared cores, spinning threads take CPU from the transports.")
     tensorrt: TensorRTConfig = Field(default_factory=TensorRTConfig, description="TensorRT execution provider options.")
     cuda: CudaConfig = Field(default_factory=CudaConfig, description="CUDA execution provider options.")
 

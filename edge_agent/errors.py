@@ -42,26 +42,36 @@ class InvalidInput(EdgeError):
 
 
 class PayloadTooLarge(EdgeError):
+    """The request body or MQTT payload is over the configured limit."""
+
     code = "payload_too_large"
     http_status = 413
 
 
 class UnknownModel(EdgeError):
+    """No model of that name is served."""
+
     code = "unknown_model"
     http_status = 404
 
 
 class UnknownVersion(EdgeError):
+    """The model is served, but not in that version."""
+
     code = "unknown_version"
     http_status = 404
 
 
 class NotFound(EdgeError):
+    """No such endpoint (method + path)."""
+
     code = "not_found"
     http_status = 404
 
 
 class ModelNotReady(EdgeError):
+    """The model or version exists on disk but failed to load."""
+
     code = "model_not_ready"
     http_status = 503
 
@@ -81,11 +91,15 @@ class DeadlineExceeded(EdgeError):
 
 
 class ShuttingDown(EdgeError):
+    """The daemon is draining for a stop, or the version is being unloaded."""
+
     code = "shutting_down"
     http_status = 503
 
 
 class RateLimited(EdgeError):
+    """The client sent more than its token bucket allows (MQTT)."""
+
     code = "rate_limited"
     http_status = 429
 
@@ -98,6 +112,8 @@ class InvalidText(EdgeError):
 
 
 class SequenceTooLong(EdgeError):
+    """A text is longer than the model's max_length and model.yaml says on_overflow: error."""
+
     code = "sequence_too_long"
     http_status = 400
 

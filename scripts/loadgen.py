@@ -22,7 +22,8 @@ from pathlib import Path
 
 
 class _Conn(asyncio.Protocol):
-    def __init__(self, request: bytes, stats: dict, stop_at: float, done: asyncio.Future) -> None:
+    def __init__(self, request, stats: dict, stop_at: float, done: asyncio.Future) -> None:
+        # bytes, or a callable giving a new request each time (--vary)
         self.request = request
         self.stats = stats
         self.stop_at = stop_at
@@ -38,8 +39,11 @@ class _Conn(asyncio.Protocol):
         self._send()
 
     def _send(self) -> None:
+        req = self.request
+        if not isinstance(req, bytes):
+            req = req()
         self.t0 = time.perf_counter_ns()
-        self.transport.write(self.request)
+        self.transport.write(req)
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf
@@ -85,10 +89,27 @@ def build_request(path: str, body: bytes, host: str = "localhost", content_type:
     ).encode() + body
 
 
+def _varying(path: str, body: bytes):
+    """Requests whose first input value is a counter: no two are alike, so a
+    response cache never hits (for measuring misses)."""
+    i = body.index(b'"data"')
+    i = body.index(b"[", i) + 1
+    while body[i : i + 1] == b"[":
+        i += 1
+    j = i
+    while body[j : j + 1] not in (b",", b"]"):
+        j += 1
+    head, tail = body[:i], body[j:]
+    counter = iter(range(1, 1 << 62))
+    return lambda: build_request(path, head + str(next(counter) * 1e-6).encode() + tail)
+
+
 async def run(args) -> dict:
     loop = asyncio.get_running_loop()
     body = Path(args.body).read_bytes()
     request = build_request(args.path, body)
+    if args.vary:
+        request = _varying(args.path, body)
     stats = {"ok": 0, "errors": 0, "codes": {}, "lat": []}
     # Warm-up: a short run whose figures are thrown away.
     for phase, secs in (("warmup", args.warmup), ("measure", args.duration)):
@@ -137,6 +158,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--warmup", type=float, default=1.0)
+    ap.add_argument("--vary", action="store_true", help="make every request's input unique (cache misses)")
     args = ap.parse_args()
     try:
         import uvloop

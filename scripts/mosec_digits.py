@@ -54,5 +54,6 @@ class Digits(Worker):
 
 if __name__ == "__main__":
     server = Server()
-    server.append_worker(Digits, num=1, max_batch_size=64, max_wait_time=1)
+    # MOSEC_WAIT_MS: how long a partial batch waits (Mosec's own default is 10 ms).
+    server.append_worker(Digits, num=1, max_batch_size=64, max_wait_time=int(os.environ.get("MOSEC_WAIT_MS", "10")))
     server.run()

@@ -7,6 +7,7 @@ happens; only the finished graph is moved to ``out``.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import shutil
@@ -78,6 +79,7 @@ def quantize(
     if calibrate_method not in CALIBRATE_METHODS:
         raise QuantizationError(f"unknown calibrate method {calibrate_method!r}; one of {sorted(CALIBRATE_METHODS)}")
     recipe: dict = {"mode": mode}
+    fp32_model, out = fp32_model.resolve(), out.resolve()
     with tempfile.TemporaryDirectory(prefix="edge-agent-quant-") as tmp:
         tmpd = Path(tmp)
         result = tmpd / "model.onnx"
@@ -87,15 +89,20 @@ def quantize(
                 recipe["exclude_op_types"] = list(exclude_op_types)
             else:
                 pre = tmpd / "pre.onnx"
-                recipe["pre_process"] = _pre_process(fp32_model, pre)
+                # ORT's symbolic shape inference and quantizers drop temporary
+                # files (sym_shape_infer_temp.onnx, external-data *.data) in the
+                # current directory: run them from inside the scratch directory.
+                with contextlib.chdir(tmp):
+                    recipe["pre_process"] = _pre_process(fp32_model, pre)
                 model = onnx.load(str(pre), load_external_data=False)
                 excluded = select_nodes(model, exclude_op_types, exclude_nodes)
                 recipe.update(per_channel=per_channel, reduce_range=reduce_range, exclude_op_types=list(exclude_op_types), exclude_nodes=list(exclude_nodes), excluded_node_count=len(excluded))
                 if op_types_to_quantize:
                     recipe["op_types_to_quantize"] = list(op_types_to_quantize)
                 if mode == "dynamic":
-                    quantize_dynamic(str(pre), str(result), per_channel=per_channel, reduce_range=reduce_range, weight_type=QuantType.QInt8,
-                                     op_types_to_quantize=op_types_to_quantize, nodes_to_exclude=excluded)
+                    with contextlib.chdir(tmp):
+                        quantize_dynamic(str(pre), str(result), per_channel=per_channel, reduce_range=reduce_range, weight_type=QuantType.QInt8,
+                                         op_types_to_quantize=op_types_to_quantize, nodes_to_exclude=excluded)
                 else:
                     if calibration is None:
                         raise QuantizationError("static QDQ quantization needs calibration data")
@@ -109,13 +116,14 @@ def quantize(
                                    for b in batches for i in range(len(b["input_ids"]))]
                     reader = FeedReader(batches, names, progress)
                     recipe.update(calibrate_method=calibrate_method, calibration_batches=len(reader), symmetric_activations=symmetric_activations)
-                    quantize_static(
-                        str(pre), str(result), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=op_types_to_quantize, nodes_to_exclude=excluded,
-                        calibrate_method=CALIBRATE_METHODS[calibrate_method],
-                        extra_options={"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True},
-                    )
+                    with contextlib.chdir(tmp):
+                        quantize_static(
+                            str(pre), str(result), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            op_types_to_quantize=op_types_to_quantize, nodes_to_exclude=excluded,
+                            calibrate_method=CALIBRATE_METHODS[calibrate_method],
+                            extra_options={"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True},
+                        )
         except EdgeError:
             raise
         except Exception as e:  # ORT raises plain exceptions of many kinds

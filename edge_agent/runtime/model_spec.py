@@ -35,6 +35,7 @@ class TensorSpec(Section):
 class ModelBatching(Section):
     max_queue_delay_us: int | None = Field(None, ge=0, description="How long a partial batch may wait; default from the daemon config.")
     max_queue_size: int | None = Field(None, gt=0, description="Queue bound; default from the daemon config.")
+    preferred_batch_size: int | None = Field(None, gt=0, description="Rows per batch the batcher aims for (at most max_batch_size); a single larger request still runs alone. Default: max_batch_size.")
 
 
 class WarmupSpec(Section):

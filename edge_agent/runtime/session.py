@@ -104,6 +104,9 @@ class LoadedModel:
         so.intra_op_num_threads = runtime.intra_op_num_threads
         so.inter_op_num_threads = runtime.inter_op_num_threads
         so.log_severity_level = 3
+        if not runtime.allow_spinning:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         available = ort.get_available_providers()
         providers = build_providers(runtime, available, state_dir, self.digest, self.spec.precision)
         try:

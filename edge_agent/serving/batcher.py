@@ -53,12 +53,15 @@ class Batcher:
         metrics: ModelMetrics,
         max_delay_s: float,
         max_queue: int,
+        preferred_rows: int | None = None,
     ) -> None:
         self.model = model
         self.loop = loop
         self.metrics = metrics
         # Models without a batch axis run one request at a time.
         self.max_rows = model.max_batch if model.max_batch > 0 else 1
+        if preferred_rows:
+            self.max_rows = min(self.max_rows, preferred_rows)
         self.concat = model.max_batch > 0
         self.max_delay = max_delay_s
         self.max_queue = max_queue

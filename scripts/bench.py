@@ -1,0 +1,488 @@
+#!/usr/bin/env python3
+"""edge-agent benchmark: every figure measured side by side in one run.
+
+Sections (all by default; pick with --only):
+  raw     ONNX Runtime session.run on the digits model at batch 1/8/32
+  socket  the daemon over its Unix socket, batch-1 requests at concurrency 1/16/64
+  tcp     the daemon's loopback TCP listener vs Mosec (Rust front, Python
+          workers, dynamic batching) serving the same model, same client
+  mqtt    round trips through mosquitto at 64 in flight, QoS 0 and 1: the
+          daemon vs a raw paho echo responder
+  cache   hit latency of the memory and disk tiers (one client), hits vs
+          misses at 64 clients, miss overhead vs the cache turned off
+  minilm  all-MiniLM-L6-v2 INT8 through the daemon at concurrency 32 vs raw
+          ORT's best batch (needs .cache/minilm from scripts/export_minilm.py)
+
+Clients run in their own processes (scripts/loadgen.py, scripts/mqttload.py),
+so the client's Python does not share the daemon's GIL; on a 2-core machine
+they still share the CPU, as they would on a unit. INT8 vs FP32 for the model
+pipeline: scripts/bench_quant.py.
+
+    python scripts/bench.py                     # all, table + bench-results/bench.png
+    python scripts/bench.py --only socket tcp --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+PY = sys.executable
+DIGITS = REPO / "models" / "digits" / "1"
+
+from edge_agent.client import AgentClient  # noqa: E402
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(values, p):
+    v = sorted(values)
+    return v[min(len(v) - 1, int(p * len(v)))] if v else 0.0
+
+
+# --- processes under test ------------------------------------------------------------
+
+
+class Daemon:
+    def __init__(self, models: Path, config: dict, tag: str) -> None:
+        import yaml
+
+        self.root = Path(tempfile.mkdtemp(prefix=f"eab-{tag}-"))
+        self.socket = self.root / "agent.sock"
+        cfg = {
+            "device_id": "bench-unit",
+            "paths": {"models_dir": str(models), "state_dir": str(self.root / "state"),
+                      "cache_dir": str(self.root / "cache"), "outbox_dir": str(self.root / "outbox")},
+            "server": {"socket": str(self.socket)},
+            "logging": {"level": "WARNING"},
+        }
+        for k, v in config.items():
+            cfg.setdefault(k, {}).update(v) if isinstance(v, dict) else cfg.__setitem__(k, v)
+        (self.root / "config.yaml").write_text(yaml.safe_dump(cfg))
+        self.log = open(self.root / "daemon.log", "wb")
+        self.proc = subprocess.Popen([PY, "-m", "edge_agent.cli", "run", "--config", str(self.root / "config.yaml")],
+                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
+        end = time.monotonic() + 180
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError((self.root / "daemon.log").read_text())
+            try:
+                if self.socket.exists() and self.client().json("GET", "/v2/health/ready")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError("daemon did not become ready")
+
+    def client(self) -> AgentClient:
+        return AgentClient(str(self.socket))
+
+    def batch_stats(self) -> tuple[float, float]:
+        _, _, m = self.client().request("GET", "/metrics")
+        count = total = 0.0
+        for line in m.decode().splitlines():
+            if line.startswith("edge_agent_batch_size_count"):
+                count += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("edge_agent_batch_size_sum"):
+                total += float(line.rsplit(" ", 1)[1])
+        return count, total
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def loadgen(args, body: Path, concurrency: int, *, unix: Path | None = None, port: int | None = None,
+            path: str = "/v2/models/digits/infer", extra: list[str] | None = None) -> dict:
+    cmd = [PY, str(REPO / "scripts" / "loadgen.py"), "--body", str(body), "--path", path,
+           "--concurrency", str(concurrency), "--duration", str(args.seconds), "--warmup", str(args.warmup)]
+    cmd += ["--unix", str(unix)] if unix else ["--port", str(port)]
+    out = subprocess.run(cmd + (extra or []), capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+def digits_models_dir(root: Path, **yaml_changes) -> Path:
+    import yaml
+
+    models = root / "models"
+    dest = models / "digits" / "1"
+    shutil.copytree(DIGITS, dest)
+    spec = yaml.safe_load((dest / "model.yaml").read_text())
+    spec.update(yaml_changes)
+    (dest / "model.yaml").write_text(yaml.safe_dump(spec))
+    return models
+
+
+# --- sections ------------------------------------------------------------------------------
+
+
+def bench_raw(args, results: dict) -> None:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(str(DIGITS / "model.onnx"), so, providers=["CPUExecutionProvider"])
+    x_all = np.load(DIGITS / "sample.npy")
+    rows = []
+    for b in (1, 8, 32):
+        x = np.repeat(x_all, b, axis=0)
+        for _ in range(200):
+            sess.run(None, {"input": x})
+        lat = []
+        end = time.perf_counter() + args.seconds
+        t0 = time.perf_counter()
+        while time.perf_counter() < end:
+            s = time.perf_counter_ns()
+            sess.run(None, {"input": x})
+            lat.append(time.perf_counter_ns() - s)
+        secs = time.perf_counter() - t0
+        row = {"batch": b, "rows_per_s": round(len(lat) * b / secs, 1), "p50_ms": round(pct(lat, 0.5) / 1e6, 4), "p99_ms": round(pct(lat, 0.99) / 1e6, 4)}
+        rows.append(row)
+        log(f"raw ORT batch {b}: {row['rows_per_s']:.0f} rows/s")
+    results["raw"] = rows
+
+
+def bench_socket(args, results: dict) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="eab-"))
+    d = Daemon(digits_models_dir(tmp), {"cache": {"enabled": False}}, "socket")
+    rows = []
+    try:
+        for c in (1, 16, 64):
+            before = d.batch_stats()
+            r = loadgen(args, DIGITS / "sample.json", c, unix=d.socket)
+            after = d.batch_stats()
+            r["avg_batch"] = round((after[1] - before[1]) / max(1.0, after[0] - before[0]), 2)
+            rows.append(r)
+            log(f"socket c={c}: {r['throughput']:.0f} req/s p50 {r['p50_ms']} ms p99 {r['p99_ms']} ms batch {r['avg_batch']}")
+    finally:
+        d.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    raw = {r["batch"]: r["rows_per_s"] for r in results.get("raw", [])}
+    for r in rows:
+        if raw:
+            r["ratio_vs_raw_batch1"] = round(r["throughput"] / raw[1], 3)
+            r["ratio_vs_raw_best"] = round(r["throughput"] / max(raw.values()), 3)
+    results["socket"] = rows
+
+
+def bench_tcp(args, results: dict) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="eab-"))
+    port = free_port()
+    d = Daemon(digits_models_dir(tmp), {"cache": {"enabled": False}, "server": {"tcp": {"enabled": True, "port": port}}}, "tcp")
+    out: dict = {}
+    try:
+        out["edge_agent"] = loadgen(args, DIGITS / "sample.json", 64, port=port)
+        log(f"edge-agent TCP c=64: {out['edge_agent']['throughput']:.0f} req/s")
+    finally:
+        d.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    if shutil.which("mosec") is None and not _has_module("mosec"):
+        log("mosec not installed: skipping the comparison (pip install mosec)")
+        results["tcp"] = out
+        return
+    # Mosec's default batch wait is 10 ms; the issue's orientation figures
+    # (4,800-6,100 req/s) match that setting. 1 ms is Mosec tuned for this load.
+    for wait_ms in (10, 1):
+        mport = free_port()
+        env = {**os.environ, "MOSEC_WAIT_MS": str(wait_ms)}
+        proc = subprocess.Popen([PY, str(REPO / "scripts" / "mosec_digits.py"), "--port", str(mport), "--address", "127.0.0.1",
+                                 "--log-level", "error"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
+        try:
+            _wait_http(mport)
+            r = loadgen(args, DIGITS / "sample.json", 64, port=mport, path="/inference")
+            out[f"mosec_wait_{wait_ms}ms"] = r
+            log(f"mosec (wait {wait_ms} ms) c=64: {r['throughput']:.0f} req/s")
+        finally:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+    ea = out["edge_agent"]["throughput"]
+    for k in list(out):
+        if k.startswith("mosec"):
+            out[f"ratio_vs_{k}"] = round(ea / out[k]["throughput"], 3)
+    results["tcp"] = out
+
+
+def _has_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def _wait_http(port: int, timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            time.sleep(0.5)
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"nothing listening on {port}")
+
+
+def bench_mqtt(args, results: dict) -> None:
+    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
+        log("mosquitto not installed: skipping MQTT (apt-get install mosquitto)")
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="eab-mq-"))
+    port = free_port()
+    conf = tmp / "mosquitto.conf"
+    # As the shipped example broker config: Nagle off at the broker too.
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
+                    "max_inflight_messages 0\nmax_queued_messages 100000\npersistence false\n")
+    broker = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_http(port)
+    load = [PY, str(REPO / "scripts" / "mqttload.py"), "load", "--port", str(port), "--body", str(DIGITS / "sample.json"),
+            "--inflight", "64", "--duration", str(args.seconds), "--warmup", str(args.warmup)]
+    out: dict = {}
+    try:
+        for qos in (0, 1):
+            echo = subprocess.Popen([PY, str(REPO / "scripts" / "mqttload.py"), "echo", "--port", str(port), "--prefix", "raw",
+                                     "--qos", str(qos)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            echo.stdout.readline()
+            time.sleep(0.3)
+            r = json.loads(subprocess.run(load + ["--qos", str(qos), "--prefix", "raw"], capture_output=True, text=True, check=True).stdout)
+            echo.terminate()
+            echo.wait()
+            out[f"raw_echo_qos{qos}"] = r
+            log(f"raw paho echo QoS {qos}: {r['throughput']:.0f} round trips/s")
+        d = Daemon(digits_models_dir(tmp), {
+            "cache": {"enabled": False},
+            "device_id": "unit1",
+            "mqtt": {"enabled": True, "host": "127.0.0.1", "port": port, "prefix": "edge",
+                     "rate_limit": {"rate": 1e9, "burst": 1_000_000_000}},
+        }, "mqtt")
+        try:
+            time.sleep(1.0)
+            for qos in (0, 1):
+                r = json.loads(subprocess.run(load + ["--qos", str(qos), "--prefix", "edge"], capture_output=True, text=True, check=True).stdout)
+                out[f"edge_agent_qos{qos}"] = r
+                out[f"ratio_qos{qos}"] = round(r["throughput"] / out[f"raw_echo_qos{qos}"]["throughput"], 3)
+                log(f"edge-agent MQTT QoS {qos}: {r['throughput']:.0f} round trips/s ({out[f'ratio_qos{qos}']:.0%} of raw echo), errors {r['errors']}")
+        finally:
+            d.stop()
+    finally:
+        broker.terminate()
+        broker.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+    results["mqtt"] = out
+
+
+def bench_cache(args, results: dict) -> None:
+    out: dict = {}
+    body = DIGITS / "sample.json"
+    vary = ["--vary"]  # a unique input per request: every request misses
+    for label, cache_cfg in (("on", {"enabled": True}), ("off", {"enabled": False}), ("disk_only", {"enabled": True, "memory_max_bytes": 0})):
+        tmp = Path(tempfile.mkdtemp(prefix="eab-c-"))
+        d = Daemon(digits_models_dir(tmp), {"cache": cache_cfg}, f"cache-{label}")
+        try:
+            if label == "on":
+                out["memory_hit_c1"] = loadgen(args, body, 1, unix=d.socket)
+                out["hits_c64"] = loadgen(args, body, 64, unix=d.socket)
+                out["misses_c64"] = loadgen(args, body, 64, unix=d.socket, extra=vary)
+            elif label == "off":
+                out["cache_off_c64"] = loadgen(args, body, 64, unix=d.socket, extra=vary)
+            else:
+                d.client().infer("digits", json.loads(body.read_text()))
+                time.sleep(0.5)  # the disk write happens off the request path
+                out["disk_hit_c1"] = loadgen(args, body, 1, unix=d.socket)
+        finally:
+            d.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
+    out["hit_vs_miss_throughput"] = round(out["hits_c64"]["throughput"] / out["misses_c64"]["throughput"], 3)
+    out["miss_overhead_vs_off"] = round(1 - out["misses_c64"]["throughput"] / out["cache_off_c64"]["throughput"], 4)
+    log(f"cache: memory hit p99 {out['memory_hit_c1']['p99_ms']} ms, disk hit p99 {out['disk_hit_c1']['p99_ms']} ms, "
+        f"hits/misses x{out['hit_vs_miss_throughput']}, miss overhead {out['miss_overhead_vs_off']:.1%}")
+    results["cache"] = out
+
+
+def bench_minilm(args, results: dict) -> None:
+    root = REPO / ".cache" / "minilm"
+    version = "2"  # INT8 dynamic: the CPU build
+    if not (root / version / "model.onnx").exists():
+        log("no .cache/minilm build: skipping (python scripts/export_minilm.py)")
+        return
+    import onnxruntime as ort
+
+    from edge_agent.runtime.model_spec import load_model_spec
+    from edge_agent.runtime.text import TextPipeline
+
+    text = "Camera 2 reports a blocked conveyor belt near the packing station, and the night shift wants a report."
+    vdir = root / version
+    spec = load_model_spec(vdir / "model.yaml")
+    so = ort.SessionOptions()
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(str(vdir / "model.onnx"), so, providers=["CPUExecutionProvider"])
+    pipe = TextPipeline(spec.text, vdir, [i.name for i in sess.get_inputs()])
+    raw = {}
+    for b in (1, 8, 32):
+        feeds = pipe.graph_feeds(pipe.prepare(np.array([[text.encode()]] * b, dtype=object)))
+        sess.run(None, feeds)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < args.seconds:
+            sess.run(None, feeds)
+            n += b
+        raw[b] = round(n / (time.perf_counter() - t0), 1)
+        log(f"MiniLM raw ORT batch {b}: {raw[b]:.0f} texts/s")
+    del sess
+    tmp = Path(tempfile.mkdtemp(prefix="eab-m-"))
+    shutil.copytree(vdir, tmp / "models" / "minilm" / version)
+    bodyf = tmp / "body.json"
+    bodyf.write_text(json.dumps({"inputs": [{"name": "text", "shape": [1, 1], "datatype": "BYTES", "data": [text]}]}))
+    d = Daemon(tmp / "models", {"cache": {"enabled": False}}, "minilm")
+    try:
+        r = loadgen(args, bodyf, 32, unix=d.socket, path="/v2/models/minilm/infer")
+    finally:
+        d.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    out = {"version": version, "raw_texts_per_s": raw, "daemon_c32": r,
+           "ratio_vs_raw_best": round(r["throughput"] / max(raw.values()), 3)}
+    log(f"MiniLM daemon c=32: {r['throughput']:.0f} texts/s = {out['ratio_vs_raw_best']:.0%} of raw best batch")
+    results["minilm"] = out
+
+
+SECTIONS = {"raw": bench_raw, "socket": bench_socket, "tcp": bench_tcp, "mqtt": bench_mqtt, "cache": bench_cache, "minilm": bench_minilm}
+
+
+# --- output --------------------------------------------------------------------------------
+
+
+def print_table(results: dict) -> None:
+    p = print
+    if "raw" in results:
+        p("\nraw ONNX Runtime (digits)        rows/s      p50 ms    p99 ms")
+        for r in results["raw"]:
+            p(f"  batch {r['batch']:<3}                  {r['rows_per_s']:>10,.0f}  {r['p50_ms']:>9.4f} {r['p99_ms']:>9.4f}")
+    if "socket" in results:
+        p("\ndaemon over the Unix socket      req/s       p50 ms    p99 ms   avg batch  vs raw b1  vs raw best")
+        for r in results["socket"]:
+            p(f"  concurrency {r['concurrency']:<3}            {r['throughput']:>10,.0f}  {r['p50_ms']:>9.3f} {r['p99_ms']:>9.3f}"
+              f"   {r['avg_batch']:>7.2f}  {r.get('ratio_vs_raw_batch1', float('nan')):>8.2f}  {r.get('ratio_vs_raw_best', float('nan')):>8.3f}")
+    if "tcp" in results:
+        p("\nloopback TCP, concurrency 64     req/s       p50 ms    p99 ms")
+        for k, r in results["tcp"].items():
+            if isinstance(r, dict):
+                p(f"  {k:<28}{r['throughput']:>10,.0f}  {r['p50_ms']:>9.3f} {r['p99_ms']:>9.3f}")
+        for k, v in results["tcp"].items():
+            if k.startswith("ratio"):
+                p(f"  edge-agent / {k[9:]}: {v:.2f}x")
+    if "mqtt" in results:
+        p("\nMQTT round trips, 64 in flight   per s       p50 ms    p99 ms")
+        for k, r in results["mqtt"].items():
+            if isinstance(r, dict):
+                p(f"  {k:<28}{r['throughput']:>10,.0f}  {r['p50_ms']:>9.3f} {r['p99_ms']:>9.3f}")
+        for q in (0, 1):
+            if f"ratio_qos{q}" in results["mqtt"]:
+                p(f"  edge-agent / raw echo, QoS {q}: {results['mqtt'][f'ratio_qos{q}']:.0%}")
+    if "cache" in results:
+        c = results["cache"]
+        p("\nresponse cache (socket)          req/s       p50 ms    p99 ms")
+        for k in ("memory_hit_c1", "disk_hit_c1", "hits_c64", "misses_c64", "cache_off_c64"):
+            r = c[k]
+            p(f"  {k:<28}{r['throughput']:>10,.0f}  {r['p50_ms']:>9.3f} {r['p99_ms']:>9.3f}")
+        p(f"  hits / misses throughput at 64: {c['hit_vs_miss_throughput']:.2f}x; miss overhead vs cache off: {c['miss_overhead_vs_off']:.1%}")
+    if "minilm" in results:
+        m = results["minilm"]
+        p(f"\nMiniLM v{m['version']} (INT8 dynamic)  raw ORT texts/s by batch: {m['raw_texts_per_s']}")
+        p(f"  daemon at concurrency 32: {m['daemon_c32']['throughput']:,.0f} texts/s = {m['ratio_vs_raw_best']:.0%} of raw best batch")
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [k for k in ("socket", "tcp", "mqtt", "cache") if k in results]
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8))
+    axes = np.atleast_1d(axes)
+    for ax, key in zip(axes, panels):
+        if key == "socket":
+            labels = [f"c={r['concurrency']}" for r in results["socket"]]
+            vals = [r["throughput"] for r in results["socket"]]
+            if "raw" in results:
+                labels += [f"raw b{r['batch']}" for r in results["raw"]]
+                vals += [r["rows_per_s"] for r in results["raw"]]
+            ax.set_title("Unix socket vs raw ORT (digits)")
+            ax.set_ylabel("requests or rows / s")
+        elif key == "tcp":
+            items = [(k, r["throughput"]) for k, r in results["tcp"].items() if isinstance(r, dict)]
+            labels, vals = [k.replace("_", "\n") for k, _ in items], [v for _, v in items]
+            ax.set_title("loopback TCP, 64 concurrent")
+        elif key == "mqtt":
+            items = [(k, r["throughput"]) for k, r in results["mqtt"].items() if isinstance(r, dict)]
+            labels, vals = [k.replace("_", "\n") for k, _ in items], [v for _, v in items]
+            ax.set_title("MQTT round trips, 64 in flight")
+        else:
+            c = results["cache"]
+            items = [(k, c[k]["throughput"]) for k in ("hits_c64", "misses_c64", "cache_off_c64")]
+            labels, vals = [k.replace("_", "\n") for k, _ in items], [v for _, v in items]
+            ax.set_title("response cache, 64 concurrent")
+        ax.bar(range(len(vals)), vals, color="#4C72B0")
+        ax.set_xticks(range(len(vals)), labels, fontsize=7)
+        for i, v in enumerate(vals):
+            ax.text(i, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    log(f"plot written to {path}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="+", choices=list(SECTIONS), help="sections to run (default: all)")
+    ap.add_argument("--seconds", type=float, default=5.0, help="measurement time per point")
+    ap.add_argument("--warmup", type=float, default=1.0, help="warm-up time per point")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    ap.add_argument("--plot", type=Path, default=REPO / "bench-results" / "bench.png")
+    args = ap.parse_args()
+    results: dict = {"machine": {"cpus": os.cpu_count(), "load_avg_start": os.getloadavg()}}
+    chosen = args.only or list(SECTIONS)
+    if "socket" in chosen and "raw" not in chosen:
+        chosen = ["raw"] + chosen  # the socket ratios need the raw figures
+    for i, name in enumerate(chosen, 1):
+        log(f"({i}/{len(chosen)}) {name}")
+        SECTIONS[name](args, results)
+    results["machine"]["load_avg_end"] = os.getloadavg()
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print_table(results)
+    plot(results, args.plot)
+
+
+if __name__ == "__main__":
+    main()
