@@ -5,24 +5,12 @@ pure Python). On a Jetson, ONNX Runtime with the CUDA and TensorRT providers
 comes from NVIDIA's JetPack builds, not from PyPI: see docs/INSTALL.md.
 """
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
-RUNTIME = [
-    "onnxruntime==1.32.0",
-    "numpy==2.4.6",
-    "aiohttp==3.14.5",
-    "uvloop==0.23.0",
-    "orjson==3.13.0",
-    "pydantic==2.14.4",
-    "PyYAML==6.0.4",
-    "prometheus-client==0.26.0",
-    "psutil==7.2.2",
-    "paho-mqtt==2.2.0",
-    "cryptography==50.0.2",
-    "tokenizers==0.23.3",
-    "requests==2.34.2",
-    "tqdm==4.70.1",
-]
+HERE = Path(__file__).parent
+RUNTIME = [ln.strip() for ln in (HERE / "requirements.txt").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
 
 setup(
     name="edge-agent",
