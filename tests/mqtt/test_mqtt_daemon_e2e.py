@@ -30,17 +30,18 @@ def broker(tmp_path):
     b.kill()
 
 
-def _agent(agent_factory, broker, prefix: str):
+def _agent(agent_factory, broker, prefix: str, **mqtt):
     a = agent_factory(config={"mqtt": {
         "enabled": True, "host": "127.0.0.1", "port": broker.port, "prefix": prefix,
         "client_id": f"edge-agent-{prefix}", "reconnect_min_s": 0.1, "reconnect_max_s": 0.5,
-        "telemetry_interval_s": 0.5,
+        "telemetry_interval_s": 0.5, **mqtt,
     }})
     copy_digits(a.models_dir)
     return a
 
 
 def _outputs(doc: dict) -> dict:
+    assert "outputs" in doc, doc
     return {o["name"]: o["data"] for o in doc["outputs"]}
 
 
@@ -157,3 +158,34 @@ def test_daemon_serves_its_socket_while_the_broker_is_down(agent_factory, tmp_pa
         assert _outputs(orjson.loads(out.stdout))["label"] == [2]
     finally:
         b.kill()
+
+
+def test_broker_restarted_mid_stream_every_request_answered_once(agent_factory, broker):
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    a = _agent(agent_factory, broker, prefix, rate_limit={"rate": 1000, "burst": 1000})
+    a.start()
+    _retained(broker, f"{prefix}/{DEVICE}/status", "online")
+    n = 120
+
+    async def run() -> list:
+        c = MqttInferClient("127.0.0.1", broker.port, device=DEVICE, prefix=prefix, persistent=True)
+        await c.connect()
+        try:
+            futs = []
+            for i in range(n):
+                futs.append(c.send("digits", digits_body(X[i : i + 1]), qos=1))
+                if i == n // 3:
+                    await asyncio.to_thread(broker.restart, True)  # kill -9, same port and persistence
+                await asyncio.sleep(0.01)
+            answers = await asyncio.wait_for(asyncio.gather(*futs), 90)
+            assert len(c.answers) == n and max(c.answers.values()) == 1, c.answers.most_common(3)
+            return [a.doc for a in answers]
+        finally:
+            await c.close()
+
+    docs = asyncio.run(run())
+    labels = [_outputs(d)["label"][0] for d in docs]
+    want = [_outputs(a.client().infer("digits", digits_body(X[i : i + 1]))[1])["label"][0] for i in range(n)]
+    assert labels == want
+    # The daemon saw the broker go and come back, and said so.
+    assert "mqtt" in a.log().lower()
