@@ -45,6 +45,9 @@ REQUEST_SECONDS = Histogram(
     "edge_agent_mqtt_request_seconds", "Time from an MQTT request's arrival to its answer being handed to the broker.",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+# Bound once: labels() is a locked dict lookup, paid per message otherwise.
+_MSG_OK = MESSAGES.labels("ok")
+_MSG_ERROR = MESSAGES.labels("error")
 
 # Recent (reply topic, correlation) pairs: a QoS 1 redelivery is answered once.
 _DEDUP_SIZE = 4096
@@ -323,7 +326,7 @@ class MqttTransport:
                 MESSAGES.labels("bad_topic").inc()
         except Exception:
             log.exception("mqtt: unexpected error handling a message on %s", topic)
-            MESSAGES.labels("error").inc()
+            _MSG_ERROR.inc()
         self._bridge.ack(msg.mid, msg.qos, gen)
 
     def _on_request(self, msg, gen: int, rest: str) -> None:
@@ -419,12 +422,12 @@ class MqttTransport:
         try:
             resp = await self.service.infer(req)
         except EdgeError as e:
-            MESSAGES.labels("error").inc()
+            _MSG_ERROR.inc()
             self._counts["errors"] += 1
             self._answer_error(reply, e)
         except Exception as e:  # a bug in one request must not take the transport down
             log.exception("mqtt: inference of %s failed unexpectedly", req.model)
-            MESSAGES.labels("error").inc()
+            _MSG_ERROR.inc()
             self._counts["errors"] += 1
             self._answer_error(reply, EdgeError(f"internal error: {type(e).__name__}"))
         else:
@@ -433,7 +436,7 @@ class MqttTransport:
             body, header_length = encode_response(resp, req.binary_outputs)
             user = [(HEADER_LENGTH, str(header_length))] if header_length is not None else None
             self._send(self._out(reply, body, user))
-            MESSAGES.labels("ok").inc()
+            _MSG_OK.inc()
         dt = time.monotonic() - t0
         REQUEST_SECONDS.observe(dt)
         self._latencies.append(dt)

@@ -11,6 +11,7 @@ back, and each failure is logged once with a precise reason.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import random
@@ -116,6 +117,8 @@ class PahoBridge:
         self._cb_connect = on_connect
         self._cb_disconnect = on_disconnect
         self._cb_message = on_message
+        self._inbox: collections.deque = collections.deque()
+        self._drain_scheduled = False
         self._cb_publish = on_publish
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = asyncio.Event()
@@ -201,7 +204,19 @@ class PahoBridge:
         self._loop.call_soon_threadsafe(self._on_session_end, str(reason_code))
 
     def _t_message(self, client, userdata, msg) -> None:
-        self._loop.call_soon_threadsafe(self._cb_message, msg)
+        # Under load many messages arrive per wake-up of the loop: queue them
+        # and wake the loop once per burst instead of once per message (each
+        # wake-up is a syscall and a context switch).
+        self._inbox.append(msg)
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            self._loop.call_soon_threadsafe(self._drain_inbox)
+
+    def _drain_inbox(self) -> None:
+        self._drain_scheduled = False
+        inbox, cb = self._inbox, self._cb_message
+        while inbox:
+            cb(inbox.popleft())
 
     def _t_publish(self, client, userdata, mid, reason_code, properties) -> None:
         if self._cb_publish is not None:
