@@ -31,8 +31,10 @@ class RegistryServer(ThreadingHTTPServer):
         # Test hooks: the next ``cut_responses`` bodies stop after ``cut_after_bytes``.
         self.cut_after_bytes: int | None = None
         self.cut_responses = 0
+        self.cut_path_suffix: str | None = None  # only cut responses whose path ends with this
         self.ignore_range = False  # behave like a server without Range support (always 200)
         self.body_bytes_sent = 0
+        self.bytes_by_path: dict[str, list[int]] = {}  # body bytes of each response, per URL path
         self.requests: list[tuple[str, str, str | None, int]] = []  # (method, path, Range, status)
         self._lock = threading.Lock()
         super().__init__((host, port), _Handler)
@@ -56,8 +58,10 @@ class RegistryServer(ThreadingHTTPServer):
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def _take_cut(self) -> int | None:
+    def _take_cut(self, path: str) -> int | None:
         with self._lock:
+            if self.cut_path_suffix is not None and not path.endswith(self.cut_path_suffix):
+                return None
             if self.cut_after_bytes is not None and self.cut_responses > 0:
                 self.cut_responses -= 1
                 return self.cut_after_bytes
@@ -127,10 +131,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_body(path, start, length)
 
     def _send_body(self, path: Path, start: int, length: int) -> None:
-        cut = self.server._take_cut()
+        cut = self.server._take_cut(urlsplit(self.path).path)
         limit = length if cut is None else min(cut, length)
         bps = self.server.throttle_bps
         t0, sent = time.monotonic(), 0
+        sizes = self.server.bytes_by_path.setdefault(urlsplit(self.path).path, [])
+        sizes.append(0)
         with open(path, "rb") as f:
             f.seek(start)
             while sent < limit:
@@ -142,6 +148,7 @@ class _Handler(BaseHTTPRequestHandler):
                 except (BrokenPipeError, ConnectionResetError):
                     return
                 sent += len(chunk)
+                sizes[-1] = sent
                 self.server.body_bytes_sent += len(chunk)
                 if bps:
                     ahead = sent / bps - (time.monotonic() - t0)

@@ -27,3 +27,23 @@ STATE = Gauge(
     "1 for the updater's current state of a model, 0 for the others.",
     ["model", "state"],
 )
+CANARY_REQUESTS = Counter(
+    "edge_agent_ota_canary_requests_total",
+    "Requests finished during a canary window, by model, role (canary or active) and outcome (ok or error).",
+    ["model", "role", "outcome"],
+)
+CANARY_VERDICTS = Counter(
+    "edge_agent_ota_canary_verdicts_total",
+    "Canary verdicts, by model and verdict (promote or rollback).",
+    ["model", "verdict"],
+)
+COMMANDS = Counter(
+    "edge_agent_ota_commands_total",
+    "OTA commands received (MQTT), by outcome (accepted or rejected).",
+    ["outcome"],
+)
+POLL_ERRORS = Counter(
+    "edge_agent_ota_poll_errors_total",
+    "Registry polls or commands that failed before an update began, by model and error code.",
+    ["model", "code"],
+)

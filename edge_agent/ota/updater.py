@@ -43,8 +43,8 @@ class DaemonHooks(Protocol):
     def start_canary(self, model: str, version: str, version_dir: Path) -> None:
         """Load ``version_dir`` and route the configured share of traffic to it. Raise to refuse."""
 
-    def canary_verdict(self, model: str, version: str) -> Verdict:
-        """None while the window is open; then 'promote' or 'rollback'."""
+    def canary_verdict(self, model: str, version: str) -> Verdict | tuple[Verdict, str]:
+        """None while the window is open; then 'promote' or 'rollback', optionally with a reason."""
 
     def promote(self, model: str, version: str) -> None:
         """Serve ``version`` for all traffic (pointers are already written)."""
@@ -360,11 +360,13 @@ class Updater:
                 return
             self._canary_started = True
         verdict = self.hooks.canary_verdict(self.model, target)
+        verdict, why = verdict if isinstance(verdict, tuple) else (verdict, None)
         if verdict == "promote":
-            self.sm.fire(Event.PROMOTE, reason="canary verdict: promote")
+            self.sm.fire(Event.PROMOTE, reason="canary verdict: promote" + (f" ({why})" if why else ""))
             self._finish_active()
         elif verdict == "rollback":
-            self.sm.fire(Event.ROLLBACK, reason="canary verdict: rollback", code="canary_rollback")
+            self.sm.fire(Event.ROLLBACK, reason="canary verdict: rollback" + (f" ({why})" if why else ""),
+                         code="canary_rollback")
             self._finish_rolled_back()
 
     def _finish_active(self) -> None:

@@ -70,9 +70,10 @@ def registry(tmp_path):
 
 @pytest.fixture
 def src_models(tmp_path):
-    """Builder of source version dirs: src_models("2", seed=..) -> Path."""
-    def make(version: str, **kw) -> Path:
-        return write_linear_model(tmp_path / "src" / "linear" / version, **kw)
+    """Builder of source version dirs: src_models("2", seed=.., kind="linear"|"slow"|"flaky") -> Path."""
+    def make(version: str, kind: str = "linear", **kw) -> Path:
+        writer = {"linear": write_linear_model, "slow": write_slow_linear_model, "flaky": write_flaky_linear_model}[kind]
+        return writer(tmp_path / "src" / "linear" / version, **kw)
     return make
 
 
@@ -150,3 +151,65 @@ http {{
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def _linear_spec(version_dir: Path, in_dim: int = 4, out_dim: int = 3) -> None:
+    spec = {
+        "name": "linear",
+        "max_batch_size": 8,
+        "inputs": [{"name": "x", "datatype": "FP32", "dims": [in_dim]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "dims": [out_dim]}],
+    }
+    (version_dir / "model.yaml").write_text(yaml.safe_dump(spec))
+
+
+def _save(graph, version_dir: Path) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    version_dir.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, version_dir / "model.onnx")
+    _linear_spec(version_dir)
+    return version_dir
+
+
+def write_slow_linear_model(version_dir: Path, seed: int = 0, layers: int = 400, width: int = 1024) -> Path:
+    """Same answers and IO as ``write_linear_model(seed)``, but each row also runs a chain of
+    width x width MatMuls whose result is multiplied by zero: correct and much slower."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((4, 3)).astype(np.float32)
+    b = rng.standard_normal(3).astype(np.float32)
+    big = (np.random.default_rng(99).standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "B"], ["lin"]),
+             helper.make_node("MatMul", ["x", "P"], ["h0"])]
+    for i in range(layers):
+        nodes.append(helper.make_node("MatMul", [f"h{i}", "BIG"], [f"h{i + 1}"]))
+    nodes += [helper.make_node("MatMul", [f"h{layers}", "Z"], ["zero"]), helper.make_node("Add", ["lin", "zero"], ["y"])]
+    inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B"),
+             numpy_helper.from_array(np.full((4, width), 0.1, np.float32), "P"),
+             numpy_helper.from_array(big, "BIG"), numpy_helper.from_array(np.zeros((width, 3), np.float32), "Z")]
+    graph = helper.make_graph(nodes, "slow_linear",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])], inits)
+    return _save(graph, version_dir)
+
+
+def write_flaky_linear_model(version_dir: Path, seed: int = 0, limit: float = 100.0) -> Path:
+    """Same answers and IO as ``write_linear_model(seed)`` for inputs below ``limit`` (the golden
+    cases are standard normal); a batch holding any value above it fails in ONNX Runtime
+    (a Gather index out of bounds), like a model broken on part of the live data."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((4, 3)).astype(np.float32)
+    b = rng.standard_normal(3).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "B"], ["lin"]),
+             helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0),
+             helper.make_node("Greater", ["m", "LIMIT"], ["over"]),
+             helper.make_node("Cast", ["over"], ["idx"], to=TensorProto.INT64),
+             helper.make_node("Gather", ["ONE", "idx"], ["g"], axis=0),
+             helper.make_node("Add", ["lin", "g"], ["y"])]
+    inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B"),
+             numpy_helper.from_array(np.array(limit, np.float32), "LIMIT"),
+             numpy_helper.from_array(np.zeros(1, np.float32), "ONE")]
+    graph = helper.make_graph(nodes, "flaky_linear",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])], inits)
+    return _save(graph, version_dir)
