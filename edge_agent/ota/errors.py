@@ -10,6 +10,8 @@ from ..errors import EdgeError
 
 
 class OtaError(EdgeError):
+    """An update step failed (the specific subclasses below say how)."""
+
     code = "ota_failed"
     http_status = 500
     # Permanent errors are not retried: the same registry gives the same bytes.
@@ -41,10 +43,14 @@ class SignatureUnknownKey(OtaError):
 
 
 class ArtifactDigestMismatch(OtaError):
+    """A downloaded artifact's sha256 differs from the signed manifest (tampered or corrupt)."""
+
     code = "artifact_digest_mismatch"
 
 
 class ArtifactSizeMismatch(OtaError):
+    """A downloaded artifact's size differs from the signed manifest."""
+
     code = "artifact_size_mismatch"
 
 
@@ -67,10 +73,14 @@ class GoldenRunnerMissing(OtaError):
 
 
 class AgentTooOld(OtaError):
+    """The manifest needs a newer edge-agent than this one."""
+
     code = "agent_too_old"
 
 
 class UnknownChannel(OtaError):
+    """The registry index has no such channel for the model."""
+
     code = "unknown_channel"
     http_status = 404
 
@@ -83,6 +93,8 @@ class DownloadFailed(OtaError):
 
 
 class PublishError(OtaError):
+    """`edge-agent registry publish` cannot publish the version directory."""
+
     code = "publish_failed"
     http_status = 400
 

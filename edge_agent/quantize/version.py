@@ -28,6 +28,8 @@ NOT_COPIED = {"model.onnx", "model.yaml", "manifest.json", "manifest.json.sig"}
 
 
 class VersionExists(EdgeError):
+    """`edge-agent quantize --out` names a version directory that already exists; nothing is overwritten."""
+
     code = "version_exists"
     http_status = 409
 
