@@ -144,7 +144,7 @@ def export_fp32(src: Path, out_dir: Path) -> dict:
 
 def build_fp32(src: Path, dest: Path) -> None:
     from edge_agent.atomic import atomic_write
-    from edge_agent.quantize.gate import sha256_file
+    from edge_agent.digests import sha256_file
 
     tmp = dest.parent / f".{dest.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -21,6 +21,7 @@ from typing import Callable
 import requests
 
 from ..atomic import fsync_dir
+from ..digests import sha256_file
 from .errors import ArtifactDigestMismatch, ArtifactSizeMismatch, DownloadFailed
 from .metrics import DOWNLOAD_BYTES, DOWNLOAD_RETRIES
 
@@ -92,7 +93,7 @@ def download(
     """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
-    if dest.is_file() and dest.stat().st_size == expected_size and _sha256(dest) == expected_sha256:
+    if dest.is_file() and dest.stat().st_size == expected_size and sha256_file(dest) == expected_sha256:
         return 0
     http = session or requests.Session()
     transferred, last = 0, "no attempt"
@@ -203,8 +204,3 @@ def _hash_into(hasher, path: Path) -> None:
         while chunk := f.read(1 << 20):
             hasher.update(chunk)
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    _hash_into(h, path)
-    return h.hexdigest()

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import __version__
 from ..atomic import atomic_write, fsync_dir
+from ..digests import sha256_file
 from ..errors import ModelLoadError
 from ..runtime.model_spec import load_model_spec
 from . import golden as golden_mod
@@ -28,14 +29,6 @@ from .signing import load_private_key, sign
 
 log = logging.getLogger(__name__)
 _SKIP = {MANIFEST, SIGNATURE, GOLDEN}
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def publish(

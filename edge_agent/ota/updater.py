@@ -9,7 +9,6 @@ promotes right after validation (no canary).
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import threading
 import time
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .. import __version__
 from ..atomic import atomic_write, fsync_dir
+from ..digests import sha256_file
 from ..errors import EdgeError, ModelLoadError
 from . import download as dl
 from .errors import (AgentTooOld, ArtifactDigestMismatch, ArtifactSizeMismatch, InvalidTransition, ManifestInvalid,
@@ -321,7 +321,7 @@ class Updater:
                 size = p.stat().st_size if p.is_file() else -1
                 if size != a.size:
                     raise ArtifactSizeMismatch(f"{a.path}: {size} bytes on disk, manifest says {a.size}")
-                digest = _sha256(p)
+                digest = sha256_file(p)
                 if digest != a.sha256:
                     raise ArtifactDigestMismatch(f"{a.path}: sha256 on disk {digest} != manifest {a.sha256}")
         except (ArtifactSizeMismatch, ArtifactDigestMismatch) as e:
@@ -409,7 +409,6 @@ class Updater:
     def _failed(self, e: EdgeError, retry: bool) -> None:
         log.warning("%s %s: %s failed: [%s] %s", self.model, self.record.target, self.state.value, e.code, e.message)
         if retry:
-            before = self.state
             if self.sm.fire(Event.RETRY, reason=e.message, code=e.code) not in IN_FLIGHT:
                 self._gave_up()
             return
@@ -438,9 +437,3 @@ class Updater:
             self.sm.notify()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()

@@ -8,7 +8,6 @@ per-row cosine similarity. A failing candidate is refused with its report.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -149,14 +148,6 @@ def enforce(report: GateReport) -> GateReport:
     if not report.passed:
         raise AccuracyGateFailed(report)
     return report
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def record(model_yaml: Path, report: GateReport, precision: str, lineage: dict) -> None:

@@ -20,7 +20,8 @@ from ..errors import EdgeError
 from ..runtime.model_spec import load_model_spec
 from .calibration import CalibrationSource
 from .convert import PRECISION, Mode, graph_input_names, quantize
-from .gate import GateReport, GateThresholds, Task, enforce, evaluate, record, sha256_file
+from ..digests import sha256_file
+from .gate import GateReport, GateThresholds, Task, enforce, evaluate, record
 
 # Not copied: the graph is replaced, model.yaml is rewritten, and a registry
 # manifest names digests of the old graph.

@@ -8,7 +8,6 @@ split back per request.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..config import RuntimeConfig
+from ..digests import sha256_file
 from ..errors import InferenceFailed, InvalidInput, ModelLoadError
 from ..types import V2_TO_NP, InferRequest
 from .model_spec import ModelSpec, TensorSpec, load_model_spec
@@ -53,14 +53,6 @@ _PROVIDER_SHORT = {
 }
 
 
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @dataclass(slots=True)
 class Prepared:
     """A validated request, ready for the batcher."""
@@ -81,7 +73,7 @@ class LoadedModel:
         onnx_path = version_dir / "model.onnx"
         if not onnx_path.is_file():
             raise ModelLoadError(f"{onnx_path}: missing")
-        self.digest = file_digest(onnx_path)
+        self.digest = sha256_file(onnx_path)
         self.max_batch = self.spec.max_batch_size
         self.labels = self.spec.label_list(version_dir)
         self.session, self.provider = self._create_session(onnx_path, runtime, state_dir)

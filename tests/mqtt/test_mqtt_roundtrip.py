@@ -121,7 +121,7 @@ async def test_status_telemetry_and_ota_hooks(broker, prefix, make_transport, ma
     commands = []
     t.on_ota_command(lambda topic, cmd: commands.append((topic, cmd)))
     client._bridge.publish(f"{prefix}/{DEVICE}/ota", b'{"action": "check"}', 1)
-    client._bridge.publish(f"fleet/default/ota", b'{"action": "update", "model": "tiny"}', 1)
+    client._bridge.publish("fleet/default/ota", b'{"action": "update", "model": "tiny"}', 1)
     client._bridge.publish(f"{prefix}/{DEVICE}/ota", b"garbage", 1)
     await wait_for(lambda: len(commands) == 2, what="ota commands")
     assert commands[0] == (f"{prefix}/{DEVICE}/ota", {"action": "check"})

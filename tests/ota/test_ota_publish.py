@@ -8,7 +8,8 @@ from edge_agent.ota import golden
 from edge_agent.ota.cli import main as cli_main
 from edge_agent.ota.errors import GoldenRunnerMissing, ManifestInvalid, PublishError
 from edge_agent.ota.manifest import Manifest, RegistryIndex
-from edge_agent.ota.publish import publish, set_channel, sha256_file
+from edge_agent.digests import sha256_file
+from edge_agent.ota.publish import publish, set_channel
 from edge_agent.ota.signing import load_public_key, verify
 
 

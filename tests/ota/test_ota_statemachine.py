@@ -6,7 +6,8 @@ import pytest
 
 from edge_agent.ota.errors import InvalidTransition
 from edge_agent.ota.manifest import Manifest
-from edge_agent.ota.publish import publish, sha256_file
+from edge_agent.digests import sha256_file
+from edge_agent.ota.publish import publish
 from edge_agent.ota.statemachine import IN_FLIGHT, TRANSITIONS, Event, State, UpdateStateMachine
 from edge_agent.ota.versions import Pointers, cleanup, read_pointers, write_pointers
 

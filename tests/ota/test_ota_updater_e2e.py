@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from edge_agent.ota.publish import publish, sha256_file
+from edge_agent.digests import sha256_file
+from edge_agent.ota.publish import publish
 from edge_agent.ota.signing import load_private_key, sign
 from edge_agent.ota.statemachine import State
 from edge_agent.ota.updater import Updater

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -17,7 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edge_agent.quantize import cli as qcli
 from edge_agent.quantize.convert import CALIBRATE_METHODS, PRECISION
-from edge_agent.quantize.gate import AccuracyGateFailed, GateThresholds, sha256_file
+from edge_agent.digests import sha256_file
+from edge_agent.quantize.gate import AccuracyGateFailed, GateThresholds
 from edge_agent.quantize.version import quantize_version
 from edge_agent.runtime.model_spec import load_model_spec
 
