@@ -162,6 +162,32 @@ class OtaConfig(Section):
     canary: CanaryConfig = Field(default_factory=CanaryConfig, description="Live-traffic trial of a staged version.")
 
 
+class OffloadConfig(Section):
+    enabled: bool = Field(False, description="Edge: send some requests to companion hosts over MQTT instead of running them here (needs mqtt.enabled, MQTT 5).")
+    models: list[str] = Field(default_factory=list, description="Edge: models whose requests may be offloaded; empty means all.")
+    queue_depth_over: int = Field(64, ge=-1, description="Edge: offload a request when its model's local queue already holds more than this many requests; -1 offloads every request.")
+    also_when_unavailable: bool = Field(True, description="Edge: offload requests for a model or version not served here (unknown, or failed to load) instead of answering with the error.")
+    timeout_s: float = Field(2.0, gt=0, description="Edge: how long to wait for a companion's answer; past it the request runs locally, or gets the usual error if it cannot.")
+    pause_after_timeout_s: float = Field(5.0, ge=0, description="Edge: after a timeout, stop offloading busy models for this long, so a dead companion costs one timeout rather than one per request (unavailable models are still tried). 0 never pauses.")
+    prefix: str = Field("", description="Topic prefix of offload requests: {prefix}/offload/{model}[/{version}]; empty means top-level offload/{model}. Must match on edge units and companions.")
+    group: str = Field("companion", description="Companion: shared-subscription group ($share/{group}/...); the companions of one group split the offloaded requests, each request goes to one of them.")
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_is_topic_safe(cls, v: str) -> str:
+        v = v.strip("/")
+        if any(c in v for c in "+#") or v.startswith("$"):
+            raise ValueError("must not contain + or # nor start with $")
+        return v
+
+    @field_validator("group")
+    @classmethod
+    def _group_is_topic_safe(cls, v: str) -> str:
+        if not v or any(c in v for c in "/+#"):
+            raise ValueError("must be non-empty and contain none of / + #")
+        return v
+
+
 class LoggingConfig(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     json_format: bool = Field(False, description="One JSON object per line (for log shippers) instead of text.")
@@ -177,6 +203,7 @@ class Config(Section):
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="MQTT transport.")
     cache: CacheConfig = Field(default_factory=CacheConfig, description="Response cache.")
     ota: OtaConfig = Field(default_factory=OtaConfig, description="Over-the-air model updates.")
+    offload: OffloadConfig = Field(default_factory=OffloadConfig, description="Offloading from edge units to companion hosts over MQTT.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
 
     @field_validator("device_id")

@@ -141,6 +141,9 @@ class Daemon:
 
             mqtt = MqttTransport(self.cfg.mqtt, self.cfg.device_id, self.service, self.cfg.paths.outbox_dir, self.status, __version__)
             extras.append(mqtt)
+            self._wire_offload(mqtt)
+        elif self.cfg.offload.enabled:
+            log.warning("offload.enabled needs mqtt.enabled: requests are not offloaded")
         if self.cfg.ota.enabled:
             from .ota.agent import OtaAgent
 
@@ -150,6 +153,19 @@ class Daemon:
                 ota.add_state_listener(mqtt.publish_ota_state)
             extras.append(ota)
         return extras
+
+    def _wire_offload(self, mqtt) -> None:
+        """Companion: take offloaded requests for the served models. Edge: offload to companions."""
+        o = self.cfg.offload
+        if self.cfg.mode == "companion":
+            mqtt.serve_offload(o.group, o.prefix, lambda: list(self.repo.models))
+        elif o.enabled:
+            if self.cfg.mqtt.protocol != "5":
+                log.warning("offload needs mqtt.protocol 5 (ResponseTopic + CorrelationData): requests are not offloaded")
+                return
+            from .transports.offload import Offloader
+
+            self.service.offloader = Offloader(o, mqtt)
 
     async def main_loop(self) -> None:
         tick = 0.05

@@ -4,6 +4,12 @@ Every field is framed as tag + 8-byte length + bytes, so no two different
 requests can produce the same preimage (no "ab"+"c" == "a"+"bc"). The model's
 exact version digest is part of the key: a new version can never read another
 version's entries, and after a rollback the older version's entries match again.
+
+The key is computed for every request, hit or miss, so the common shapes are
+precomputed: the hasher state after (scheme, model, version), the framed
+name + datatype of each input, the tail of a request with no outputs listed and
+no parameters. The preimage is byte for byte the same as the plain framing
+(tests/cache/test_keys.py checks it), so existing disk entries stay valid.
 """
 
 from __future__ import annotations
@@ -22,19 +28,51 @@ IGNORED_PARAMETERS = frozenset({"cache", "priority", "timeout_ms", "binary_data_
 
 _LEN = struct.Struct("<Q")
 KEY_SCHEME = b"edge-agent/cache-key/v1"
+# Memo bounds: models x versions, input names x dtypes. Past them a memo is
+# dropped and refilled, which only costs the slow path once per entry.
+_MEMO_MAX = 256
 
 
-def _datatype(arr: np.ndarray) -> str:
-    if arr.dtype.kind in ("O", "S", "U"):
-        return "BYTES"
-    # types.v2_datatype knows native byte order only; a '>f4' is still FP32.
-    return NP_TO_V2[arr.dtype.newbyteorder("=")]
+def _frame(tag: bytes, data: bytes) -> bytes:
+    return tag + _LEN.pack(len(data)) + data
 
 
 def _field(h, tag: bytes, data: bytes | memoryview) -> None:
     h.update(tag)
     h.update(_LEN.pack(len(data)))
     h.update(data)
+
+
+# dtype -> (V2 datatype, little-endian dtype to hash, or None when the array's
+# bytes already are little-endian). '>f4' is still FP32, and hashes like '<f4'.
+def _dtype_info(dtype: np.dtype) -> tuple[str, np.dtype | None]:
+    if dtype.kind in ("O", "S", "U"):
+        return "BYTES", None
+    datatype = NP_TO_V2[dtype.newbyteorder("=")]
+    le = dtype.newbyteorder("<")
+    return datatype, (None if le == dtype and le.isnative else le)
+
+
+_DTYPES: dict[np.dtype, tuple[str, np.dtype | None]] = {}
+_HEADS: dict[tuple[str, np.dtype], tuple[bytes, str, np.dtype | None]] = {}
+_PREFIXES: dict[tuple[str, str], object] = {}
+_SHAPES = [struct.Struct(f"<{n + 1}Q") for n in range(9)]
+_EMPTY_TAIL_ALL_OUTPUTS = b"O*" + _frame(b"P", b"")
+
+
+def _head(name: str, dtype: np.dtype) -> tuple[bytes, str, np.dtype | None]:
+    """Framed name + datatype + the shape tag, for one (input name, dtype)."""
+    found = _HEADS.get((name, dtype))
+    if found is None:
+        info = _DTYPES.get(dtype)
+        if info is None:
+            info = _DTYPES[dtype] = _dtype_info(dtype)
+        datatype, le = info
+        if len(_HEADS) >= _MEMO_MAX:
+            _HEADS.clear()
+        found = _HEADS[(name, dtype)] = (
+            _frame(b"N", name.encode("utf-8")) + _frame(b"T", datatype.encode("ascii")) + b"S", datatype, le)
+    return found
 
 
 def _element_bytes(item) -> bytes:
@@ -49,22 +87,24 @@ def _element_bytes(item) -> bytes:
 
 
 def _tensor(h, name: str, arr: np.ndarray) -> None:
-    datatype = _datatype(arr)
-    _field(h, b"N", name.encode("utf-8"))
-    _field(h, b"T", datatype.encode("ascii"))
-    _field(h, b"S", b"".join(_LEN.pack(d) for d in arr.shape))
+    head, datatype, le = _head(name, arr.dtype)
+    shape = arr.shape
+    ndim = len(shape)
+    dims = _SHAPES[ndim].pack(8 * ndim, *shape) if ndim < len(_SHAPES) else (
+        _LEN.pack(8 * ndim) + b"".join(_LEN.pack(d) for d in shape))
     if datatype == "BYTES":
         flat = arr.ravel()
-        h.update(b"B")
-        h.update(_LEN.pack(flat.size))
+        h.update(head + dims + b"B" + _LEN.pack(flat.size))
         for item in flat:
             b = _element_bytes(item)
             h.update(_LEN.pack(len(b)))
             h.update(b)
         return
-    # Same values must give the same key whatever the sender's byte order.
-    data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
-    _field(h, b"D", data.reshape(-1).view(np.uint8))
+    # Same values must give the same key whatever the sender's byte order or layout.
+    if le is not None or not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr, dtype=le)
+    h.update(head + dims + b"D" + _LEN.pack(arr.nbytes))
+    h.update(arr.data if arr.ndim else arr.tobytes())
 
 
 def _parameters(params: dict) -> bytes:
@@ -75,17 +115,33 @@ def _parameters(params: dict) -> bytes:
     return orjson.dumps(kept, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=repr)
 
 
+def _prefix(model: str, version_digest: str):
+    h = _PREFIXES.get((model, version_digest))
+    if h is None:
+        h = hashlib.blake2b(digest_size=32)
+        _field(h, b"K", KEY_SCHEME)
+        _field(h, b"M", model.encode("utf-8"))
+        _field(h, b"V", version_digest.encode("utf-8"))
+        if len(_PREFIXES) >= _MEMO_MAX:
+            _PREFIXES.clear()
+        _PREFIXES[(model, version_digest)] = h
+    return h.copy()
+
+
 def request_key(model: str, version_digest: str, req: InferRequest) -> bytes:
     """32-byte key of (model, exact version, inputs, requested outputs, answer-changing parameters)."""
-    h = hashlib.blake2b(digest_size=32)
-    _field(h, b"K", KEY_SCHEME)
-    _field(h, b"M", model.encode("utf-8"))
-    _field(h, b"V", version_digest.encode("utf-8"))
-    names = sorted(req.inputs)
-    h.update(b"I")
-    h.update(_LEN.pack(len(names)))
-    for name in names:
-        _tensor(h, name, req.inputs[name])
+    h = _prefix(model, version_digest)
+    inputs = req.inputs
+    h.update(b"I" + _LEN.pack(len(inputs)))
+    if len(inputs) == 1:
+        for name, arr in inputs.items():
+            _tensor(h, name, arr)
+    else:
+        for name in sorted(inputs):
+            _tensor(h, name, inputs[name])
+    if req.outputs is None and not req.parameters:
+        h.update(_EMPTY_TAIL_ALL_OUTPUTS)
+        return h.digest()
     if req.outputs is None:
         # None (all outputs) must differ from an explicit empty list.
         h.update(b"O*")

@@ -1,17 +1,30 @@
-"""The response cache the service talks to: memory LRU in front of SQLite."""
+"""The response cache the service talks to: memory LRU in front of SQLite.
+
+Admission. An answer goes to memory only, as it is (frozen arrays: no
+encoding). It is written to disk, encoded by the disk writer thread, when it
+earns it:
+  - it is hit in memory (reused, so worth keeping across a restart or crash);
+  - the memory bound pushes it out (the disk extends memory's capacity);
+  - the cache closes (a clean shutdown keeps what memory held).
+So a miss costs the disk nothing until memory is full, and an answer that is
+never asked for again is written at most once. What a kill -9 or power cut
+loses is the answers seen only once since they entered memory.
+Without a memory tier, every put goes to disk.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from . import metrics
 from .sqlite_tier import SQLiteTier
-from .tiers import CacheTier, MemoryTier
-from .values import CorruptCacheValue, decode_outputs, encode_outputs
+from .tiers import Entry, MemoryTier
+from .values import CorruptCacheValue, decode_outputs, encode_outputs, freeze_outputs
 
 log = logging.getLogger(__name__)
 
@@ -19,13 +32,14 @@ DB_NAME = "responses.sqlite3"
 # A key served from memory refreshes its disk LRU position at most this often,
 # so a hot entry is not evicted from disk for lack of disk reads.
 DISK_TOUCH_INTERVAL_S = 60.0
-DISK_TOUCH_MEMO_MAX = 100_000
+# Close() writes memory-only entries to disk for at most this long.
+SPILL_TIMEOUT_S = 5.0
 
 
 class ResponseCache:
     """``get``/``put`` never raise and never wait on the disk: a disk fault
-    makes that tier step aside (see sqlite_tier). Returned arrays are
-    read-only views of the cached value; copy before mutating."""
+    makes that tier step aside (see sqlite_tier). Returned dicts are the
+    caller's; their arrays are read-only and shared with the cache."""
 
     def __init__(
         self,
@@ -35,21 +49,28 @@ class ResponseCache:
         default_ttl_s: float,
         *,
         clock=time.time,
+        spill_timeout_s: float = SPILL_TIMEOUT_S,
         **disk_options,
     ) -> None:
         self.default_ttl_s = default_ttl_s
         self._clock = clock
-        self.memory: MemoryTier | None = MemoryTier(memory_max_bytes, clock=clock) if memory_max_bytes > 0 else None
+        self._spill_timeout_s = spill_timeout_s
         self.disk: SQLiteTier | None = (
             SQLiteTier(Path(cache_dir) / DB_NAME, disk_max_bytes, clock=clock, **disk_options)
             if disk_max_bytes > 0
             else None
         )
+        self.memory: MemoryTier | None = (
+            MemoryTier(memory_max_bytes, clock=clock, on_evict=self._spill if self.disk is not None else None)
+            if memory_max_bytes > 0
+            else None
+        )
         self.hits = {"memory": 0, "disk": 0}
         self.misses = 0
+        self.spilled = {"reuse": 0, "evicted": 0, "close": 0}
         # Bound once: labels() costs a locked dict lookup on every call.
         self._hit_counters = {tier: metrics.HITS.labels(tier) for tier in self.hits}
-        self._disk_touched: dict[bytes, float] = {}
+        self._encode_errors = metrics.ERRORS.labels("codec", "encode")
 
     def get(self, key: bytes) -> dict[str, np.ndarray] | None:
         try:
@@ -67,42 +88,64 @@ class ResponseCache:
             metrics.ERRORS.labels("cache", "internal").inc()
 
     def _get(self, key: bytes) -> dict[str, np.ndarray] | None:
-        if self.memory is not None:
-            hit = self.memory.get(key)
-            if hit is not None:
-                outputs = self._decode(self.memory, key, hit.value, verify=False)
-                if outputs is not None:
-                    self._count_hit("memory")
-                    if self.disk is not None:
-                        self._touch_disk(key)
-                    return outputs
+        memory = self.memory
+        if memory is not None:
+            entry = memory.get_entry(key)
+            if entry is not None:
+                self.hits["memory"] += 1
+                self._hit_counters["memory"].inc()
+                if self.disk is not None:
+                    self._after_memory_hit(key, entry)
+                return dict(entry.value)
         if self.disk is not None:
             hit = self.disk.get(key)
             if hit is not None:
-                outputs = self._decode(self.disk, key, hit.value, verify=True)
+                outputs = self._decode(key, hit.value)
                 if outputs is not None:
-                    if self.memory is not None:
-                        # Keeps the disk entry's expiry: promotion must not extend a TTL.
-                        self.memory.put(key, hit.value, hit.expires_at)
-                    self._count_hit("disk")
+                    if memory is not None:
+                        frozen = freeze_outputs(outputs)
+                        if frozen is not None:
+                            # Keeps the disk entry's expiry: promotion must not extend a TTL.
+                            memory.put(key, frozen[0], hit.expires_at, frozen[1], on_disk=True, touched_at=self._clock())
+                    self.hits["disk"] += 1
+                    self._hit_counters["disk"].inc()
                     return outputs
         self.misses += 1
         metrics.MISSES.inc()
         return None
 
-    def _put(self, key: bytes, outputs: dict[str, np.ndarray], ttl_s: float | None) -> None:
-        try:
-            value = encode_outputs(outputs)
-        except (KeyError, TypeError, ValueError) as exc:
-            # An output type the codec cannot hold is not worth failing a request.
-            log.warning("cache: not caching an answer the codec cannot encode: %s", exc)
-            metrics.ERRORS.labels("codec", "encode").inc()
+    def _after_memory_hit(self, key: bytes, entry: Entry) -> None:
+        if not entry.on_disk:
+            # Asked for again: worth a place on disk, where a restart finds it.
+            self.disk.put(key, partial(encode_outputs, entry.value), entry.expires_at)
+            self.spilled["reuse"] += 1
+            self.memory.update(key, entry, on_disk=True, touched_at=self._clock())
             return
+        now = self._clock()
+        if now - entry.touched_at >= DISK_TOUCH_INTERVAL_S:
+            self.memory.update(key, entry, touched_at=now)
+            self.disk.touch(key)
+
+    def _put(self, key: bytes, outputs: dict[str, np.ndarray], ttl_s: float | None) -> None:
+        frozen = freeze_outputs(outputs)
+        if frozen is None:
+            # An output type the codec cannot hold is not worth failing a request.
+            log.warning("cache: not caching an answer with a dtype the codec cannot hold: %s",
+                        {n: str(np.asarray(a).dtype) for n, a in outputs.items()})
+            self._encode_errors.inc()
+            return
+        value, size = frozen
         expires_at = self._clock() + (ttl_s if ttl_s is not None else self.default_ttl_s)
         if self.memory is not None:
-            self.memory.put(key, value, expires_at)
-        if self.disk is not None:
-            self.disk.put(key, value, expires_at)
+            self.memory.put(key, value, expires_at, size)
+        elif self.disk is not None:
+            self.disk.put(key, partial(encode_outputs, value), expires_at)
+
+    def _spill(self, key: bytes, entry: Entry) -> None:
+        """The memory bound pushed an entry out: keep it on disk."""
+        if not entry.on_disk and entry.expires_at > self._clock():
+            self.disk.put(key, partial(encode_outputs, entry.value), entry.expires_at)
+            self.spilled["evicted"] += 1
 
     def delete(self, key: bytes) -> None:
         for tier in self._tiers():
@@ -113,44 +156,54 @@ class ResponseCache:
             tier.clear()
 
     def flush(self, timeout: float | None = 10.0) -> bool:
-        """Wait until the disk writer has applied every earlier put."""
+        """Wait until the disk writer has applied every earlier write."""
         return self.disk.flush(timeout) if self.disk is not None else True
 
     def close(self) -> None:
+        """Write memory-only entries to disk (most recent first, as many as
+        the disk bound holds, for at most spill_timeout_s), then stop."""
+        if self.memory is not None and self.disk is not None:
+            try:
+                self._spill_all()
+            except Exception:  # noqa: BLE001 - closing must go on
+                log.exception("cache: writing memory entries to disk at close failed")
         for tier in self._tiers():
             tier.close()
+
+    def _spill_all(self) -> None:
+        now = self._clock()
+        budget = self.disk.max_bytes
+        items = []
+        for rank, (key, entry) in enumerate(self.memory.drain()):
+            if entry.on_disk:
+                continue
+            budget -= entry.size
+            if budget < 0:
+                break
+            # Most recent first, and LRU order on disk follows memory's.
+            items.append((key, partial(encode_outputs, entry.value), entry.expires_at, now - rank * 1e-6))
+        if items:
+            n = self.disk.put_many(items, self._spill_timeout_s)
+            self.spilled["close"] += n
+            if n < len(items):
+                log.warning("cache: wrote %d of %d memory entries to disk at close", n, len(items))
 
     def stats(self) -> dict:
         return {
             "hits": dict(self.hits),
             "misses": self.misses,
+            "spilled": dict(self.spilled),
             "tiers": {tier.name: tier.stats() for tier in self._tiers()},
         }
 
-    def _touch_disk(self, key: bytes) -> None:
-        now = self._clock()
-        if now - self._disk_touched.get(key, 0.0) < DISK_TOUCH_INTERVAL_S:
-            return
-        if len(self._disk_touched) >= DISK_TOUCH_MEMO_MAX:
-            self._disk_touched.clear()  # forgetting only costs an extra touch
-        self._disk_touched[key] = now
-        self.disk.touch(key)
-
-    def _tiers(self) -> list[CacheTier]:
+    def _tiers(self) -> list:
         return [t for t in (self.memory, self.disk) if t is not None]
 
-    def _count_hit(self, tier: str) -> None:
-        self.hits[tier] += 1
-        self._hit_counters[tier].inc()
-
-    def _decode(self, tier, key: bytes, value: bytes, verify: bool) -> dict[str, np.ndarray] | None:
+    def _decode(self, key: bytes, value: bytes) -> dict[str, np.ndarray] | None:
         try:
-            return decode_outputs(value, verify=verify)
+            return decode_outputs(value, verify=True)
         except CorruptCacheValue as exc:
-            log.warning("cache: dropping an undecodable %s entry: %s", tier.name, exc)
-            metrics.ERRORS.labels(tier.name, "decode").inc()
-            if isinstance(tier, SQLiteTier):
-                tier.corrupt_value(key)
-            else:
-                tier.delete(key)
+            log.warning("cache: dropping an undecodable disk entry: %s", exc)
+            metrics.ERRORS.labels("disk", "decode").inc()
+            self.disk.corrupt_value(key)
             return None

@@ -12,32 +12,52 @@ T = TypeVar("T")
 
 
 class SingleFlight(Generic[T]):
-    """The first caller for a key starts ``factory()`` as a task; callers that
-    arrive while it runs await the same task. The work runs in its own task and
-    every caller awaits it through ``shield``, so one caller being cancelled
-    (a client gone) neither cancels the work nor fails the others. The entry is
-    dropped when the task ends, so the factory should store its result in the
-    cache before returning: a request arriving after that finds the cache.
+    """The first caller for a key starts ``factory()``; callers that arrive
+    while it runs share its result. The factory should store its result in
+    the cache before it completes (a done callback added before returning a
+    future runs first): a request arriving after that finds the cache.
+
+    When the factory returns a future (the batcher's), that future IS the
+    shared work: no task is made for it. Otherwise (a coroutine) it runs in
+    its own task. Every caller waits on a future of its own, resolved from the
+    work's done callback, so a cancelled caller (a client gone) cancels only
+    its own wait, never the work nor the others' waits.
     One event loop only (not thread-safe)."""
 
     def __init__(self) -> None:
-        self._inflight: dict[Hashable, asyncio.Task] = {}
+        self._inflight: dict[Hashable, list] = {}
+        self._shared = metrics.SINGLEFLIGHT_SHARED
 
     def __len__(self) -> int:
         return len(self._inflight)
 
     async def run(self, key: Hashable, factory: Callable[[], Awaitable[T]]) -> T:
-        task = self._inflight.get(key)
-        if task is None:
-            task = asyncio.ensure_future(factory())
-            self._inflight[key] = task
-            task.add_done_callback(lambda t, key=key: self._done(key, t))
+        waiters = self._inflight.get(key)
+        if waiters is None:
+            work = factory()
+            if not asyncio.isfuture(work):
+                work = asyncio.ensure_future(work)
+            if work.done():  # answered at once: nothing to share
+                return work.result()
+            waiters = self._inflight[key] = []
+            work.add_done_callback(lambda w, key=key: self._done(key, w))
         else:
-            metrics.SINGLEFLIGHT_SHARED.inc()
-        return await asyncio.shield(task)
+            self._shared.inc()
+        waiter = asyncio.get_running_loop().create_future()
+        waiters.append(waiter)
+        return await waiter
 
-    def _done(self, key: Hashable, task: asyncio.Task) -> None:
-        if self._inflight.get(key) is task:
-            del self._inflight[key]
-        if not task.cancelled():
-            task.exception()  # retrieved: no "never retrieved" noise if all waiters left
+    def _done(self, key: Hashable, work: asyncio.Future) -> None:
+        waiters = self._inflight.pop(key)
+        if work.cancelled():
+            for w in waiters:
+                w.cancel()
+            return
+        exc = work.exception()  # also marks it retrieved when every waiter left
+        for w in waiters:
+            if w.done():  # that caller was cancelled
+                continue
+            if exc is None:
+                w.set_result(work.result())
+            else:
+                w.set_exception(exc)

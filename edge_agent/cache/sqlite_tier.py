@@ -3,9 +3,12 @@
 Threads. Every write (put, delete, the last-access touch of a hit, eviction)
 goes through a queue to ONE writer thread that applies it in batched
 transactions, so the request path never waits on the disk or on a lock held
-by a checkpoint. Reads run directly on the caller's thread through a separate
-query-only connection: a WAL point read of a small row costs tens of
-microseconds, less than handing the work to another thread and back.
+by a checkpoint. A put may hand over an encoder instead of bytes: the writer
+runs it, so encoding is off the request path too. Reads run directly on the
+caller's thread through a separate query-only connection: a WAL point read of
+a small row costs tens of microseconds, less than handing the work to another
+thread and back. A Bloom filter of the stored keys (keyfilter.py, kept by the
+writer) turns most misses away before they reach SQLite.
 
 Faults. A corrupt file (found at open, by a header probe before every write
 batch and every few idle seconds, or as SQLITE_CORRUPT/NOTADB in use) is
@@ -24,9 +27,11 @@ import queue
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from . import metrics
+from .keyfilter import KeyFilter
 from .tiers import Hit
 
 log = logging.getLogger(__name__)
@@ -45,6 +50,9 @@ CREATE INDEX IF NOT EXISTS entries_ttl ON entries (expires_at);
 """
 # Bytes a row costs beyond key and value (record header, index entries).
 ROW_OVERHEAD = 96
+# The smallest row we expect (key, a few small tensors, overhead): sizes the
+# key filter for a full store.
+TYPICAL_MIN_ROW = 200
 
 # sqlite3 primary result codes -> our fault kinds.
 _CORRUPT = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
@@ -124,6 +132,10 @@ class SQLiteTier:
         self.rebuilds = 0
         self._bytes_gauge = metrics.BYTES.labels(self.name)
         self._entries_gauge = metrics.ENTRIES.labels(self.name)
+        self._encode_errors = metrics.ERRORS.labels("codec", "encode")
+        # None until the writer has read the stored keys: every get looks up.
+        self._filter: KeyFilter | None = None
+        self.filtered = 0  # lookups the filter answered without SQLite
         self._open_or_step_aside()
         self._thread = threading.Thread(target=self._run, name="cache-disk-writer", daemon=True)
         self._thread.start()
@@ -165,12 +177,30 @@ class SQLiteTier:
         self._wconn = conn
         self._count, self._bytes = count, int(total)
         self._inode = inode
+        # An empty store needs no scan; otherwise the writer builds the filter
+        # before its first batch, and lookups go to SQLite until then.
+        self._filter = KeyFilter(self._filter_capacity()) if count == 0 else None
         with self._lock:
             self._generation += 1
             self._available = True
             self._fault_kind = None
         metrics.AVAILABLE.labels(self.name).set(1)
         self._publish()
+
+    def _filter_capacity(self) -> int:
+        return min(self.max_bytes // TYPICAL_MIN_ROW, 1 << 24)
+
+    def _build_filter(self) -> None:
+        """In the writer: a filter of exactly the keys stored now."""
+        keys: list[bytes] = []
+        try:
+            cur = self._wconn.execute("SELECT key FROM entries")
+            while rows := cur.fetchmany(10_000):
+                keys.extend(r[0] for r in rows)
+        except sqlite3.Error as exc:
+            self._fault(exc, "filter")
+            return
+        self._filter = KeyFilter.build(keys, self._filter_capacity())
 
     @staticmethod
     def _quick_check(conn: sqlite3.Connection) -> None:
@@ -194,6 +224,7 @@ class SQLiteTier:
             self._fault(exc, "open")
 
     def _close_connections(self) -> None:
+        self._filter = None
         with self._lock:
             self._available = False
             if self._reader is not None:
@@ -301,6 +332,10 @@ class SQLiteTier:
     def get(self, key: bytes) -> Hit | None:
         if not self._available:
             return None
+        f = self._filter
+        if f is not None and key not in f:
+            self.filtered += 1
+            return None
         with self._lock:
             if not self._available:
                 return None
@@ -335,11 +370,30 @@ class SQLiteTier:
         self.touch(key)
         return Hit(value, expires_at)
 
-    def put(self, key: bytes, value: bytes, expires_at: float) -> None:
-        if len(key) + len(value) + ROW_OVERHEAD > self.max_bytes:
+    def put(self, key: bytes, value: bytes | Callable[[], bytes], expires_at: float,
+            last_access: float | None = None) -> None:
+        """Store ``value``, or what the writer gets by calling it (an encoder
+        run off the request path). ``last_access`` places the entry in LRU
+        order (default: when the writer applies it)."""
+        if isinstance(value, bytes) and len(key) + len(value) + ROW_OVERHEAD > self.max_bytes:
             return
         if self._available or time.monotonic() >= self._retry_at:
-            self._submit(("put", key, value, expires_at))
+            self._submit(("put", key, value, expires_at, last_access))
+
+    def put_many(self, items: Iterable[tuple], timeout: float) -> int:
+        """Queue ``(key, value, expires_at, last_access)`` puts, waiting for room
+        in the queue up to ``timeout`` seconds in all; returns how many were queued."""
+        if not (self._available or time.monotonic() >= self._retry_at):
+            return 0
+        deadline = time.monotonic() + timeout
+        n = 0
+        for key, value, expires_at, last_access in items:
+            try:
+                self._queue.put(("put", key, value, expires_at, last_access), timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Full:
+                break
+            n += 1
+        return n
 
     def delete(self, key: bytes) -> None:
         self._submit(("delete", key))
@@ -404,6 +458,7 @@ class SQLiteTier:
             "errors": dict(self.errors),
             "rebuilds": self.rebuilds,
             "path": str(self.path),
+            "filter": None if self._filter is None else {**self._filter.stats(), "filtered": self.filtered},
         }
 
     def _publish(self) -> None:
@@ -417,6 +472,8 @@ class SQLiteTier:
         while True:
             if self._check_pending and self._available:
                 self._deferred_check()
+            if self._available and (self._filter is None or self._filter.stale):
+                self._build_filter()
             try:
                 batch = [self._queue.get(timeout=self._probe_interval_s)]
             except queue.Empty:
@@ -473,6 +530,9 @@ class SQLiteTier:
         conn = self._wconn
         d_bytes = d_count = 0
         touches: dict[bytes, float] = {}
+        added: list[bytes] = []
+        cleared = False
+        f = self._filter
         conn.execute("BEGIN IMMEDIATE")
         for op in writes:
             kind = op[0]
@@ -481,30 +541,53 @@ class SQLiteTier:
                 continue
             if kind == "clear":
                 conn.execute("DELETE FROM entries")
-                d_bytes, d_count, touches = -self._bytes, -self._count, {}
+                d_bytes, d_count, touches, added, cleared = -self._bytes, -self._count, {}, [], True
                 continue
             key = op[1]
-            old = conn.execute("SELECT size FROM entries WHERE key = ?", (key,)).fetchone()
-            if old is not None:
-                d_bytes -= old[0]
-                d_count -= 1
+            if kind == "put":
+                _, key, value, expires_at, last_access = op
+                if not isinstance(value, bytes):
+                    value = self._encode(value)
+                    if value is None:
+                        continue
+                size = len(key) + len(value) + ROW_OVERHEAD
+                if size > self.max_bytes:
+                    continue
+            # A key the filter has never seen is not stored: no need to read its old size.
+            if f is None or key in f:
+                old = conn.execute("SELECT size FROM entries WHERE key = ?", (key,)).fetchone()
+                if old is not None:
+                    d_bytes -= old[0]
+                    d_count -= 1
             if kind == "delete":
                 conn.execute("DELETE FROM entries WHERE key = ?", (key,))
             else:
-                _, key, value, expires_at = op
-                size = len(key) + len(value) + ROW_OVERHEAD
                 conn.execute(
                     "INSERT OR REPLACE INTO entries (key, size, expires_at, last_access, value) VALUES (?, ?, ?, ?, ?)",
-                    (key, size, expires_at, self._clock(), value),
+                    (key, size, expires_at, self._clock() if last_access is None else last_access, value),
                 )
                 d_bytes += size
                 d_count += 1
+                added.append(key)
         if touches:
             conn.executemany("UPDATE entries SET last_access = ? WHERE key = ?", [(t, k) for k, t in touches.items()])
         conn.execute("COMMIT")
+        if cleared:
+            self._filter = f = KeyFilter(self._filter_capacity())
+        if f is not None:
+            for key in added:
+                f.add(key)
         self._bytes += d_bytes
         self._count += d_count
         self._publish()
+
+    def _encode(self, encoder: Callable[[], bytes]) -> bytes | None:
+        try:
+            return encoder()
+        except Exception as exc:  # noqa: BLE001 - an answer we cannot store is skipped, never fatal
+            log.warning("disk cache: not storing an answer the codec cannot encode: %s", exc)
+            self._encode_errors.inc()
+            return None
 
     def _evict(self) -> None:
         conn = self._wconn

@@ -1,9 +1,12 @@
 """The tier interface and the in-memory LRU tier.
 
-A tier stores opaque values under 32-byte keys with an absolute expiry time
-(wall clock, because entries outlive the process). ``get`` returns the expiry
-with the value so a lower tier's hit can be promoted without extending its life.
-A shared Redis tier for the central host would implement the same protocol.
+A tier stores values under 32-byte keys with an absolute expiry time (wall
+clock, because entries outlive the process). ``get`` returns the expiry with
+the value so a lower tier's hit can be promoted without extending its life.
+Values are answers (``dict[str, np.ndarray]``); how a tier stores them is its
+own business: memory keeps them as they are, the disk encodes them in its
+writer thread. A shared Redis tier for the central host would implement the
+same protocol.
 """
 
 from __future__ import annotations
@@ -11,18 +14,32 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from typing import NamedTuple, Protocol
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
 
 from . import metrics
 
-# Bookkeeping per entry (dict slot, tuple, bytes headers) so a flood of tiny
+# Bookkeeping per entry (dict slot, tuple, key object) so a flood of tiny
 # entries is still bounded by memory_max_bytes.
 ENTRY_OVERHEAD = 128
 
 
 class Hit(NamedTuple):
-    value: bytes
+    value: Any
     expires_at: float
+
+
+class Entry(NamedTuple):
+    """A memory entry. A tuple of untracked objects, so the garbage collector
+    stops scanning it after one pass however many entries the tier holds."""
+
+    value: Any
+    expires_at: float
+    size: int
+    # The disk tier holds (or has been asked to write) this entry.
+    on_disk: bool = False
+    # When this entry last refreshed its disk LRU position.
+    touched_at: float = 0.0
 
 
 class CacheTier(Protocol):
@@ -30,7 +47,7 @@ class CacheTier(Protocol):
 
     def get(self, key: bytes) -> Hit | None: ...
 
-    def put(self, key: bytes, value: bytes, expires_at: float) -> None: ...
+    def put(self, key: bytes, value: Any, expires_at: float) -> None: ...
 
     def delete(self, key: bytes) -> None: ...
 
@@ -43,75 +60,98 @@ class CacheTier(Protocol):
 
 class MemoryTier:
     """Bytes-bounded LRU; TTL is checked on read, so expired entries cost memory
-    only until looked up or pushed out by newer ones."""
+    only until looked up or pushed out by newer ones.
+
+    ``on_evict(key, entry)`` is called (outside the lock) for every entry the
+    byte bound pushes out, so the response cache can hand it to the disk.
+    Gauges are read at scrape time, never set on the request path."""
 
     name = "memory"
 
-    def __init__(self, max_bytes: int, clock=time.time) -> None:
+    def __init__(self, max_bytes: int, clock=time.time, on_evict: Callable[[bytes, Entry], None] | None = None) -> None:
         self.max_bytes = max_bytes
         self._clock = clock
-        self._entries: OrderedDict[bytes, Hit] = OrderedDict()
+        self._on_evict = on_evict
+        self._entries: OrderedDict[bytes, Entry] = OrderedDict()
         self._bytes = 0
         # The event loop is the main user, but transports may call from their
         # own threads; an uncontended lock costs well under a microsecond.
         self._lock = threading.Lock()
         self.evictions = {"size": 0, "ttl": 0}
-        self._bytes_gauge = metrics.BYTES.labels(self.name)
-        self._entries_gauge = metrics.ENTRIES.labels(self.name)
+        self._evicted = {reason: metrics.EVICTIONS.labels(self.name, reason) for reason in self.evictions}
+        metrics.BYTES.labels(self.name).set_function(lambda: self._bytes)
+        metrics.ENTRIES.labels(self.name).set_function(lambda: len(self._entries))
         metrics.AVAILABLE.labels(self.name).set(1)
-        self._publish()
 
-    @staticmethod
-    def _size(key: bytes, value: bytes) -> int:
-        return len(key) + len(value) + ENTRY_OVERHEAD
-
-    def _publish(self) -> None:
-        self._bytes_gauge.set(self._bytes)
-        self._entries_gauge.set(len(self._entries))
-
-    def _drop(self, key: bytes, reason: str | None) -> None:
-        hit = self._entries.pop(key)
-        self._bytes -= self._size(key, hit.value)
-        if reason:
-            self.evictions[reason] += 1
-            metrics.EVICTIONS.labels(self.name, reason).inc()
-
-    def get(self, key: bytes) -> Hit | None:
+    def get_entry(self, key: bytes) -> Entry | None:
         with self._lock:
-            hit = self._entries.get(key)
-            if hit is None:
+            entry = self._entries.get(key)
+            if entry is None:
                 return None
-            if hit.expires_at <= self._clock():
-                self._drop(key, "ttl")
-                self._publish()
+            if entry.expires_at <= self._clock():
+                del self._entries[key]
+                self._bytes -= entry.size
+                self.evictions["ttl"] += 1
+                self._evicted["ttl"].inc()
                 return None
             self._entries.move_to_end(key)
-            return hit
+            return entry
 
-    def put(self, key: bytes, value: bytes, expires_at: float) -> None:
-        size = self._size(key, value)
+    def get(self, key: bytes) -> Hit | None:
+        entry = self.get_entry(key)
+        return None if entry is None else Hit(entry.value, entry.expires_at)
+
+    def put(self, key: bytes, value: Any, expires_at: float, size: int | None = None,
+            on_disk: bool = False, touched_at: float = 0.0) -> None:
+        """``size`` is the value's bytes (``len(value)`` when not given); the
+        key and the per-entry overhead are added here."""
+        size = len(key) + ENTRY_OVERHEAD + (len(value) if size is None else size)
         if size > self.max_bytes:
             return
+        evicted = None
         with self._lock:
-            if key in self._entries:
-                self._drop(key, None)
-            self._entries[key] = Hit(value, expires_at)
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old.size
+            self._entries[key] = Entry(value, expires_at, size, on_disk, touched_at)
             self._bytes += size
-            while self._bytes > self.max_bytes:
-                self._drop(next(iter(self._entries)), "size")
-            self._publish()
+            if self._bytes > self.max_bytes:
+                evicted = []
+                while self._bytes > self.max_bytes:
+                    k, e = self._entries.popitem(last=False)
+                    self._bytes -= e.size
+                    evicted.append((k, e))
+                self.evictions["size"] += len(evicted)
+                self._evicted["size"].inc(len(evicted))
+        if evicted and self._on_evict is not None:
+            for k, e in evicted:
+                self._on_evict(k, e)
+
+    def update(self, key: bytes, entry: Entry, **changes) -> None:
+        """Replace an entry's flags in place (its LRU position is kept)."""
+        with self._lock:
+            if self._entries.get(key) is entry:
+                self._entries[key] = entry._replace(**changes)
 
     def delete(self, key: bytes) -> None:
         with self._lock:
-            if key in self._entries:
-                self._drop(key, None)
-                self._publish()
+            entry = self._entries.pop(key, None)
+            if entry is not None:
+                self._bytes -= entry.size
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
             self._bytes = 0
-            self._publish()
+
+    def drain(self) -> list[tuple[bytes, Entry]]:
+        """Remove and return every live entry, most recently used first."""
+        now = self._clock()
+        with self._lock:
+            items = [(k, e) for k, e in reversed(self._entries.items()) if e.expires_at > now]
+            self._entries.clear()
+            self._bytes = 0
+        return items
 
     def stats(self) -> dict:
         with self._lock:

@@ -1,4 +1,10 @@
-"""Cached value codec: a small header plus the raw tensor buffers.
+"""Cached value codec (the disk form) and frozen outputs (the memory form).
+
+The memory tier holds the answer itself, frozen: read-only arrays that own
+their memory, so a put costs no encoding and a memory hit no decoding. Only
+an entry going to disk is encoded, and that runs in the disk writer thread.
+
+Disk layout: a small header plus the raw tensor buffers.
 
 Layout (little-endian)::
 
@@ -44,11 +50,62 @@ class CorruptCacheValue(EdgeError):
     http_status = 500
 
 
-def _datatype(arr: np.ndarray) -> str:
-    if arr.dtype.kind in ("O", "S", "U"):
-        return "BYTES"
-    # types.v2_datatype knows native byte order only; a '>f4' is still FP32.
-    return NP_TO_V2[arr.dtype.newbyteorder("=")]
+# dtype -> kind code (BYTES for object/str arrays), filled on first sight: a
+# dict lookup instead of building a byte-order-swapped dtype per tensor.
+_KIND_OF: dict[np.dtype, int | None] = {}
+# Per-object bookkeeping of a frozen tensor (array header, dict slot) and of
+# each element of a BYTES tensor (the bytes/str object header).
+ARRAY_OVERHEAD = 112
+ELEMENT_OVERHEAD = 40
+
+
+def kind_of(dtype: np.dtype) -> int | None:
+    """Kind code of a dtype, None when the codec cannot hold it."""
+    try:
+        return _KIND_OF[dtype]
+    except KeyError:
+        pass
+    if dtype.kind in ("O", "S", "U"):
+        kind = _KIND_CODE["BYTES"]
+    else:
+        # types.v2_datatype knows native byte order only; a '>f4' is still FP32.
+        v2 = NP_TO_V2.get(dtype.newbyteorder("="))
+        kind = _KIND_CODE.get(v2) if v2 is not None else None
+    if len(_KIND_OF) < 256:
+        _KIND_OF[dtype] = kind
+    return kind
+
+
+_BYTES_KIND = _KIND_CODE["BYTES"]
+
+
+def freeze_outputs(outputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int] | None:
+    """The memory form of an answer and its size in bytes, or None when the
+    codec could not store it (so neither tier caches it).
+
+    Arrays are made read-only (a hit hands out the very same arrays). A view
+    into a larger buffer (one row of a batch) is copied, so an entry never
+    pins memory its size does not count.
+    """
+    frozen = {}
+    size = 0
+    for name, arr in outputs.items():
+        if type(arr) is not np.ndarray:
+            arr = np.asarray(arr)
+        kind = kind_of(arr.dtype)
+        if kind is None:
+            return None
+        base = arr.base
+        if base is not None and type(base) is np.ndarray and base.nbytes > arr.nbytes:
+            arr = arr.copy()
+        if arr.flags.writeable:
+            arr.flags.writeable = False
+        size += arr.nbytes + ARRAY_OVERHEAD + len(name)
+        if kind == _BYTES_KIND:
+            for item in arr.flat:
+                size += ELEMENT_OVERHEAD + (len(item) if isinstance(item, (bytes, str)) else 64)
+        frozen[name] = arr
+    return frozen, size
 
 
 def _pad(n: int) -> int:
@@ -77,14 +134,17 @@ def encode_outputs(outputs: dict[str, np.ndarray]) -> bytes:
     pos = _HEAD.size
     for name, arr in outputs.items():
         arr = np.asarray(arr)
-        if _datatype(arr) == "BYTES":
+        kind = kind_of(arr.dtype)
+        if kind is None:
+            raise TypeError(f"output '{name}': dtype {arr.dtype} has no KServe v2 datatype")
+        if kind == _BYTES_KIND:
             kind, payload = _bytes_payload(arr)
         else:
-            kind = _KIND_CODE[_datatype(arr)]
             payload = np.ascontiguousarray(arr, dtype=_DTYPES[kind]).reshape(-1).view(np.uint8)
         bname = name.encode("utf-8")
-        head = _TENSOR.pack(len(bname), kind, arr.ndim) + bname
-        head += b"".join(_U64.pack(d) for d in arr.shape) + _U64.pack(len(payload))
+        ndim = arr.ndim
+        head = _TENSOR.pack(len(bname), kind, ndim) + bname
+        head += struct.pack(f"<{ndim + 1}Q", *arr.shape, len(payload))
         head += b"\0" * _pad(pos + len(head))
         parts.append(head)
         parts.append(payload)
@@ -151,4 +211,4 @@ def decode_outputs(blob: bytes, verify: bool = True) -> dict[str, np.ndarray]:
         raise CorruptCacheValue(f"undecodable cache value: {exc}") from exc
 
 
-__all__ = ["CorruptCacheValue", "decode_outputs", "encode_outputs"]
+__all__ = ["CorruptCacheValue", "decode_outputs", "encode_outputs", "freeze_outputs", "kind_of"]

@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from functools import partial
 
 import numpy as np
 
 from ..cache import SingleFlight, request_key
 from ..config import Config
-from ..errors import EdgeError, ShuttingDown
+from ..errors import EdgeError, ModelNotReady, ShuttingDown, UnknownModel, UnknownVersion
 from ..ops.metrics import REQUEST_ERRORS
 from ..types import PRIORITY_HIGH, InferRequest, InferResponse
 from .repository import ModelRepository, ModelVersion
@@ -41,8 +42,12 @@ class InferenceService:
         self._deadline = {PRIORITY_HIGH: cfg.batching.deadline_high_s}
         self._deadline_normal = cfg.batching.deadline_normal_s
         # Observers of finished requests, e.g. the OTA canary judge:
-        # fn(model_version, ok: bool, seconds: float)
+        # fn(model_version, ok: bool, seconds: float). They see what says
+        # something about the version: no cache hits, and no client errors
+        # (4xx: a malformed request fails on any version).
         self.observers: list = []
+        # transports/offload.Offloader when offload is on: sends work to a companion.
+        self.offloader = None
 
     async def infer(self, req: InferRequest, transport: str = "socket") -> InferResponse:
         t0 = _now()
@@ -51,7 +56,12 @@ class InferenceService:
         try:
             if not self.accepting:
                 raise ShuttingDown("the daemon is shutting down")
-            mv = self.repo.route(req.model, req.version)
+            try:
+                mv = self.repo.route(req.model, req.version)
+            except (UnknownModel, UnknownVersion, ModelNotReady) as e:
+                if self.offloader is None or not self.offloader.wants_unavailable(req.model):
+                    raise
+                return self._offloaded(await self.offloader.offload(req, e), t0)
             model = mv.model
             prepared = model.prepare(req)
             cache = self.cache
@@ -63,6 +73,10 @@ class InferenceService:
                 hit = cache.get(key)
                 if hit is not None:
                     return self._finish(req, mv, hit, t0, cached=True)
+            if self.offloader is not None and self.offloader.wants(mv):
+                resp = await self.offloader.offload(req)
+                if resp is not None:
+                    return self._offloaded(resp, t0)
             limit = self._deadline.get(req.priority, self._deadline_normal)
             if req.timeout_s is not None and req.timeout_s < limit:
                 limit = req.timeout_s
@@ -70,7 +84,7 @@ class InferenceService:
             if key is not None:
                 # Identical requests arriving while this one runs share its inference.
                 ttl = model.spec.cache.ttl_s
-                outputs = await self.flights.run(key, lambda: self._run_and_store(mv, prepared, req.priority, deadline, key, ttl))
+                outputs = await self.flights.run(key, lambda: self._submit_and_store(mv, prepared, req.priority, deadline, key, ttl))
             else:
                 outputs = await self._run(mv, prepared, req.priority, deadline)
             return self._finish(req, mv, outputs, t0, cached=False)
@@ -78,8 +92,9 @@ class InferenceService:
             self.count_err += 1
             if mv is not None:
                 mv.metrics.outcome(e.code).inc()
-                for fn in self.observers:
-                    fn(mv, False, _now() - t0)
+                if e.http_status >= 500:
+                    for fn in self.observers:
+                        fn(mv, False, _now() - t0)
             else:
                 REQUEST_ERRORS.labels(transport, e.code).inc()
             raise
@@ -89,10 +104,16 @@ class InferenceService:
     async def _run(self, mv: ModelVersion, prepared, priority: int, deadline: float) -> dict[str, np.ndarray]:
         return await mv.batcher.submit(prepared, priority, deadline)
 
-    async def _run_and_store(self, mv, prepared, priority, deadline, key: bytes, ttl: float | None):
-        outputs = await mv.batcher.submit(prepared, priority, deadline)
-        self.cache.put(key, outputs, ttl)
-        return outputs
+    def _submit_and_store(self, mv, prepared, priority, deadline, key: bytes, ttl: float | None):
+        # The batcher's future is the shared work itself (no task per miss);
+        # this callback, added first, stores the answer before any waiter wakes.
+        fut = mv.batcher.submit(prepared, priority, deadline)
+        fut.add_done_callback(partial(self._store, key, ttl))
+        return fut
+
+    def _store(self, key: bytes, ttl: float | None, fut) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            self.cache.put(key, fut.result(), ttl)
 
     def _finish(self, req: InferRequest, mv: ModelVersion, outputs, t0: float, cached: bool) -> InferResponse:
         dt = _now() - t0
@@ -101,9 +122,16 @@ class InferenceService:
         m.latency.observe(dt)
         self.recent.append(dt)
         self.count_ok += 1
-        for fn in self.observers:
-            fn(mv, True, dt)
+        if not cached:
+            for fn in self.observers:
+                fn(mv, True, dt)
         return InferResponse(model=mv.name, version=mv.version, outputs=outputs, id=req.id, cached=cached)
+
+    def _offloaded(self, resp: InferResponse, t0: float) -> InferResponse:
+        # A companion's answer says nothing about our versions: no model metrics, no observers.
+        self.recent.append(_now() - t0)
+        self.count_ok += 1
+        return resp
 
     def refused(self, transport: str, err: EdgeError) -> None:
         """Count an error raised by a transport before the request reached us."""

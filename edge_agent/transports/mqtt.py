@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
+import os
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import orjson
@@ -130,6 +132,15 @@ class MqttTransport:
         self._proc = psutil.Process()
         self._bridge: PahoBridge | None = None
         self._outbox: Outbox | None = None
+        # Edge side of offloading: our requests to companions, by CorrelationData.
+        self.offload_reply_topic: str | None = None
+        self._answers: dict[bytes, asyncio.Future] = {}
+        # Companion side: shared subscriptions to {offload prefix}{model} per served model.
+        self.offload_prefix: str | None = None
+        self._offload_group = ""
+        self._offload_models: Callable[[], Iterable[str]] | None = None
+        self._offload_subscribed: set[str] = set()
+        self._offload_task: asyncio.Task | None = None
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -161,6 +172,8 @@ class MqttTransport:
         )
         self._bridge.start()
         self._telemetry_task = self._loop.create_task(self._telemetry_loop(), name="mqtt-telemetry")
+        if self.offload_prefix is not None:
+            self._offload_task = self._loop.create_task(self._offload_refresh_loop(), name="mqtt-offload-subscriptions")
         log.info("mqtt: serving %s#, broker %s:%d (MQTT %s)", self.infer_prefix, self.cfg.host, self.cfg.port, self.cfg.protocol)
 
     async def stop(self, timeout: float = 5.0) -> None:
@@ -168,6 +181,8 @@ class MqttTransport:
         self._stopping = True
         if self._telemetry_task is not None:
             self._telemetry_task.cancel()
+        if self._offload_task is not None:
+            self._offload_task.cancel()
         if self._tasks:
             done, not_done = await asyncio.wait(set(self._tasks), timeout=timeout)
             for t in not_done:
@@ -206,6 +221,11 @@ class MqttTransport:
     def _on_connect(self, session_present: bool) -> None:
         qos = self.cfg.qos
         self._bridge.subscribe([(f"{self.infer_prefix}#", qos), (self.ota_topic, qos), (self.fleet_ota_topic, qos)])
+        if self.offload_reply_topic is not None:
+            self._bridge.subscribe([(self.offload_reply_topic, 1)])
+        if self.offload_prefix is not None:
+            self._offload_subscribed = set()
+            self._refresh_offload_subscriptions()
         self._bridge.publish(self.status_topic, self._status_payload("online"), 1, True)
         if self._ota_state:
             self._publish_ota_doc()
@@ -313,12 +333,20 @@ class MqttTransport:
 
     def _on_message(self, msg) -> None:
         gen = self._bridge.generation
+        topic = msg.topic
+        if topic == self.offload_reply_topic:
+            self._on_offload_answer(msg)
+            self._bridge.ack(msg.mid, msg.qos, gen)
+            return
         if self._stopping:
             return  # not acknowledged: the broker redelivers it to the next run
-        topic = msg.topic
         try:
             if topic.startswith(self.infer_prefix):
                 self._on_request(msg, gen, topic[len(self.infer_prefix):])
+                return
+            if self.offload_prefix is not None and topic.startswith(self.offload_prefix):
+                # Offloaded by an edge unit: the same request, on a shared topic.
+                self._on_request(msg, gen, topic[len(self.offload_prefix):], self.offload_prefix)
                 return
             if topic in (self.ota_topic, self.fleet_ota_topic):
                 self._on_ota(msg)
@@ -329,7 +357,7 @@ class MqttTransport:
             _MSG_ERROR.inc()
         self._bridge.ack(msg.mid, msg.qos, gen)
 
-    def _on_request(self, msg, gen: int, rest: str) -> None:
+    def _on_request(self, msg, gen: int, rest: str, topic_prefix: str | None = None) -> None:
         t0 = time.monotonic()
         props = msg.properties if self._bridge.v5 else None
         user = _user_props(props)
@@ -342,7 +370,7 @@ class MqttTransport:
         parts = rest.split("/")
         payload = msg.payload
         if len(parts) not in (1, 2) or not all(parts):
-            err = MalformedRequest(f"topic must be {self.infer_prefix}{{model}}[/{{version}}], got {msg.topic!r}")
+            err = MalformedRequest(f"topic must be {topic_prefix or self.infer_prefix}{{model}}[/{{version}}], got {msg.topic!r}")
         elif len(payload) > self.cfg.max_payload_bytes:
             err = PayloadTooLarge(f"payload of {len(payload)} bytes exceeds the limit of {self.cfg.max_payload_bytes}")
         else:
@@ -454,6 +482,102 @@ class MqttTransport:
         if reply.id is not None:
             doc["id"] = reply.id
         self._send(self._out(reply, orjson.dumps(doc)))
+
+    # --- offload: edge side ----------------------------------------------------
+
+    def enable_offload_replies(self) -> str:
+        """Subscribe {prefix}/{device}/offload-replies (call before start) for request()."""
+        self.offload_reply_topic = f"{self.base}/offload-replies"
+        return self.offload_reply_topic
+
+    @property
+    def connected(self) -> bool:
+        return self._bridge is not None and self._bridge.connected
+
+    async def request(self, topic: str, payload: bytes, header_length: int | None, timeout: float) -> tuple[bytes, int | None]:
+        """Publish one request (MQTT 5 ResponseTopic + CorrelationData) and await its answer.
+
+        Returns (payload, header_length of the answer). Raises ConnectionError when
+        the request cannot be sent, TimeoutError when no answer comes within timeout.
+        """
+        b = self._bridge
+        if self.offload_reply_topic is None:
+            raise ConnectionError("offload replies are not enabled on this transport")
+        if b is None or not b.connected or not b.v5:
+            raise ConnectionError("not connected to the MQTT broker with MQTT 5")
+        corr = os.urandom(16)
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = self.offload_reply_topic
+        props.CorrelationData = corr
+        # The broker drops a request nobody took in time; a companion never runs one past it.
+        props.MessageExpiryInterval = max(1, math.ceil(timeout))
+        if header_length is not None:
+            props.UserProperty = [(HEADER_LENGTH, str(header_length))]
+        fut = self._loop.create_future()
+        self._answers[corr] = fut
+        try:
+            info = b.publish(topic, payload, 1, False, props)
+            if info.rc != 0:
+                raise ConnectionError(f"publish to {topic} failed (paho rc {info.rc})")
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"no answer on {self.offload_reply_topic} within {timeout:.3g} s") from None
+        finally:
+            self._answers.pop(corr, None)
+
+    def _on_offload_answer(self, msg) -> None:
+        props = msg.properties if self._bridge.v5 else None
+        corr = getattr(props, "CorrelationData", None) if props is not None else None
+        fut = self._answers.pop(bytes(corr), None) if corr is not None else None
+        if fut is None or fut.done():
+            # Past its timeout (the request ran locally) or a QoS 1 duplicate.
+            log.debug("mqtt: offload answer for an unknown or finished correlation on %s", msg.topic)
+            return
+        hl = _user_props(props).get(HEADER_LENGTH.lower())
+        try:
+            header_length = int(hl) if hl is not None else None
+        except ValueError:
+            header_length = -1  # the decoder turns it into a malformed answer
+        fut.set_result((bytes(msg.payload), header_length))
+
+    # --- offload: companion side -----------------------------------------------
+
+    def serve_offload(self, group: str, prefix: str, models: Callable[[], Iterable[str]]) -> None:
+        """Also take requests on {prefix}/offload/{model}[/{version}] through the shared
+        subscription $share/{group}/..., for every model models() names (call before start)."""
+        self.offload_prefix = f"{prefix}/offload/" if prefix else "offload/"
+        self._offload_group = group
+        self._offload_models = models
+
+    def _offload_filters(self, model: str) -> list[str]:
+        base = f"$share/{self._offload_group}/{self.offload_prefix}{model}"
+        return [base, f"{base}/+"]
+
+    def _refresh_offload_subscriptions(self) -> None:
+        """Follow the served models: a model loaded by a reload starts taking offloaded work."""
+        if self._bridge is None or not self._bridge.connected or not self._bridge.v5:
+            return
+        try:
+            want = set(self._offload_models())
+        except Exception:  # the daemon's hook must not take the transport down
+            log.exception("mqtt: listing served models for offload failed")
+            return
+        added, removed = want - self._offload_subscribed, self._offload_subscribed - want
+        if added:
+            self._bridge.subscribe([(f, 1) for m in sorted(added) for f in self._offload_filters(m)])
+        if removed:
+            self._bridge.unsubscribe([f for m in sorted(removed) for f in self._offload_filters(m)])
+        if added or removed:
+            log.info("mqtt: taking offloaded requests for %s (group %s)", sorted(want) or "no models", self._offload_group)
+        self._offload_subscribed = want
+
+    async def _offload_refresh_loop(self) -> None:
+        if not self._bridge.v5:
+            log.warning("mqtt: companion offload needs MQTT 5 (ResponseTopic); offloaded requests are not served")
+            return
+        while True:
+            await asyncio.sleep(2.0)
+            self._refresh_offload_subscriptions()
 
     # --- OTA hooks -----------------------------------------------------------
 

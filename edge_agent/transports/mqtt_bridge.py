@@ -356,6 +356,10 @@ class PahoBridge:
         if topics:
             self._client.subscribe(topics)
 
+    def unsubscribe(self, topics: list[str]) -> None:
+        if topics:
+            self._client.unsubscribe(topics)
+
     def ack(self, mid: int, qos: int, generation: int) -> None:
         if qos > 0 and generation == self.generation and self.connected:
             self._client.ack(mid, qos)

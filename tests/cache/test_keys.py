@@ -79,3 +79,63 @@ def test_same_values_in_other_byte_order_or_layout_give_the_same_key():
 
 def test_bytes_and_str_elements_of_a_bytes_tensor_key_alike():
     assert key(req({"t": np.array(["héllo"], dtype=object)})) == key(req({"t": np.array(["héllo".encode()], dtype=object)}))
+
+
+def plain_key(model, digest, r) -> bytes:
+    """The key's preimage written out plainly: the fast path must match it byte for byte."""
+    import hashlib
+    import struct
+
+    from edge_agent.cache.keys import KEY_SCHEME, _parameters
+    from edge_agent.types import v2_datatype
+
+    q = struct.Struct("<Q").pack
+    h = hashlib.blake2b(digest_size=32)
+
+    def field(tag, data):
+        h.update(tag + q(len(data)) + data)
+
+    field(b"K", KEY_SCHEME)
+    field(b"M", model.encode())
+    field(b"V", digest.encode())
+    h.update(b"I" + q(len(r.inputs)))
+    for name in sorted(r.inputs):
+        arr = r.inputs[name]
+        field(b"N", name.encode())
+        field(b"T", v2_datatype(arr).encode())
+        field(b"S", b"".join(q(d) for d in arr.shape))
+        if arr.dtype == object:
+            h.update(b"B" + q(arr.size))
+            for item in arr.ravel():
+                b = item.encode() if isinstance(item, str) else item
+                h.update(q(len(b)) + b)
+        else:
+            field(b"D", np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes())
+    if r.outputs is None:
+        h.update(b"O*")
+    else:
+        h.update(b"O" + q(len(set(r.outputs))))
+        for name in sorted(set(r.outputs)):
+            field(b"n", name.encode())
+    field(b"P", _parameters(r.parameters))
+    return h.digest()
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        {"input": np.arange(64, dtype=np.float32)[None]},
+        {"x": np.arange(6, dtype=">f4").reshape(2, 3)},
+        {"x": np.asfortranarray(np.arange(6, dtype=np.int16).reshape(2, 3))},
+        {"x": np.arange(20, dtype=np.float64)[::3]},
+        {"s": np.array(7, np.int32)},
+        {"b": np.array([True, False])},
+        {"t": np.array([["héllo", b"x"]], dtype=object)},
+        {"b": np.zeros((0, 3), np.float16), "a": np.array([1], np.uint8)},
+        {"x": np.zeros((1,) * 10, np.int8)},
+    ],
+)
+@pytest.mark.parametrize("outputs, parameters", [(None, {}), ([], {"cache": True}), (["b", "a", "b"], {"top_k": 3})])
+def test_the_fast_key_is_the_plain_framing(inputs, outputs, parameters):
+    r = req(inputs, outputs=outputs, parameters=parameters)
+    assert key(r) == plain_key("digits", "sha256:aaaa", r)

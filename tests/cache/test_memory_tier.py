@@ -49,3 +49,29 @@ def test_replacing_a_key_keeps_the_byte_count_right():
     assert tier.stats()["bytes"] == ENTRY
     tier.delete(KEY[0])
     assert tier.stats()["bytes"] == 0 and tier.get(KEY[0]) is None
+
+
+def test_only_entries_the_bound_pushes_out_are_handed_on():
+    clock = FakeClock()
+    evicted = []
+    tier = MemoryTier(max_bytes=3 * ENTRY, clock=clock, on_evict=lambda k, e: evicted.append((k, e.value)))
+    tier.put(KEY[0], VALUE, clock() + 10)
+    tier.put(KEY[1], VALUE, clock() + 100)
+    tier.delete(KEY[1])
+    clock.advance(11)
+    assert tier.get(KEY[0]) is None  # expired: dropped, not handed on
+    for k in KEY[2:6]:
+        tier.put(k, VALUE, clock() + 100)
+    assert evicted == [(KEY[2], VALUE)]
+
+
+def test_drain_returns_live_entries_most_recent_first_and_empties_the_tier():
+    clock = FakeClock()
+    tier = MemoryTier(max_bytes=10 * ENTRY, clock=clock)
+    tier.put(KEY[0], VALUE, clock() + 100)
+    tier.put(KEY[1], VALUE, clock() + 5)
+    tier.put(KEY[2], VALUE, clock() + 100)
+    tier.get(KEY[0])
+    clock.advance(6)
+    assert [k for k, _ in tier.drain()] == [KEY[0], KEY[2]]
+    assert tier.stats()["entries"] == 0 and tier.stats()["bytes"] == 0

@@ -3,13 +3,14 @@
 import sqlite3
 
 import numpy as np
+import pytest
 
 from cache_helpers import FakeClock, TickingClock, metric
 from edge_agent.cache import response_cache
 from edge_agent.cache.keys import request_key
 from edge_agent.cache.response_cache import DB_NAME, ResponseCache
 from edge_agent.cache.tiers import ENTRY_OVERHEAD
-from edge_agent.cache.values import encode_outputs
+from edge_agent.cache.values import freeze_outputs
 from edge_agent.types import InferRequest
 
 V1 = "sha256:" + "1" * 64
@@ -89,8 +90,17 @@ def test_default_ttl_applies_when_none_is_given(tmp_path):
     cache.close()
 
 
+def entry_size() -> int:
+    return freeze_outputs(answer(0))[1] + 32 + ENTRY_OVERHEAD
+
+
+def disk_rows(path) -> int:
+    with sqlite3.connect(path / DB_NAME) as conn:
+        return conn.execute("SELECT count(*) FROM entries").fetchone()[0]
+
+
 def test_memory_bound_evicts_and_the_disk_still_answers(tmp_path):
-    one = len(encode_outputs(answer(0))) + 32 + ENTRY_OVERHEAD
+    one = entry_size()
     cache = ResponseCache(tmp_path, 5 * one, 1 << 20, 3600.0)
     keys = [request_key("digits", V1, request(p)) for p in np.linspace(0, 1, 12)]
     for i, key in enumerate(keys):
@@ -98,9 +108,76 @@ def test_memory_bound_evicts_and_the_disk_still_answers(tmp_path):
     cache.flush()
     mem = cache.stats()["tiers"]["memory"]
     assert mem["entries"] == 5 and mem["bytes"] <= 5 * one and mem["evictions"]["size"] == 7
+    # What memory pushed out went to disk; what it still holds did not (yet).
+    assert disk_rows(tmp_path) == 7 and cache.stats()["spilled"]["evicted"] == 7
     disk_hits = cache.stats()["hits"]["disk"]
     assert cache.get(keys[0])["label"][0] == 0
     assert cache.stats()["hits"]["disk"] == disk_hits + 1
+    cache.close()
+
+
+def test_a_miss_writes_nothing_to_disk_until_the_answer_is_reused(tmp_path):
+    cache = ResponseCache(tmp_path, 1 << 20, 1 << 20, 3600.0)
+    once, twice = (request_key("digits", V1, request(p)) for p in (0.1, 0.2))
+    cache.put(once, answer(1))
+    cache.put(twice, answer(2))
+    cache.flush()
+    assert disk_rows(tmp_path) == 0
+    assert cache.get(twice)["label"][0] == 2  # reused: now also on disk
+    cache.flush()
+    assert disk_rows(tmp_path) == 1 and cache.stats()["spilled"]["reuse"] == 1
+    cache.get(twice)
+    cache.flush()
+    assert cache.stats()["spilled"]["reuse"] == 1  # written once, not per hit
+    cache.close()
+
+
+def test_close_writes_what_only_memory_held_and_a_restart_finds_it(tmp_path):
+    clock = FakeClock()
+    keys = [request_key("digits", V1, request(p)) for p in np.linspace(0, 1, 6)]
+    cache = ResponseCache(tmp_path, 1 << 20, 1 << 20, 3600.0, clock=clock)
+    for i, key in enumerate(keys[:5]):
+        cache.put(key, answer(i), ttl_s=100 if i != 4 else 10)
+    cache.get(keys[0])  # reused: written at once, so not again at close
+    cache.put(keys[5], answer(5), ttl_s=1)
+    clock.advance(2)  # keys[5] expires: never written
+    cache.close()
+    assert cache.stats()["spilled"] == {"reuse": 1, "evicted": 0, "close": 4}
+    cache = ResponseCache(tmp_path, 1 << 20, 1 << 20, 3600.0, clock=clock)
+    assert [cache.get(k)["label"][0] for k in keys[:5]] == [0, 1, 2, 3, 4]
+    assert cache.get(keys[5]) is None
+    assert cache.stats()["hits"]["disk"] == 5
+    clock.advance(9)  # keys[4] kept its own TTL on the way through the disk
+    assert cache.get(keys[4]) is None and cache.get(keys[3]) is not None
+    cache.close()
+
+
+def test_close_writes_no_more_than_the_disk_holds_most_recent_first(tmp_path):
+    one = entry_size()
+    keys = [request_key("digits", V1, request(p)) for p in np.linspace(0, 1, 10)]
+    cache = ResponseCache(tmp_path, 1 << 20, 4 * one, 3600.0)
+    for i, key in enumerate(keys):
+        cache.put(key, answer(i))
+    cache.close()
+    assert 0 < cache.stats()["spilled"]["close"] <= 4
+    cache = ResponseCache(tmp_path, 1 << 20, 4 * one, 3600.0)
+    assert cache.get(keys[-1]) is not None and cache.get(keys[0]) is None
+    cache.close()
+
+
+def test_a_hit_hands_out_read_only_arrays_and_a_dict_of_its_own(tmp_path):
+    cache = ResponseCache(tmp_path, 1 << 20, 1 << 20, 3600.0)
+    key = request_key("digits", V1, request())
+    batch = np.eye(10, dtype=np.float32)
+    # One row of a batch: the cache must copy it, not pin the whole batch.
+    cache.put(key, {"probs": batch[3:4], "label": np.array([3], np.int64)})
+    batch[3, 3] = 42.0
+    got = cache.get(key)
+    assert got["probs"][0, 3] == 1.0 and got["probs"].base is not batch
+    with pytest.raises(ValueError):
+        got["probs"][0, 0] = 1.0
+    got["extra"] = np.zeros(1)
+    assert "extra" not in cache.get(key)
     cache.close()
 
 
@@ -128,9 +205,14 @@ def test_an_entry_hot_in_memory_stays_recent_on_disk(tmp_path):
     cache = ResponseCache(tmp_path, 1 << 20, 1 << 20, 1e9, clock=clock)
     for i, key in enumerate(keys):
         cache.put(key, answer(i))
+    cache.close()
+    cache = ResponseCache(tmp_path, 1 << 20, 1 << 20, 1e9, clock=clock)
+    for key in keys:
+        assert cache.get(key) is not None  # from disk, which touches each in turn
     cache.flush()
     clock.advance(response_cache.DISK_TOUCH_INTERVAL_S + 1)
     assert cache.get(keys[0]) is not None  # served by memory
+    assert cache.stats()["hits"]["memory"] == 1
     cache.flush()
     with sqlite3.connect(tmp_path / DB_NAME) as conn:
         order = [row[0] for row in conn.execute("SELECT key FROM entries ORDER BY last_access")]

@@ -88,3 +88,72 @@ def test_a_cancelled_waiter_does_not_cancel_the_shared_work():
         return await second
 
     assert asyncio.run(main()) == 42
+
+
+def test_a_future_is_shared_as_it_is_and_a_cancelled_leader_leaves_it_running():
+    async def main():
+        sf = SingleFlight()
+        loop = asyncio.get_running_loop()
+        made = []
+
+        def submit():  # like Batcher.submit: returns the future the batcher resolves
+            fut = loop.create_future()
+            made.append(fut)
+            return fut
+
+        leader = asyncio.create_task(sf.run("k", submit))
+        followers = [asyncio.create_task(sf.run("k", submit)) for _ in range(3)]
+        await asyncio.sleep(0)
+        leader.cancel()
+        followers[0].cancel()
+        await asyncio.sleep(0)
+        assert len(made) == 1 and not made[0].cancelled()
+        made[0].set_result({"y": 1})
+        results = await asyncio.gather(*followers[1:])
+        with pytest.raises(asyncio.CancelledError):
+            await leader
+        return results, len(sf)
+
+    results, left = asyncio.run(main())
+    assert results == [{"y": 1}] * 2 and left == 0
+
+
+def test_a_done_callback_added_by_the_factory_runs_before_any_waiter_wakes():
+    async def main():
+        sf = SingleFlight()
+        loop = asyncio.get_running_loop()
+        stored = {}
+        seen = []
+
+        def submit():
+            fut = loop.create_future()
+            fut.add_done_callback(lambda f: stored.setdefault("k", f.result()))
+            loop.call_soon(fut.set_result, 7)
+            return fut
+
+        async def caller():
+            r = await sf.run("k", submit)
+            seen.append("k" in stored)
+            return r
+
+        return await asyncio.gather(caller(), caller()), seen
+
+    results, seen = asyncio.run(main())
+    assert results == [7, 7] and seen == [True, True]
+
+
+def test_a_factory_that_raises_at_once_fails_only_its_caller():
+    class Overloaded(Exception):
+        pass
+
+    async def main():
+        sf = SingleFlight()
+
+        def submit():
+            raise Overloaded("queue full")
+
+        with pytest.raises(Overloaded):
+            await sf.run("k", submit)
+        return len(sf)
+
+    assert asyncio.run(main()) == 0

@@ -205,7 +205,8 @@ def test_read_only_directory_disables_the_disk_tier_and_memory_still_works(read_
 def test_full_disk_steps_aside_then_recovers_when_space_returns(tmpfs, caplog):
     fs = tmpfs("1m")
     filler = fs / "filler"
-    cache = ResponseCache(fs, 8 << 20, 8 << 20, 3600.0, retry_after_s=0.05)
+    # Memory holds one of these answers, so each put pushes the last one to disk.
+    cache = ResponseCache(fs, 12 << 10, 8 << 20, 3600.0, retry_after_s=0.05)
     filler.write_bytes(b"\0" * (700 * 1024))
     full = metric("edge_agent_cache_errors_total", tier="disk", kind="disk_full")
     with caplog.at_level(logging.WARNING):
@@ -221,7 +222,7 @@ def test_full_disk_steps_aside_then_recovers_when_space_returns(tmpfs, caplog):
 
     filler.unlink()
     time.sleep(0.1)  # past retry_after_s
-    cache.put(k(1000), out(1000))
+    put_and_reuse(cache, k(1000), out(1000))
     cache.flush()
     assert cache.stats()["tiers"]["disk"]["available"] is True
     cache.close()
@@ -230,15 +231,21 @@ def test_full_disk_steps_aside_then_recovers_when_space_returns(tmpfs, caplog):
     cache.close()
 
 
+def put_and_reuse(cache, key, outputs) -> None:
+    """A put, then a memory hit: the hit sends the entry to disk."""
+    cache.put(key, outputs)
+    assert cache.get(key) is not None
+
+
 def test_locked_database_steps_aside_then_recovers(tmp_path, caplog):
     cache = ResponseCache(tmp_path, 1 << 20, 1 << 20, 3600.0, retry_after_s=0.05, busy_timeout_s=0.05)
-    cache.put(k(1), out(1))
+    put_and_reuse(cache, k(1), out(1))
     cache.flush()
     other = sqlite3.connect(tmp_path / DB_NAME, isolation_level=None)
     other.execute("BEGIN EXCLUSIVE")
     locked = metric("edge_agent_cache_errors_total", tier="disk", kind="locked")
     with caplog.at_level(logging.WARNING):
-        cache.put(k(2), out(2))  # no exception, no wait on the caller
+        put_and_reuse(cache, k(2), out(2))  # no exception, no wait on the caller
         cache.flush()
     assert metric("edge_agent_cache_errors_total", tier="disk", kind="locked") - locked >= 1
     assert cache.stats()["tiers"]["disk"]["fault"] == "locked"
@@ -248,7 +255,7 @@ def test_locked_database_steps_aside_then_recovers(tmp_path, caplog):
     other.execute("ROLLBACK")
     other.close()
     time.sleep(0.1)
-    cache.put(k(3), out(3))
+    put_and_reuse(cache, k(3), out(3))
     cache.flush()
     assert cache.stats()["tiers"]["disk"]["available"] is True
     cache.close()

@@ -1,0 +1,509 @@
+"""The hand-written HTTP/1.1 server (transports/httpserver.py) on a real Unix
+socket, driven byte by byte with raw sockets (and curl) so every protocol
+corner is visible: keep-alive, pipelining, chunked bodies, 100-continue,
+HTTP/1.0, malformed input, oversized bodies, clients that vanish, shutdown.
+
+The server runs in its own thread on its own uvloop loop; the handler is a
+small real one (echo, sleep, a shared future) instead of the inference
+service, whose routes the daemon tests cover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import uvloop
+
+from edge_agent.errors import MalformedRequest
+from edge_agent.transports import httpserver
+from edge_agent.transports.http import HttpTransport
+from edge_agent.transports.httpserver import CT_JSON, HttpServer
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class ServerThread:
+    """An HttpServer on a Unix socket, on a loop in a background thread."""
+
+    def __init__(self, max_body: int = 64 * 1024) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="hp-"))  # AF_UNIX paths are short
+        self.path = str(self.dir / "s.sock")
+        self.loop = uvloop.new_event_loop()
+        self.calls: list[str] = []  # paths whose handler started
+        self.finished: list[str] = []  # ... and returned (not cancelled)
+        self.errors: list = []  # on_error reports
+        self.gate: asyncio.Future | None = None
+        self.server = HttpServer(self.handle, max_body, self.errors.append)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.run(self.server.listen_unix(self.path))
+
+    def run(self, coro, timeout: float = 10):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def handle(self, req):
+        self.calls.append(req.path)
+        if req.path == "/sleep":
+            await asyncio.sleep(int(req.query.split(b"=")[1]) / 1000)
+        elif req.path == "/gate":
+            if self.gate is None:
+                self.gate = self.loop.create_future()
+            # shield: what the service does for work other requests share
+            await asyncio.shield(self.gate)
+        elif req.path == "/boom":
+            raise RuntimeError("a bug in a route")
+        if req.path.startswith("/big/"):
+            return 200, CT_JSON, orjson.dumps({"path": req.path}) + b" " * 65536
+        if req.error is not None:
+            self.finished.append(req.path)
+            return req.error.http_status, CT_JSON, orjson.dumps(req.error.to_dict())
+        doc = {
+            "method": req.method, "path": req.path, "query": req.query.decode(),
+            "len": len(req.body), "body": req.body[:64].decode(errors="replace"),
+            "ctype": req.headers.get(b"content-type", b"").decode(),
+        }
+        self.finished.append(req.path)
+        return 200, CT_JSON, orjson.dumps(doc)
+
+    def open_gate(self) -> None:
+        self.loop.call_soon_threadsafe(lambda: self.gate.set_result(None) if self.gate and not self.gate.done() else None)
+
+    def stop(self) -> None:
+        try:
+            self.run(self.server.shutdown(2))
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def srv():
+    s = ServerThread()
+    yield s
+    s.stop()
+
+
+def connect(path: str) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(path)
+    return s
+
+
+class Reader:
+    """Reads HTTP responses off a raw socket (Content-Length framing only,
+    which is all the server emits)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    def _fill(self) -> bool:
+        data = self.sock.recv(65536)
+        self.buf += data
+        return bool(data)
+
+    def response(self) -> tuple[int, dict[str, str], bytes]:
+        while b"\r\n\r\n" not in self.buf:
+            if not self._fill():
+                raise EOFError("connection closed before a response")
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.decode().split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:])}
+        n = int(headers.get("content-length", 0))
+        while len(self.buf) < n:
+            if not self._fill():
+                raise EOFError("connection closed mid-body")
+        body, self.buf = self.buf[:n], self.buf[n:]
+        return status, headers, body
+
+    def closed(self) -> bool:
+        """True when the server closed the connection (EOF, nothing pending)."""
+        try:
+            return not self.buf and self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+
+def get(path: str, extra: str = "", version: str = "1.1") -> bytes:
+    return f"GET {path} HTTP/{version}\r\nHost: x\r\n{extra}\r\n".encode()
+
+
+def post(path: str, body: bytes, extra: str = "") -> bytes:
+    return f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body
+
+
+def test_keep_alive_serves_many_requests_on_one_connection(srv):
+    s = connect(srv.path)
+    r = Reader(s)
+    for i in range(3):
+        s.sendall(post(f"/echo/{i}", b'{"x": %d}' % i))
+        status, headers, body = r.response()
+        doc = orjson.loads(body)
+        assert status == 200 and headers["content-type"] == "application/json"
+        assert (doc["path"], doc["body"], doc["ctype"]) == (f"/echo/{i}", '{"x": %d}' % i, "application/json")
+        assert "connection" not in headers  # HTTP/1.1 keeps alive by default
+    s.close()
+
+
+def test_pipelined_requests_are_answered_in_order(srv):
+    s = connect(srv.path)
+    # The first takes longest; answers must still come back first-to-last.
+    s.sendall(get("/sleep?ms=150") + post("/echo/a", b"aaa") + get("/sleep?ms=10") + get("/echo/b?q=1"))
+    r = Reader(s)
+    paths = [orjson.loads(r.response()[2])["path"] for _ in range(4)]
+    assert paths == ["/sleep", "/echo/a", "/sleep", "/echo/b"]
+    s.close()
+
+
+def test_chunked_request_body(srv):
+    s = connect(srv.path)
+    chunks = [b'{"inputs":', b" [1, 2, 3]", b"}"]
+    body = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+    s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + body + get("/echo/after"))
+    r = Reader(s)
+    doc = orjson.loads(r.response()[2])
+    assert (doc["len"], doc["body"]) == (21, '{"inputs": [1, 2, 3]}')
+    assert orjson.loads(r.response()[2])["path"] == "/echo/after"  # framing kept after the chunks
+    s.close()
+
+
+def test_expect_100_continue(srv):
+    s = connect(srv.path)
+    body = b"x" * 5000
+    s.sendall(f"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n".encode())
+    r = Reader(s)
+    status, _, _ = r.response()
+    assert status == 100
+    s.sendall(body)
+    status, _, data = r.response()
+    assert status == 200 and orjson.loads(data)["len"] == 5000
+    s.close()
+
+
+def test_expect_100_continue_with_oversized_body_gets_413_and_close(srv):
+    s = connect(srv.path)
+    s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 999999\r\nExpect: 100-continue\r\n\r\n")
+    r = Reader(s)
+    status, headers, data = r.response()
+    assert (status, orjson.loads(data)["code"], headers["connection"]) == (413, "payload_too_large", "close")
+    assert r.closed()
+
+
+def test_http10_closes_unless_keep_alive_asked(srv):
+    s = connect(srv.path)
+    s.sendall(get("/echo/10", version="1.0"))
+    r = Reader(s)
+    status, headers, _ = r.response()
+    assert status == 200 and headers["connection"] == "close"
+    assert r.closed()
+
+    s = connect(srv.path)
+    r = Reader(s)
+    for _ in range(2):
+        s.sendall(get("/echo/10ka", "Connection: keep-alive\r\n", version="1.0"))
+        status, headers, _ = r.response()
+        assert status == 200 and headers["connection"].lower() == "keep-alive"
+    s.close()
+
+
+def test_connection_close_is_honoured(srv):
+    s = connect(srv.path)
+    s.sendall(get("/echo", "Connection: close\r\n") + get("/echo/never"))
+    r = Reader(s)
+    status, headers, _ = r.response()
+    assert status == 200 and headers["connection"] == "close"
+    assert r.closed()
+    assert "/echo/never" not in srv.calls
+
+
+@pytest.mark.parametrize("raw", [
+    b"GARBAGE\r\n\r\n",
+    b"GET /x HTTP/9.7\r\n\r\n",
+    b"POST /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    b"GET /x HTTP/1.1\r\nBad Header Line\r\n\r\n",
+])
+def test_malformed_http_gets_400_and_close(srv, raw):
+    s = connect(srv.path)
+    s.sendall(raw)
+    r = Reader(s)
+    status, headers, data = r.response()
+    assert (status, orjson.loads(data)["code"], headers["connection"]) == (400, "malformed_request", "close")
+    assert r.closed()
+    assert len(srv.errors) == 1 and isinstance(srv.errors[0], MalformedRequest)
+
+
+def test_malformed_after_pipelined_good_request_keeps_order(srv):
+    s = connect(srv.path)
+    s.sendall(get("/sleep?ms=50") + b"NOT HTTP AT ALL\r\n\r\n")
+    r = Reader(s)
+    assert r.response()[0] == 200
+    assert r.response()[0] == 400
+    assert r.closed()
+
+
+def test_oversized_header_block_is_refused(srv):
+    s = connect(srv.path)
+    s.sendall(b"GET /x HTTP/1.1\r\n" + b"X-Filler: " + b"a" * (httpserver.MAX_HEADER_BYTES + 10) + b"\r\n\r\n")
+    r = Reader(s)
+    status, _, data = r.response()
+    assert status == 400 and "exceeds" in orjson.loads(data)["error"]
+    assert r.closed()
+
+
+def test_oversized_body_is_drained_and_the_connection_stays_usable(srv):
+    s = connect(srv.path)
+    big = b"[" + b"0," * 40000 + b"0]"  # 80 kB > 64 kB limit, below the drain bound
+    s.sendall(post("/echo/big", big) + get("/echo/next"))
+    r = Reader(s)
+    status, headers, data = r.response()
+    assert (status, orjson.loads(data)["code"]) == (413, "payload_too_large")
+    assert "connection" not in headers
+    assert orjson.loads(r.response()[2])["path"] == "/echo/next"
+    s.close()
+
+
+def test_oversized_chunked_body_gets_413_and_close(srv):
+    s = connect(srv.path)
+    s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    chunk = b"y" * 16384
+    r = Reader(s)
+    try:
+        for _ in range(10):  # 160 kB in chunks, past the 64 kB limit
+            s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server may close while we are still sending
+    status, headers, data = r.response()
+    assert (status, orjson.loads(data)["code"], headers["connection"]) == (413, "payload_too_large", "close")
+
+
+def test_client_gone_mid_body_is_harmless(srv):
+    s = connect(srv.path)
+    s.sendall(b"POST /echo/partial HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789")
+    s.close()
+    s = connect(srv.path)
+    s.sendall(get("/echo/alive"))
+    assert Reader(s).response()[0] == 200
+    assert "/echo/partial" not in srv.calls  # an incomplete request never reaches a handler
+    assert srv.run(_count(srv.server)) == 1  # the gone connection was dropped
+    s.close()
+
+
+async def _count(server) -> int:
+    await asyncio.sleep(0.05)
+    return len(server.connections)
+
+
+def test_client_gone_mid_handler_does_not_cancel_shared_work(srv):
+    a = connect(srv.path)
+    a.sendall(get("/gate"))
+    b = connect(srv.path)
+    b.sendall(get("/gate"))
+    _wait(lambda: srv.calls.count("/gate") == 2)
+    a.close()  # leaves while its handler awaits work it shares with b
+    time.sleep(0.1)
+    srv.open_gate()
+    status, _, data = Reader(b).response()
+    assert status == 200 and orjson.loads(data)["path"] == "/gate"
+    _wait(lambda: srv.finished.count("/gate") == 2)  # a's handler ran to the end, not cancelled
+    assert not srv.gate.cancelled()
+    b.close()
+
+
+def test_handler_bug_gives_500_and_the_connection_survives(srv):
+    s = connect(srv.path)
+    s.sendall(get("/boom") + get("/echo/ok"))
+    r = Reader(s)
+    status, _, data = r.response()
+    assert (status, orjson.loads(data)["code"]) == (500, "internal")
+    assert r.response()[0] == 200
+    s.close()
+
+
+def test_percent_encoded_path_and_query(srv):
+    s = connect(srv.path)
+    s.sendall(get("/v2/models/my%20model/infer?a=1&b=2"))
+    doc = orjson.loads(Reader(s).response()[2])
+    assert (doc["path"], doc["query"]) == ("/v2/models/my model/infer", "a=1&b=2")
+    s.close()
+
+
+def test_slow_reader_pauses_reading_then_gets_every_answer_in_order(srv):
+    s = connect(srv.path)
+    n = 300  # 300 x 64 kB answers: far more than socket and transport buffers hold
+    s.sendall(b"".join(get(f"/big/{i}") for i in range(n)))
+    time.sleep(0.3)
+    # Nobody reads the answers, so the server stops reading and handling.
+    paused, handled = srv.run(_snapshot(srv.server))
+    assert paused and handled < n
+    r = Reader(s)
+    paths = [orjson.loads(r.response()[2][:64])["path"] for _ in range(n)]
+    assert paths == [f"/big/{i}" for i in range(n)]
+    s.close()
+
+
+async def _snapshot(server) -> tuple[bool, int]:
+    conns = list(server.connections)
+    return any(c.read_paused for c in conns), len(srv_calls(server))
+
+
+def srv_calls(server) -> list[str]:
+    return server.handler.__self__.calls
+
+
+def test_curl_over_the_unix_socket(srv):
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl not installed")
+    body = orjson.dumps({"inputs": [0.5] * 1000})  # > 1 KiB: curl sends Expect: 100-continue
+    out = subprocess.run(
+        [curl, "-sS", "--unix-socket", srv.path, "-H", "Content-Type: application/json", "--data-binary", "@-",
+         "http://localhost/v2/models/digits/infer", "http://localhost/echo/second"],
+        input=body, capture_output=True, check=True, timeout=10,
+    ).stdout
+    first, second = out.split(b"}{")
+    assert orjson.loads(first + b"}")["len"] == len(body)
+    assert orjson.loads(b"{" + second)["path"] == "/echo/second"
+
+
+def test_shutdown_waits_for_in_flight_then_closes_idle_connections(srv):
+    busy = connect(srv.path)
+    busy.sendall(get("/sleep?ms=300"))
+    idle = connect(srv.path)
+    idle.sendall(get("/echo"))
+    ri = Reader(idle)
+    assert ri.response()[0] == 200
+    _wait(lambda: "/sleep" in srv.calls)
+    t0 = time.monotonic()
+    srv.run(srv.server.shutdown(5))
+    assert time.monotonic() - t0 < 3
+    status, headers, _ = Reader(busy).response()
+    assert status == 200 and headers["connection"] == "close"  # finished, then told to go
+    assert ri.closed()
+    with pytest.raises(OSError):
+        connect(srv.path)
+
+
+def test_shutdown_timeout_cancels_what_is_left(srv):
+    s = connect(srv.path)
+    s.sendall(get("/gate"))
+    _wait(lambda: "/gate" in srv.calls)
+    t0 = time.monotonic()
+    srv.run(srv.server.shutdown(0.2))
+    assert time.monotonic() - t0 < 2
+    assert Reader(s).closed()
+    assert "/gate" not in srv.finished
+
+
+class _App:
+    """The smallest app HttpTransport needs for its health routes."""
+
+    ready = True
+    service = None
+
+
+def test_transport_socket_file_mode_stale_file_and_removal():
+    d = Path(tempfile.mkdtemp(prefix="hp-"))
+    path = d / "run" / "agent.sock"
+    path.parent.mkdir()
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))  # what a killed daemon leaves behind
+    stale.close()
+    loop = uvloop.new_event_loop()
+    try:
+        t = HttpTransport(_App(), path, 0o600, "no-such-group-here", None, 1024)
+        loop.run_until_complete(t.start())
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setblocking(False)
+        loop.run_until_complete(loop.sock_connect(s, str(path)))
+        loop.run_until_complete(loop.sock_sendall(s, get("/v2/health/ready")))
+        data = loop.run_until_complete(loop.sock_recv(s, 4096))
+        assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.endswith(b'{"ready":true}')
+        t.stop_listening()
+        assert t.draining
+        loop.run_until_complete(t.shutdown(1))
+        s.close()
+        assert not path.exists()
+    finally:
+        loop.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _wait(cond, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met")
+        time.sleep(0.01)
+
+
+def test_upgrade_request_is_answered_then_closed(srv):
+    s = connect(srv.path)
+    s.sendall(get("/echo/up", "Connection: Upgrade\r\nUpgrade: websocket\r\n") + b"\x81\x05hello")
+    r = Reader(s)
+    status, headers, _ = r.response()
+    assert status == 200 and headers["connection"] == "close"
+    assert r.closed()
+
+
+def test_transport_refuses_a_socket_a_live_server_answers_on(srv):
+    loop = uvloop.new_event_loop()
+    try:
+        t = HttpTransport(_App(), Path(srv.path), 0o600, None, None, 1024)
+        with pytest.raises(OSError, match="another process"):
+            loop.run_until_complete(t.start())
+        loop.run_until_complete(t.shutdown(0.1))
+    finally:
+        loop.close()
+    s = connect(srv.path)  # the live server kept its socket
+    s.sendall(get("/echo"))
+    assert Reader(s).response()[0] == 200
+    s.close()
+
+
+def test_shutdown_leaves_a_successors_socket_alone():
+    d = Path(tempfile.mkdtemp(prefix="hp-"))
+    path = d / "agent.sock"
+    loop = uvloop.new_event_loop()
+    try:
+        t = HttpTransport(_App(), path, 0o600, None, None, 1024)
+        loop.run_until_complete(t.start())
+        t.stop_listening()
+        path.unlink()
+        time.sleep(0.02)  # file times tick in jiffies; a real successor starts later still
+        successor = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        successor.bind(str(path))  # a new daemon took the path meanwhile
+        loop.run_until_complete(t.shutdown(0.1))
+        assert path.is_socket()
+        successor.close()
+    finally:
+        loop.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_idle_connections_are_swept_busy_ones_are_not(monkeypatch):
+    monkeypatch.setattr(httpserver, "IDLE_SWEEP_S", 0.1)
+    srv = ServerThread()
+    try:
+        idle = connect(srv.path)
+        busy = connect(srv.path)
+        busy.sendall(get("/sleep?ms=600"))
+        assert Reader(idle).closed()  # blocks until the sweep closes it (2 sweeps)
+        status, headers, _ = Reader(busy).response()
+        assert status == 200 and "connection" not in headers
+    finally:
+        srv.stop()
