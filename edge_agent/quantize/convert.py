@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import os
 import logging
 import shutil
 import tempfile
@@ -92,7 +93,7 @@ def quantize(
                 # ORT's symbolic shape inference and quantizers drop temporary
                 # files (sym_shape_infer_temp.onnx, external-data *.data) in the
                 # current directory: run them from inside the scratch directory.
-                with contextlib.chdir(tmp):
+                with _in_dir(tmp):
                     recipe["pre_process"] = _pre_process(fp32_model, pre)
                 model = onnx.load(str(pre), load_external_data=False)
                 excluded = select_nodes(model, exclude_op_types, exclude_nodes)
@@ -100,7 +101,7 @@ def quantize(
                 if op_types_to_quantize:
                     recipe["op_types_to_quantize"] = list(op_types_to_quantize)
                 if mode == "dynamic":
-                    with contextlib.chdir(tmp):
+                    with _in_dir(tmp):
                         quantize_dynamic(str(pre), str(result), per_channel=per_channel, reduce_range=reduce_range, weight_type=QuantType.QInt8,
                                          op_types_to_quantize=op_types_to_quantize, nodes_to_exclude=excluded)
                 else:
@@ -116,7 +117,7 @@ def quantize(
                                    for b in batches for i in range(len(b["input_ids"]))]
                     reader = FeedReader(batches, names, progress)
                     recipe.update(calibrate_method=calibrate_method, calibration_batches=len(reader), symmetric_activations=symmetric_activations)
-                    with contextlib.chdir(tmp):
+                    with _in_dir(tmp):
                         quantize_static(
                             str(pre), str(result), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
@@ -132,6 +133,17 @@ def quantize(
         shutil.move(str(result), str(out))
     log.info("quantized %s -> %s (%s)", fp32_model, out, mode)
     return recipe
+
+
+@contextlib.contextmanager
+def _in_dir(path):
+    """contextlib.chdir exists only from Python 3.11; units may run 3.10."""
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
 
 
 def _pre_process(src: Path, dst: Path) -> str:
