@@ -23,8 +23,8 @@ import numpy as np
 
 from . import metrics
 from .sqlite_tier import SQLiteTier
-from .tiers import Entry, MemoryTier
-from .values import CorruptCacheValue, decode_outputs, encode_outputs, freeze_outputs
+from .tiers import EXPIRES_AT, FROZEN, ON_DISK, SIZE, TOUCHED_AT, VALUE, Entry, MemoryTier
+from .values import CorruptCacheValue, decode_outputs, encode_outputs, freeze_outputs, prepare_outputs
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,9 @@ SPILL_TIMEOUT_S = 5.0
 class ResponseCache:
     """``get``/``put`` never raise and never wait on the disk: a disk fault
     makes that tier step aside (see sqlite_tier). Returned dicts are the
-    caller's; their arrays are read-only and shared with the cache."""
+    caller's; their arrays are read-only and shared with the cache.
+    ``put`` keeps the arrays it is given (no copy) until the first hit, so
+    the caller must not write into them afterwards."""
 
     def __init__(
         self,
@@ -94,57 +96,66 @@ class ResponseCache:
             if entry is not None:
                 self.hits["memory"] += 1
                 self._hit_counters["memory"].inc()
-                if self.disk is not None:
-                    self._after_memory_hit(key, entry)
-                return dict(entry.value)
+                if not entry[FROZEN] or (self.disk is not None and not entry[ON_DISK]):
+                    entry = self._first_hit(key, entry)
+                elif self.disk is not None:
+                    self._touch_disk(key, entry)
+                return dict(entry[VALUE])
         if self.disk is not None:
             hit = self.disk.get(key)
             if hit is not None:
                 outputs = self._decode(key, hit.value)
                 if outputs is not None:
+                    outputs = freeze_outputs(outputs)
                     if memory is not None:
-                        frozen = freeze_outputs(outputs)
-                        if frozen is not None:
-                            # Keeps the disk entry's expiry: promotion must not extend a TTL.
-                            memory.put(key, frozen[0], hit.expires_at, frozen[1], on_disk=True, touched_at=self._clock())
+                        size = prepare_outputs(outputs)[1]
+                        # Keeps the disk entry's expiry: promotion must not extend a TTL.
+                        memory.put(key, outputs, hit.expires_at, size, on_disk=True, touched_at=self._clock())
                     self.hits["disk"] += 1
                     self._hit_counters["disk"].inc()
-                    return outputs
+                    return dict(outputs)
         self.misses += 1
         metrics.MISSES.inc()
         return None
 
-    def _after_memory_hit(self, key: bytes, entry: Entry) -> None:
-        if not entry.on_disk:
-            # Asked for again: worth a place on disk, where a restart finds it.
-            self.disk.put(key, partial(encode_outputs, entry.value), entry.expires_at)
+    def _first_hit(self, key: bytes, entry: Entry) -> Entry:
+        """An answer asked for again: freeze it before anyone else sees it,
+        and give it a place on disk, where a restart finds it."""
+        value = entry[VALUE] if entry[FROZEN] else freeze_outputs(entry[VALUE])
+        on_disk = entry[ON_DISK]
+        if self.disk is not None and not on_disk:
+            self.disk.put(key, partial(encode_outputs, value), entry[EXPIRES_AT])
             self.spilled["reuse"] += 1
-            self.memory.update(key, entry, on_disk=True, touched_at=self._clock())
-            return
+            on_disk = True
+        new = (value, entry[EXPIRES_AT], entry[SIZE], on_disk, self._clock(), True)
+        self.memory.replace(key, entry, new)
+        return new
+
+    def _touch_disk(self, key: bytes, entry: Entry) -> None:
         now = self._clock()
-        if now - entry.touched_at >= DISK_TOUCH_INTERVAL_S:
-            self.memory.update(key, entry, touched_at=now)
+        if now - entry[TOUCHED_AT] >= DISK_TOUCH_INTERVAL_S:
+            self.memory.replace(key, entry, entry[:TOUCHED_AT] + (now,) + entry[TOUCHED_AT + 1:])
             self.disk.touch(key)
 
     def _put(self, key: bytes, outputs: dict[str, np.ndarray], ttl_s: float | None) -> None:
-        frozen = freeze_outputs(outputs)
-        if frozen is None:
+        prepared = prepare_outputs(outputs)
+        if prepared is None:
             # An output type the codec cannot hold is not worth failing a request.
             log.warning("cache: not caching an answer with a dtype the codec cannot hold: %s",
                         {n: str(np.asarray(a).dtype) for n, a in outputs.items()})
             self._encode_errors.inc()
             return
-        value, size = frozen
+        value, size = prepared
         expires_at = self._clock() + (ttl_s if ttl_s is not None else self.default_ttl_s)
         if self.memory is not None:
-            self.memory.put(key, value, expires_at, size)
+            self.memory.put(key, value, expires_at, size, frozen=False)
         elif self.disk is not None:
             self.disk.put(key, partial(encode_outputs, value), expires_at)
 
     def _spill(self, key: bytes, entry: Entry) -> None:
         """The memory bound pushed an entry out: keep it on disk."""
-        if not entry.on_disk and entry.expires_at > self._clock():
-            self.disk.put(key, partial(encode_outputs, entry.value), entry.expires_at)
+        if not entry[ON_DISK] and entry[EXPIRES_AT] > self._clock():
+            self.disk.put(key, partial(encode_outputs, entry[VALUE]), entry[EXPIRES_AT])
             self.spilled["evicted"] += 1
 
     def delete(self, key: bytes) -> None:
@@ -175,13 +186,13 @@ class ResponseCache:
         budget = self.disk.max_bytes
         items = []
         for rank, (key, entry) in enumerate(self.memory.drain()):
-            if entry.on_disk:
+            if entry[ON_DISK]:
                 continue
-            budget -= entry.size
+            budget -= entry[SIZE]
             if budget < 0:
                 break
             # Most recent first, and LRU order on disk follows memory's.
-            items.append((key, partial(encode_outputs, entry.value), entry.expires_at, now - rank * 1e-6))
+            items.append((key, partial(encode_outputs, entry[VALUE]), entry[EXPIRES_AT], now - rank * 1e-6))
         if items:
             n = self.disk.put_many(items, self._spill_timeout_s)
             self.spilled["close"] += n

@@ -29,17 +29,15 @@ class Hit(NamedTuple):
     expires_at: float
 
 
-class Entry(NamedTuple):
-    """A memory entry. A tuple of untracked objects, so the garbage collector
-    stops scanning it after one pass however many entries the tier holds."""
-
-    value: Any
-    expires_at: float
-    size: int
-    # The disk tier holds (or has been asked to write) this entry.
-    on_disk: bool = False
-    # When this entry last refreshed its disk LRU position.
-    touched_at: float = 0.0
+# A memory entry is a plain tuple, not a NamedTuple: an exact tuple of
+# untracked objects leaves the garbage collector's lists after one pass, so
+# holding 100k entries does not make every full collection slower.
+#   (value, expires_at, size, on_disk, touched_at, frozen)
+# on_disk: the disk tier holds it (or has been asked to write it).
+# touched_at: when it last refreshed its disk LRU position.
+# frozen: its arrays are read-only and own their bytes (see values.freeze_outputs).
+VALUE, EXPIRES_AT, SIZE, ON_DISK, TOUCHED_AT, FROZEN = range(6)
+Entry = tuple
 
 
 class CacheTier(Protocol):
@@ -88,9 +86,9 @@ class MemoryTier:
             entry = self._entries.get(key)
             if entry is None:
                 return None
-            if entry.expires_at <= self._clock():
+            if entry[EXPIRES_AT] <= self._clock():
                 del self._entries[key]
-                self._bytes -= entry.size
+                self._bytes -= entry[SIZE]
                 self.evictions["ttl"] += 1
                 self._evicted["ttl"].inc()
                 return None
@@ -99,27 +97,28 @@ class MemoryTier:
 
     def get(self, key: bytes) -> Hit | None:
         entry = self.get_entry(key)
-        return None if entry is None else Hit(entry.value, entry.expires_at)
+        return None if entry is None else Hit(entry[VALUE], entry[EXPIRES_AT])
 
     def put(self, key: bytes, value: Any, expires_at: float, size: int | None = None,
-            on_disk: bool = False, touched_at: float = 0.0) -> None:
+            on_disk: bool = False, touched_at: float = 0.0, frozen: bool = True) -> None:
         """``size`` is the value's bytes (``len(value)`` when not given); the
         key and the per-entry overhead are added here."""
         size = len(key) + ENTRY_OVERHEAD + (len(value) if size is None else size)
         if size > self.max_bytes:
             return
         evicted = None
+        entries = self._entries
         with self._lock:
-            old = self._entries.pop(key, None)
+            old = entries.pop(key, None)
             if old is not None:
-                self._bytes -= old.size
-            self._entries[key] = Entry(value, expires_at, size, on_disk, touched_at)
+                self._bytes -= old[SIZE]
+            entries[key] = (value, expires_at, size, on_disk, touched_at, frozen)
             self._bytes += size
             if self._bytes > self.max_bytes:
                 evicted = []
                 while self._bytes > self.max_bytes:
-                    k, e = self._entries.popitem(last=False)
-                    self._bytes -= e.size
+                    k, e = entries.popitem(last=False)
+                    self._bytes -= e[SIZE]
                     evicted.append((k, e))
                 self.evictions["size"] += len(evicted)
                 self._evicted["size"].inc(len(evicted))
@@ -127,17 +126,18 @@ class MemoryTier:
             for k, e in evicted:
                 self._on_evict(k, e)
 
-    def update(self, key: bytes, entry: Entry, **changes) -> None:
-        """Replace an entry's flags in place (its LRU position is kept)."""
+    def replace(self, key: bytes, entry: Entry, new: Entry) -> None:
+        """Swap ``entry`` for ``new`` (same size) where it stands in LRU order;
+        nothing happens if ``entry`` has been replaced or dropped meanwhile."""
         with self._lock:
             if self._entries.get(key) is entry:
-                self._entries[key] = entry._replace(**changes)
+                self._entries[key] = new
 
     def delete(self, key: bytes) -> None:
         with self._lock:
             entry = self._entries.pop(key, None)
             if entry is not None:
-                self._bytes -= entry.size
+                self._bytes -= entry[SIZE]
 
     def clear(self) -> None:
         with self._lock:
@@ -148,7 +148,7 @@ class MemoryTier:
         """Remove and return every live entry, most recently used first."""
         now = self._clock()
         with self._lock:
-            items = [(k, e) for k, e in reversed(self._entries.items()) if e.expires_at > now]
+            items = [(k, e) for k, e in reversed(self._entries.items()) if e[EXPIRES_AT] > now]
             self._entries.clear()
             self._bytes = 0
         return items

@@ -1,8 +1,10 @@
 """Cached value codec (the disk form) and frozen outputs (the memory form).
 
-The memory tier holds the answer itself, frozen: read-only arrays that own
-their memory, so a put costs no encoding and a memory hit no decoding. Only
-an entry going to disk is encoded, and that runs in the disk writer thread.
+The memory tier holds the answer itself, so a put costs no encoding and a
+memory hit no decoding. An entry is frozen (read-only arrays that own their
+bytes) at its first hit, not at put: most misses are never asked for again,
+and they should cost as little as possible. Only an entry going to disk is
+encoded, and that runs in the disk writer thread.
 
 Disk layout: a small header plus the raw tensor buffers.
 
@@ -79,33 +81,50 @@ def kind_of(dtype: np.dtype) -> int | None:
 _BYTES_KIND = _KIND_CODE["BYTES"]
 
 
-def freeze_outputs(outputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int] | None:
-    """The memory form of an answer and its size in bytes, or None when the
-    codec could not store it (so neither tier caches it).
+# A row of a batch is a view that keeps the whole batch's buffer alive. Up to
+# this many bytes of buffer an entry holds the view as it is (its size counts
+# its own bytes only) until its first hit freezes it; a bigger buffer is
+# copied at once, so what an entry pins beyond its size stays small.
+PIN_MAX_BYTES = 64 * 1024
 
-    Arrays are made read-only (a hit hands out the very same arrays). A view
-    into a larger buffer (one row of a batch) is copied, so an entry never
-    pins memory its size does not count.
-    """
-    frozen = {}
+
+def prepare_outputs(outputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int] | None:
+    """The memory form of a fresh answer and its size in bytes, or None when
+    the codec could not store it (so neither tier caches it). Cheap: it runs
+    on every miss. The arrays are not made read-only yet (see freeze_outputs)."""
+    value = {}
     size = 0
     for name, arr in outputs.items():
         if type(arr) is not np.ndarray:
             arr = np.asarray(arr)
-        kind = kind_of(arr.dtype)
+        kind = _KIND_OF.get(arr.dtype, -1)
+        if kind == -1:
+            kind = kind_of(arr.dtype)
         if kind is None:
             return None
         base = arr.base
-        if base is not None and type(base) is np.ndarray and base.nbytes > arr.nbytes:
+        if base is not None and type(base) is np.ndarray and base.nbytes > PIN_MAX_BYTES:
             arr = arr.copy()
-        if arr.flags.writeable:
-            arr.flags.writeable = False
         size += arr.nbytes + ARRAY_OVERHEAD + len(name)
         if kind == _BYTES_KIND:
             for item in arr.flat:
                 size += ELEMENT_OVERHEAD + (len(item) if isinstance(item, (bytes, str)) else 64)
+        value[name] = arr
+    return value, size
+
+
+def freeze_outputs(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Arrays fit to hand to any number of callers: read-only, and owning their
+    bytes (a view into a larger buffer, one row of a batch, is copied)."""
+    frozen = {}
+    for name, arr in outputs.items():
+        base = arr.base
+        if base is not None and type(base) is np.ndarray and base.nbytes > arr.nbytes:
+            arr = arr.copy()
+        if arr.flags.writeable:
+            arr.setflags(write=False)
         frozen[name] = arr
-    return frozen, size
+    return frozen
 
 
 def _pad(n: int) -> int:
@@ -211,4 +230,4 @@ def decode_outputs(blob: bytes, verify: bool = True) -> dict[str, np.ndarray]:
         raise CorruptCacheValue(f"undecodable cache value: {exc}") from exc
 
 
-__all__ = ["CorruptCacheValue", "decode_outputs", "encode_outputs", "freeze_outputs", "kind_of"]
+__all__ = ["CorruptCacheValue", "decode_outputs", "encode_outputs", "freeze_outputs", "kind_of", "prepare_outputs"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from functools import partial
 
 import numpy as np
 
@@ -84,7 +83,9 @@ class InferenceService:
             if key is not None:
                 # Identical requests arriving while this one runs share its inference.
                 ttl = model.spec.cache.ttl_s
-                outputs = await self.flights.run(key, lambda: self._submit_and_store(mv, prepared, req.priority, deadline, key, ttl))
+                # The answer is stored before any of them (or a later request) sees it.
+                outputs = await self.flights.run(
+                    key, lambda: mv.batcher.submit(prepared, req.priority, deadline), lambda out: self.cache.put(key, out, ttl))
             else:
                 outputs = await self._run(mv, prepared, req.priority, deadline)
             return self._finish(req, mv, outputs, t0, cached=False)
@@ -103,17 +104,6 @@ class InferenceService:
 
     async def _run(self, mv: ModelVersion, prepared, priority: int, deadline: float) -> dict[str, np.ndarray]:
         return await mv.batcher.submit(prepared, priority, deadline)
-
-    def _submit_and_store(self, mv, prepared, priority, deadline, key: bytes, ttl: float | None):
-        # The batcher's future is the shared work itself (no task per miss);
-        # this callback, added first, stores the answer before any waiter wakes.
-        fut = mv.batcher.submit(prepared, priority, deadline)
-        fut.add_done_callback(partial(self._store, key, ttl))
-        return fut
-
-    def _store(self, key: bytes, ttl: float | None, fut) -> None:
-        if not fut.cancelled() and fut.exception() is None:
-            self.cache.put(key, fut.result(), ttl)
 
     def _finish(self, req: InferRequest, mv: ModelVersion, outputs, t0: float, cached: bool) -> InferResponse:
         dt = _now() - t0

@@ -1,3 +1,4 @@
+from edge_agent.cache import tiers
 from edge_agent.cache.tiers import ENTRY_OVERHEAD, MemoryTier
 
 from cache_helpers import FakeClock, metric
@@ -54,7 +55,7 @@ def test_replacing_a_key_keeps_the_byte_count_right():
 def test_only_entries_the_bound_pushes_out_are_handed_on():
     clock = FakeClock()
     evicted = []
-    tier = MemoryTier(max_bytes=3 * ENTRY, clock=clock, on_evict=lambda k, e: evicted.append((k, e.value)))
+    tier = MemoryTier(max_bytes=3 * ENTRY, clock=clock, on_evict=lambda k, e: evicted.append((k, e[tiers.VALUE])))
     tier.put(KEY[0], VALUE, clock() + 10)
     tier.put(KEY[1], VALUE, clock() + 100)
     tier.delete(KEY[1])

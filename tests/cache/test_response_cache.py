@@ -3,14 +3,13 @@
 import sqlite3
 
 import numpy as np
-import pytest
 
 from cache_helpers import FakeClock, TickingClock, metric
 from edge_agent.cache import response_cache
 from edge_agent.cache.keys import request_key
 from edge_agent.cache.response_cache import DB_NAME, ResponseCache
 from edge_agent.cache.tiers import ENTRY_OVERHEAD
-from edge_agent.cache.values import freeze_outputs
+from edge_agent.cache.values import PIN_MAX_BYTES, prepare_outputs
 from edge_agent.types import InferRequest
 
 V1 = "sha256:" + "1" * 64
@@ -91,7 +90,7 @@ def test_default_ttl_applies_when_none_is_given(tmp_path):
 
 
 def entry_size() -> int:
-    return freeze_outputs(answer(0))[1] + 32 + ENTRY_OVERHEAD
+    return prepare_outputs(answer(0))[1] + 32 + ENTRY_OVERHEAD
 
 
 def disk_rows(path) -> int:
@@ -169,15 +168,27 @@ def test_a_hit_hands_out_read_only_arrays_and_a_dict_of_its_own(tmp_path):
     cache = ResponseCache(tmp_path, 1 << 20, 1 << 20, 3600.0)
     key = request_key("digits", V1, request())
     batch = np.eye(10, dtype=np.float32)
-    # One row of a batch: the cache must copy it, not pin the whole batch.
-    cache.put(key, {"probs": batch[3:4], "label": np.array([3], np.int64)})
-    batch[3, 3] = 42.0
+    fresh = {"probs": batch[3:4], "label": np.array([3], np.int64)}
+    cache.put(key, fresh)
+    assert fresh["probs"].flags.writeable  # a miss pays for no freezing
     got = cache.get(key)
-    assert got["probs"][0, 3] == 1.0 and got["probs"].base is not batch
-    with pytest.raises(ValueError):
-        got["probs"][0, 0] = 1.0
+    # One row of a batch is copied at its first hit: it no longer pins the batch.
+    assert got["probs"].base is None and got["probs"][0, 3] == 1.0
+    for arr in got.values():
+        assert not arr.flags.writeable
     got["extra"] = np.zeros(1)
     assert "extra" not in cache.get(key)
+    assert cache.get(key)["probs"] is got["probs"]  # frozen once, then shared
+    cache.close()
+
+
+def test_a_row_of_a_big_batch_is_copied_at_once(tmp_path):
+    cache = ResponseCache(tmp_path, 1 << 30, 1 << 20, 3600.0)
+    key = request_key("digits", V1, request())
+    batch = np.zeros((2, PIN_MAX_BYTES // 4), np.float32)
+    cache.put(key, {"emb": batch[1:2]})
+    batch[1, 0] = 7.0
+    assert cache.get(key)["emb"][0, 0] == 0.0
     cache.close()
 
 

@@ -90,56 +90,118 @@ def test_a_cancelled_waiter_does_not_cancel_the_shared_work():
     assert asyncio.run(main()) == 42
 
 
-def test_a_future_is_shared_as_it_is_and_a_cancelled_leader_leaves_it_running():
+def test_a_cancelled_follower_leaves_the_work_and_the_others_alone():
     async def main():
         sf = SingleFlight()
         loop = asyncio.get_running_loop()
         made = []
 
         def submit():  # like Batcher.submit: returns the future the batcher resolves
-            fut = loop.create_future()
-            made.append(fut)
-            return fut
+            made.append(loop.create_future())
+            return made[-1]
 
         leader = asyncio.create_task(sf.run("k", submit))
+        await asyncio.sleep(0)
         followers = [asyncio.create_task(sf.run("k", submit)) for _ in range(3)]
         await asyncio.sleep(0)
-        leader.cancel()
         followers[0].cancel()
         await asyncio.sleep(0)
         assert len(made) == 1 and not made[0].cancelled()
         made[0].set_result({"y": 1})
-        results = await asyncio.gather(*followers[1:])
+        results = await asyncio.gather(leader, *followers[1:])
         with pytest.raises(asyncio.CancelledError):
-            await leader
+            await followers[0]
         return results, len(sf)
 
     results, left = asyncio.run(main())
-    assert results == [{"y": 1}] * 2 and left == 0
+    assert results == [{"y": 1}] * 3 and left == 0
 
 
-def test_a_done_callback_added_by_the_factory_runs_before_any_waiter_wakes():
+def test_a_cancelled_leader_hands_the_work_to_its_followers():
     async def main():
         sf = SingleFlight()
         loop = asyncio.get_running_loop()
-        stored = {}
+        made, stored = [], []
+
+        def submit():
+            made.append(loop.create_future())
+            return made[-1]
+
+        leader = asyncio.create_task(sf.run("k", submit, stored.append))
+        await asyncio.sleep(0)
+        followers = [asyncio.create_task(sf.run("k", submit, stored.append)) for _ in range(2)]
+        await asyncio.sleep(0)
+        leader.cancel()
+        await asyncio.sleep(0)
+        # The leader's future went with it; the work was started again at once.
+        assert len(made) == 2 and made[0].cancelled() and len(sf) == 1
+        made[1].set_result(7)
+        results = await asyncio.gather(*followers)
+        with pytest.raises(asyncio.CancelledError):
+            await leader
+        return results, stored, len(sf)
+
+    results, stored, left = asyncio.run(main())
+    assert results == [7, 7] and stored == [7] and left == 0
+
+
+def test_a_cancelled_leader_without_followers_starts_nothing():
+    async def main():
+        sf = SingleFlight()
+        loop = asyncio.get_running_loop()
+        made = []
+
+        def submit():
+            made.append(loop.create_future())
+            return made[-1]
+
+        leader = asyncio.create_task(sf.run("k", submit))
+        await asyncio.sleep(0)
+        leader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await leader
+        return len(made), len(sf)
+
+    assert asyncio.run(main()) == (1, 0)
+
+
+def test_the_result_is_stored_once_before_any_caller_resumes():
+    async def main():
+        sf = SingleFlight()
+        loop = asyncio.get_running_loop()
+        stored = []
         seen = []
 
         def submit():
             fut = loop.create_future()
-            fut.add_done_callback(lambda f: stored.setdefault("k", f.result()))
             loop.call_soon(fut.set_result, 7)
             return fut
 
         async def caller():
-            r = await sf.run("k", submit)
-            seen.append("k" in stored)
+            r = await sf.run("k", submit, stored.append)
+            seen.append(list(stored))
             return r
 
-        return await asyncio.gather(caller(), caller()), seen
+        return await asyncio.gather(*(caller() for _ in range(3))), stored, seen
 
-    results, seen = asyncio.run(main())
-    assert results == [7, 7] and seen == [True, True]
+    results, stored, seen = asyncio.run(main())
+    assert results == [7, 7, 7] and stored == [7] and seen == [[7]] * 3
+
+
+def test_a_failing_store_does_not_fail_the_callers():
+    async def main():
+        sf = SingleFlight()
+
+        async def work():
+            await asyncio.sleep(0)
+            return 1
+
+        def store(_):
+            raise RuntimeError("disk on fire")
+
+        return await asyncio.gather(*(sf.run("k", work, store) for _ in range(3)))
+
+    assert asyncio.run(main()) == [1, 1, 1]
 
 
 def test_a_factory_that_raises_at_once_fails_only_its_caller():
