@@ -51,7 +51,7 @@ QDQ_OP_TYPES = ["MatMul"]
 QDQ_EXCLUDE_NODES = ["*/layer.?/output/dense/MatMul", "*/intermediate/dense/MatMul", "*/attention/self/MatMul*"]
 DYNAMIC_EXCLUDE_NODES = ["*/intermediate/dense/MatMul"]
 # Bump when anything below changes what gets built.
-RECIPE = {"format": 2, "max_length": MAX_LENGTH, "qdq_op_types": QDQ_OP_TYPES, "qdq_exclude_nodes": QDQ_EXCLUDE_NODES,
+RECIPE = {"format": 3, "max_length": MAX_LENGTH, "qdq_op_types": QDQ_OP_TYPES, "qdq_exclude_nodes": QDQ_EXCLUDE_NODES,
           "dynamic_exclude_nodes": DYNAMIC_EXCLUDE_NODES, "calibrate_method": "MinMax"}
 
 
@@ -65,9 +65,8 @@ def model_yaml(precision: str = "fp32") -> dict:
             "input": "text", "tokenizer": "tokenizer.json", "max_length": MAX_LENGTH, "on_overflow": "truncate",
             "pooling": "mean", "normalize": True, "graph_output": "last_hidden_state", "output": "embedding",
         },
-        # Clients may send up to 32 texts at once, but the batcher aims for 8
-        # rows: on a small CPU batch 8 gives the most texts/s (bench.py minilm).
-        "batching": {"preferred_batch_size": 8, "max_queue_delay_us": 0},
+        # No added wait: under load batches fill while the previous one runs.
+        "batching": {"max_queue_delay_us": 0},
         "warmup": {"batch_sizes": [1, 8], "text": "warm up"},
         "precision": precision,
     }
