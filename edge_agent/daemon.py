@@ -62,6 +62,7 @@ class Daemon:
         self.extras: list = []  # optional components with start()/stop()/status()
         self._last_watchdog = 0.0
         self._reload_lock = asyncio.Lock()
+        self._reload_task: asyncio.Task | None = None
 
     # --- signals -------------------------------------------------------------
 
@@ -174,9 +175,11 @@ class Daemon:
             for mv in self.repo.all_versions():
                 mv.batcher.sweep_expired()
             self._feed_watchdog()
-            if self.reload_requested:
+            if self.reload_requested and (self._reload_task is None or self._reload_task.done()):
                 self.reload_requested = False
-                await self.reload()
+                # In the background: loading a model (a TensorRT engine build)
+                # can take minutes, and the watchdog must be fed meanwhile.
+                self._reload_task = asyncio.create_task(self._reload_logged())
 
     def healthy(self) -> bool:
         stuck = self.cfg.batching.stuck_after_s
@@ -194,6 +197,12 @@ class Daemon:
             self._last_watchdog = now
         else:
             log.error("a batcher is dead or stuck; withholding the systemd watchdog ping")
+
+    async def _reload_logged(self) -> None:
+        try:
+            await self.reload()
+        except Exception:  # noqa: BLE001 - a failed reload must not end the daemon
+            log.exception("reload failed; serving what was loaded")
 
     async def reload(self) -> dict:
         async with self._reload_lock:
@@ -245,6 +254,8 @@ class Daemon:
         return doc
 
     async def shutdown(self) -> None:
+        if self._reload_task is not None and not self._reload_task.done():
+            self._reload_task.cancel()
         self.ready = False
         READY.set(0)
         self.notifier.stopping()
