@@ -25,14 +25,12 @@ from typing import Callable, Iterable
 import numpy as np
 import orjson
 import psutil
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from prometheus_client import Counter, Histogram
 
 from ..config import MqttConfig
 from ..errors import EdgeError, MalformedRequest, PayloadTooLarge, RateLimited
 from ..serving.codec import HEADER_LENGTH, parse_priority, decode_request, encode_response
-from .mqtt_bridge import BrokerSettings, PahoBridge, TlsSettings, read_password
+from .mqtt_bridge import BrokerSettings, PahoBridge, PublishProperties, TlsSettings, read_password
 from .outbox import KIND_RESPONSE, KIND_TELEMETRY, Outbox, OutMessage
 from .ratelimit import TokenBuckets
 
@@ -193,7 +191,7 @@ class MqttTransport:
             return
         if self._bridge.connected:
             info = self._bridge.publish(self.status_topic, self._status_payload("offline", reason="stopped"), 1, True)
-            self._pending[info.mid] = OutMessage(self.status_topic, b"", 1, kind="status")
+            self._track(info.mid, OutMessage(self.status_topic, b"", 1, kind="status"))
             try:
                 await asyncio.wait_for(self._wait_pending_empty(), timeout)
             except asyncio.TimeoutError:
@@ -215,6 +213,7 @@ class MqttTransport:
             if m.seq is None and m.kind in (KIND_RESPONSE, KIND_TELEMETRY):
                 self._outbox.put(m)
         self._pending.clear()
+        self._maybe_drained()
 
     # --- connection events ---------------------------------------------------
 
@@ -241,31 +240,42 @@ class MqttTransport:
         # them are sent again by the next flush.
         for mid in [mid for mid, m in self._pending.items() if m.qos == 0]:
             del self._pending[mid]
-        if not self._pending:
-            self._pending_drained.set()
+        self._maybe_drained()
 
     def _on_publish(self, mid: int) -> None:
         m = self._pending.pop(mid, None)
         if m is not None and m.seq is not None:
             self._outbox.remove(m.seq)
+        self._maybe_drained()
+
+    def _track(self, mid: int, m: OutMessage) -> None:
+        """Wait for paho's word that m is out (written for QoS 0, PUBACK for QoS 1)."""
+        if not self._pending:
+            self._bridge.publish_events(True)
+        self._pending[mid] = m
+
+    def _maybe_drained(self) -> None:
         if not self._pending:
             self._pending_drained.set()
+            self._bridge.publish_events(False)
 
     # --- outgoing ------------------------------------------------------------
 
-    def _props(self, m: OutMessage) -> Properties | None:
+    def _props(self, m: OutMessage) -> PublishProperties | None:
         if not m.props and m.expires is None:
             return None
-        p = Properties(PacketTypes.PUBLISH)
+        corr = user = expiry = None
         if m.props:
             if m.props.get("correlation") is not None:
-                p.CorrelationData = bytes.fromhex(m.props["correlation"])
+                corr = bytes.fromhex(m.props["correlation"])
             if m.props.get("user"):
-                p.UserProperty = [tuple(kv) for kv in m.props["user"]]
+                user = [tuple(kv) for kv in m.props["user"]]
         if m.expires is not None and m.seq is not None:
             # Only queued messages carry an expiry: the rest is sent at once.
-            p.MessageExpiryInterval = max(1, int(m.expires - time.time()))
-        return p
+            expiry = max(1, int(m.expires - time.time()))
+        if corr is None and user is None and expiry is None:
+            return None
+        return PublishProperties(correlation=corr, user=user, expiry_s=expiry)
 
     def _send(self, m: OutMessage) -> None:
         b = self._bridge
@@ -273,11 +283,11 @@ class MqttTransport:
             info = b.publish(m.topic, m.payload, m.qos, m.retain, self._props(m))
             if info.rc == 0:
                 if m.qos > 0:
-                    self._pending[info.mid] = m
+                    self._track(info.mid, m)
                 return
             if m.qos > 0:
                 # paho keeps QoS 1 and sends it after the reconnect.
-                self._pending[info.mid] = m
+                self._track(info.mid, m)
                 return
         self._outbox.put(m)
         if b.connected:
@@ -308,7 +318,7 @@ class MqttTransport:
                 if m.seq in held:
                     continue
                 info = self._bridge.publish(m.topic, m.payload, m.qos, m.retain, self._props(m))
-                self._pending[info.mid] = m
+                self._track(info.mid, m)
             await asyncio.sleep(0)
 
     def _status_payload(self, state: str, reason: str | None = None) -> bytes:
@@ -506,13 +516,11 @@ class MqttTransport:
         if b is None or not b.connected or not b.v5:
             raise ConnectionError("not connected to the MQTT broker with MQTT 5")
         corr = os.urandom(16)
-        props = Properties(PacketTypes.PUBLISH)
-        props.ResponseTopic = self.offload_reply_topic
-        props.CorrelationData = corr
         # The broker drops a request nobody took in time; a companion never runs one past it.
-        props.MessageExpiryInterval = max(1, math.ceil(timeout))
-        if header_length is not None:
-            props.UserProperty = [(HEADER_LENGTH, str(header_length))]
+        props = PublishProperties(
+            correlation=corr, response_topic=self.offload_reply_topic, expiry_s=max(1, math.ceil(timeout)),
+            user=[(HEADER_LENGTH, str(header_length))] if header_length is not None else None,
+        )
         fut = self._loop.create_future()
         self._answers[corr] = fut
         try:

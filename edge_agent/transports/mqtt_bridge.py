@@ -1,29 +1,38 @@
-"""paho-mqtt 2.x bridged to an asyncio loop, with our own reconnect policy.
+"""paho-mqtt 2.x driven by the asyncio event loop, with our own reconnect policy.
 
-paho's network thread (``loop_start``) reads and writes the socket; every
-callback is handed to the event loop with ``call_soon_threadsafe`` so the rest
-of the code never runs on paho's thread. paho's built-in reconnect is turned
-off because it has no jitter: a supervisor coroutine reconnects with jittered
-exponential backoff, so a fleet of units does not hammer a broker that comes
-back, and each failure is logged once with a precise reason.
+There is no paho network thread: the loop watches the socket and calls paho's
+``loop_read`` / ``loop_write`` / ``loop_misc`` itself (as aiomqtt does), so
+every paho callback runs on the loop thread. A paho thread would cost, per
+message, a hop to the loop and, per answer, a wake-up of paho's thread through
+its socketpair, with the two threads fighting over the GIL.
+
+Only the blocking part of a connection (TCP connect + TLS handshake) runs in an
+executor; paho's state is touched on the loop thread alone. Reads are served
+from one large ``recv`` and writes gathered into one ``send`` per loop
+iteration, where paho alone would make several syscalls per packet.
+
+paho's built-in reconnect is off because it has no jitter: a supervisor
+coroutine reconnects with jittered exponential backoff, so a fleet of units
+does not hammer a broker that comes back, and each failure is logged once with
+a precise reason.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import os
 import random
 import socket
 import ssl
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from paho.mqtt.properties import Properties, VariableByteIntegers
 from prometheus_client import Counter, Gauge
 
 from ..errors import ConfigError
@@ -91,12 +100,169 @@ def backoff_delay(attempt: int, lo: float, hi: float) -> float:
     return random.uniform(base / 2, base)
 
 
+# paho 2.x calls _create_socket() from reconnect() only; _LoopClient relies on that.
+if not hasattr(paho.Client, "_create_socket"):  # pragma: no cover - guards a paho upgrade
+    raise ImportError("paho-mqtt without Client._create_socket: edge-agent needs paho-mqtt 2.x")
+
+_RECV_SIZE = 65536
+
+
+def _str16(s: str) -> bytes:
+    b = s.encode()
+    return struct.pack("!H", len(b)) + b
+
+
+class PublishProperties:
+    """MQTT 5 PUBLISH properties, encoded once.
+
+    paho's Properties checks every attribute assignment and walks all of its
+    property names on each pack() (about 18 us an answer). For an outgoing
+    PUBLISH paho only ever calls pack() (and str() when logging), so this
+    stands in for it. Incoming messages keep paho's own Properties.
+    """
+
+    __slots__ = ("_packed",)
+
+    def __init__(
+        self,
+        *,
+        correlation: bytes | None = None,
+        response_topic: str | None = None,
+        expiry_s: int | None = None,
+        user: list[tuple[str, str]] | None = None,
+    ) -> None:
+        b = bytearray()
+        if expiry_s is not None:
+            b += b"\x02" + struct.pack("!I", expiry_s)  # Message Expiry Interval
+        if response_topic is not None:
+            b += b"\x08" + _str16(response_topic)
+        if correlation is not None:
+            b += b"\x09" + struct.pack("!H", len(correlation)) + correlation
+        for k, v in user or ():
+            b += b"\x26" + _str16(k) + _str16(v)  # User Property (may repeat)
+        self._packed = bytes(VariableByteIntegers.encode(len(b))) + bytes(b)
+
+    def pack(self) -> bytes:
+        return self._packed
+
+    def __repr__(self) -> str:
+        return f"PublishProperties({self._packed!r})"
+
+
+class _BrokerSocket:
+    """The broker connection as paho sees it.
+
+    paho reads a packet with several recv() calls (1 byte of type, 1 per length
+    byte, then the rest) and sends each packet with its own send(): here one
+    recv of up to 64 KiB serves the small reads, and sends land in a buffer the
+    bridge writes with one send per loop iteration. pending() counts buffered
+    bytes (and TLS's own), which the socket's readiness does not show.
+    """
+
+    __slots__ = ("sock", "wbuf", "error", "_rbuf", "_rpos", "_kick", "_tls")
+
+    def __init__(self, sock, kick: Callable[[], None]) -> None:
+        self.sock = sock
+        self.wbuf = bytearray()
+        # Set when a write failed: paho learns of it from its next read or write.
+        self.error: OSError | None = None
+        self._rbuf = b""
+        self._rpos = 0
+        self._kick = kick
+        self._tls = isinstance(sock, ssl.SSLSocket)
+
+    def recv(self, n: int) -> bytes:
+        if self.error is not None:
+            raise self.error
+        buf, pos = self._rbuf, self._rpos
+        if pos >= len(buf):
+            buf = self.sock.recv(n if n > _RECV_SIZE else _RECV_SIZE)
+            if len(buf) <= n:  # all of it wanted, or b"" at end of stream
+                self._rbuf, self._rpos = b"", 0
+                return buf
+            self._rbuf, pos = buf, 0
+        self._rpos = pos + n
+        return buf[pos:pos + n]
+
+    def pending(self) -> int:
+        if self.error is not None:
+            return 1
+        n = len(self._rbuf) - self._rpos
+        if self._tls:
+            n += self.sock.pending()
+        return n if n > 0 else 0
+
+    def send(self, data) -> int:
+        if self.error is not None:
+            raise self.error
+        if not self.wbuf:
+            self._kick()
+        self.wbuf += data
+        return len(data)
+
+    def flush(self) -> bool:
+        """Write the buffer; False when the socket cannot take it all now."""
+        w = self.wbuf
+        while w:
+            try:
+                n = self.sock.send(w)
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                return False
+            except OSError as e:
+                self.error = e
+                w.clear()
+                return True
+            del w[:n]
+        return True
+
+    def close(self) -> None:
+        if self.wbuf and self.error is None:
+            try:
+                self.sock.send(self.wbuf)  # best effort: usually a DISCONNECT
+            except (OSError, ValueError):
+                pass
+        self.wbuf.clear()
+        self.sock.close()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def setblocking(self, flag: bool) -> None:
+        self.sock.setblocking(flag)
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+class _LoopClient(paho.Client):
+    """paho.Client whose reconnect() adopts a connection opened beforehand, off the loop.
+
+    paho's connect()/reconnect() would do the TCP connect and TLS handshake on
+    the calling thread. Here the executor only runs paho's own socket creation
+    (which reads settings, nothing else); reconnect() then runs on the loop
+    thread with no blocking I/O, so paho's state is only ever touched there.
+    """
+
+    adopt: _BrokerSocket | None = None
+
+    def _create_socket(self):
+        sock, self.adopt = self.adopt, None
+        if sock is None:
+            raise ConnectionError("no connection opened for paho to adopt")
+        return sock
+
+    def open_blocking(self):
+        return paho.Client._create_socket(self)
+
+
 class PahoBridge:
-    """One broker connection. Callbacks run on the asyncio loop.
+    """One broker connection, driven by the running asyncio loop.
 
     on_connect(session_present) after each accepted CONNACK; on_disconnect()
     when a connected session ends; on_message(msg) per PUBLISH; on_publish(mid)
-    when paho reports a publish done (PUBACK for QoS 1).
+    when paho reports a publish done (written for QoS 0, PUBACK for QoS 1),
+    while publish_events(True) is in force. All
+    run on the loop thread, inside paho's read or write: they must not block.
     """
 
     def __init__(
@@ -117,8 +283,6 @@ class PahoBridge:
         self._cb_connect = on_connect
         self._cb_disconnect = on_disconnect
         self._cb_message = on_message
-        self._inbox: collections.deque = collections.deque()
-        self._drain_scheduled = False
         self._cb_publish = on_publish
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = asyncio.Event()
@@ -131,6 +295,11 @@ class PahoBridge:
         self.generation = 0
         self._first_connected = asyncio.Event()
         self._refused = False
+        self._disconnect_reason: str | None = None
+        self._sock: _BrokerSocket | None = None
+        self._writer_on = False
+        self._flush_scheduled = False
+        self._connected_gauge = MQTT_CONNECTED.labels(name)
         self._client = self._make_client(will, manual_ack)
 
     # --- setup -------------------------------------------------------------
@@ -139,7 +308,7 @@ class PahoBridge:
         s = self.settings
         proto = paho.MQTTv5 if self.v5 else paho.MQTTv311
         kwargs = {} if self.v5 else {"clean_session": not s.persistent}
-        c = paho.Client(
+        c = _LoopClient(
             paho.CallbackAPIVersion.VERSION2,
             client_id=s.client_id,
             protocol=proto,
@@ -174,6 +343,7 @@ class PahoBridge:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = s.session_expiry_s if s.persistent else 0
             props.ReceiveMaximum = s.receive_maximum
+        # Only records the target; the supervisor connects.
         c.connect_async(
             s.host,
             s.port,
@@ -181,46 +351,107 @@ class PahoBridge:
             clean_start=(not s.persistent) if self.v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
             properties=props,
         )
-        c.on_socket_open = self._t_socket_open
-        c.on_connect = self._t_connect
-        c.on_disconnect = self._t_disconnect
-        c.on_message = self._t_message
-        c.on_publish = self._t_publish
+        c.on_socket_open = self._p_socket_open
+        c.on_socket_close = self._p_socket_close
+        c.on_socket_register_write = self._p_want_write
+        c.on_connect = self._p_connect
+        c.on_disconnect = self._p_disconnect
+        c.on_message = self._p_message
+        # Off until publish_events(True): paho builds a ReasonCode and a Properties per
+        # QoS 0 write just to report it, which nobody reads for plain answers.
+        c.on_publish = None
         return c
 
-    # --- paho thread callbacks (only hop to the loop) ----------------------
+    # --- paho callbacks (on the loop thread, inside loop_read/loop_write) ----
+    # An exception escaping into paho mid-packet would leave its reader out of
+    # step with the stream: each callback keeps its own.
 
-    def _t_socket_open(self, client, userdata, sock) -> None:
+    def _p_socket_open(self, client, userdata, sock: _BrokerSocket) -> None:
         # Without it, small QoS 1 packets wait for Nagle + delayed ACK (~40 ms a hop).
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, AttributeError):
             pass
+        self._sock = sock
+        self._writer_on = False
+        self._loop.add_reader(sock.fileno(), self._on_readable)
 
-    def _t_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        self._loop.call_soon_threadsafe(self._on_connack, bool(flags.session_present), reason_code)
+    def _p_socket_close(self, client, userdata, sock: _BrokerSocket) -> None:
+        if sock is not self._sock or self._loop.is_closed():
+            return  # (paho's __del__ closes its socket too, possibly after the loop)
+        fd = sock.fileno()
+        self._loop.remove_reader(fd)
+        if self._writer_on:
+            self._loop.remove_writer(fd)
+            self._writer_on = False
+        self._sock = None
+        # After paho's on_disconnect, which may come just after this, has given the reason.
+        self._loop.call_soon(self._on_session_end)
 
-    def _t_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        self._loop.call_soon_threadsafe(self._on_session_end, str(reason_code))
+    def _p_want_write(self, client, userdata, sock) -> None:
+        self._kick()
 
-    def _t_message(self, client, userdata, msg) -> None:
-        # Under load many messages arrive per wake-up of the loop: queue them
-        # and wake the loop once per burst instead of once per message (each
-        # wake-up is a syscall and a context switch).
-        self._inbox.append(msg)
-        if not self._drain_scheduled:
-            self._drain_scheduled = True
-            self._loop.call_soon_threadsafe(self._drain_inbox)
+    def _p_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        try:
+            self._on_connack(bool(flags.session_present), reason_code)
+        except Exception:
+            log.exception("%s: connect handler failed", self.name)
 
-    def _drain_inbox(self) -> None:
-        self._drain_scheduled = False
-        inbox, cb = self._inbox, self._cb_message
-        while inbox:
-            cb(inbox.popleft())
+    def _p_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._disconnect_reason = str(reason_code)
 
-    def _t_publish(self, client, userdata, mid, reason_code, properties) -> None:
+    def _p_message(self, client, userdata, msg) -> None:
+        try:
+            self._cb_message(msg)
+        except Exception:
+            log.exception("%s: message handler failed on %s", self.name, msg.topic)
+
+    def _p_publish(self, client, userdata, mid, reason_code, properties) -> None:
         if self._cb_publish is not None:
-            self._loop.call_soon_threadsafe(self._cb_publish, mid)
+            try:
+                self._cb_publish(mid)
+            except Exception:
+                log.exception("%s: publish handler failed", self.name)
+
+    # --- socket events ---------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        s, c = self._sock, self._client
+        try:
+            rc = c.loop_read()
+            # Bytes already read into our (or TLS's) buffer never wake the loop again.
+            while rc == 0 and s is self._sock and s.pending():
+                rc = c.loop_read()
+        except Exception:
+            log.exception("%s: reading from the broker failed; dropping the connection", self.name)
+            if s is not None and s is self._sock:
+                s.error = ConnectionAbortedError("read handler failed")
+                c.loop_read()  # paho closes the connection on the error
+
+    def _kick(self) -> None:
+        # Every packet queued in this loop iteration goes out in one send.
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        s = self._sock
+        if s is None:
+            self._flush_scheduled = False
+            return
+        self._client.loop_write()  # paho's queue -> s.wbuf; never blocks
+        self._flush_scheduled = False
+        if s is not self._sock:
+            return  # that was a DISCONNECT: paho closed the socket
+        if s.flush():
+            if self._writer_on:
+                self._loop.remove_writer(s.fileno())
+                self._writer_on = False
+        elif not self._writer_on:
+            self._loop.add_writer(s.fileno(), self._flush)
+            self._writer_on = True
+        if s.error is not None:
+            self._on_readable()  # paho finds the broken socket on its read and closes it
 
     # --- loop side -----------------------------------------------------------
 
@@ -238,34 +469,41 @@ class PahoBridge:
         self.connected = True
         self.ever_connected = True
         self.generation += 1
-        MQTT_CONNECTED.labels(self.name).set(1)
+        self._connected_gauge.set(1)
         log.info("%s: connected to %s:%d (session present: %s)", self.name, self.settings.host, self.settings.port, session_present)
         self._first_connected.set()
         self._cb_connect(session_present)
 
-    def _on_session_end(self, reason: str) -> None:
+    def _on_session_end(self) -> None:
+        reason, self._disconnect_reason = self._disconnect_reason or "connection closed", None
         was = self.connected
         self.connected = False
-        MQTT_CONNECTED.labels(self.name).set(0)
+        self._connected_gauge.set(0)
         if was:
             if not self._stopping.is_set():
                 log.warning("%s: connection to broker lost: %s", self.name, reason)
-            self._cb_disconnect()
+            try:
+                self._cb_disconnect()
+            except Exception:
+                log.exception("%s: disconnect handler failed", self.name)
         self._session_ended.set()
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        MQTT_CONNECTED.labels(self.name).set(0)
+        self._connected_gauge.set(0)
         self._task = self._loop.create_task(self._supervise(), name=f"{self.name}-supervisor")
 
     async def wait_connected(self, timeout: float) -> None:
         await asyncio.wait_for(self._first_connected.wait(), timeout)
 
-    def _connect_blocking(self) -> None:
-        c = self._client
-        c.loop_stop()  # joins the previous, already finished, network thread
-        c.reconnect()
-        c.loop_start()
+    async def _open(self):
+        """TCP connect + TLS handshake in an executor thread."""
+        fut = self._loop.run_in_executor(None, self._client.open_blocking)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            fut.add_done_callback(_close_result)  # stopped mid-connect: do not leak the socket
+            raise
 
     async def _supervise(self) -> None:
         s = self.settings
@@ -273,10 +511,9 @@ class PahoBridge:
         while not self._stopping.is_set():
             if attempt or self.ever_connected:
                 MQTT_RECONNECTS.labels(self.name).inc()
-            self._session_ended.clear()
             gen_before = self.generation
             try:
-                await asyncio.to_thread(self._connect_blocking)
+                sock = await self._open()
             except ssl.SSLError as e:
                 MQTT_CONNECT_FAILURES.labels(self.name, "tls").inc()
                 if isinstance(e, ssl.SSLCertVerificationError):
@@ -289,7 +526,15 @@ class PahoBridge:
                 log.warning("%s: cannot reach broker %s:%d: %s", self.name, s.host, s.port, e.strerror or e)
             else:
                 self._refused = False
-                await self._wait_session_end()
+                self._session_ended.clear()
+                self._client.adopt = _BrokerSocket(sock, self._kick)
+                try:
+                    self._client.reconnect()  # on the loop: adopts the socket and queues CONNECT
+                except Exception:  # the supervisor must outlive any one attempt
+                    log.exception("%s: starting the MQTT session failed", self.name)
+                    self._drop_connection()
+                    self._session_ended.set()
+                await self._run_session()
                 if self.generation != gen_before:
                     attempt = 0  # an accepted session resets the backoff; a refused one does not
                 elif not self._refused and not self._stopping.is_set():
@@ -310,47 +555,51 @@ class PahoBridge:
             except asyncio.TimeoutError:
                 pass
 
-    async def _wait_session_end(self) -> None:
-        # on_disconnect fires on every normal exit of paho's loop; the thread
-        # check covers the few exits that skip it, so we never wait forever.
-        while True:
+    async def _run_session(self) -> None:
+        # paho's loop_misc sends keepalive PINGREQs and drops a connection whose
+        # broker went silent (or never sent CONNACK) for a keepalive period.
+        while not self._session_ended.is_set():
             try:
-                await asyncio.wait_for(self._session_ended.wait(), 2.0)
-                return
+                await asyncio.wait_for(self._session_ended.wait(), 1.0)
             except asyncio.TimeoutError:
-                thread = getattr(self._client, "_thread", None)
-                if thread is None or not thread.is_alive():
-                    self._on_session_end("network thread ended")
-                    return
+                if self._sock is not None:
+                    self._client.loop_misc()
 
     async def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
-        if self.connected:
+        if self._sock is not None:
+            # Written by the next flush; paho then closes the socket.
             self._client.disconnect()
             try:
                 await asyncio.wait_for(self._session_ended.wait(), timeout)
             except asyncio.TimeoutError:
-                log.warning("%s: broker did not close the connection within %.1f s", self.name, timeout)
+                log.warning("%s: connection to the broker not closed within %.1f s", self.name, timeout)
         if self._task is not None:
             self._task.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        await asyncio.to_thread(self._hard_stop)
-        MQTT_CONNECTED.labels(self.name).set(0)
+        self._drop_connection()
+        self._connected_gauge.set(0)
 
-    def _hard_stop(self) -> None:
-        c = self._client
-        # loop_stop waits for unacknowledged messages while connected; disconnect first.
-        if c.is_connected():
-            c.disconnect()
-        c.loop_stop()
+    def _drop_connection(self) -> None:
+        s = self._sock
+        if s is not None:
+            s.error = ConnectionAbortedError("connection dropped")
+            self._on_readable()  # paho closes the socket on the error
 
     # --- operations (call on the loop thread) --------------------------------
 
-    def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False, properties: Properties | None = None):
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False, properties=None):
+        """properties: paho Properties or PublishProperties (MQTT 5 only; dropped on 3.1.1)."""
         return self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties if self.v5 else None)
+
+    def publish_events(self, on: bool) -> None:
+        """Report publishes done to on_publish, or stop (only publishes done while on are reported)."""
+        want = self._p_publish if on and self._cb_publish is not None else None
+        if self._client.on_publish != want:
+            self._client.on_publish = want
 
     def subscribe(self, topics: list[tuple[str, int]]) -> None:
         if topics:
@@ -363,3 +612,8 @@ class PahoBridge:
     def ack(self, mid: int, qos: int, generation: int) -> None:
         if qos > 0 and generation == self.generation and self.connected:
             self._client.ack(mid, qos)
+
+
+def _close_result(fut: asyncio.Future) -> None:
+    if not fut.cancelled() and fut.exception() is None:
+        fut.result().close()

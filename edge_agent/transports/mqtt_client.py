@@ -15,11 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from ..serving.codec import HEADER_LENGTH
-from .mqtt_bridge import BrokerSettings, PahoBridge, TlsSettings
+from .mqtt_bridge import BrokerSettings, PahoBridge, PublishProperties, TlsSettings
 
 
 @dataclass
@@ -148,16 +146,12 @@ class MqttInferClient:
         topic = topic or f"{self.base}/infer/{model}" + (f"/{version}" if version else "")
         props = None
         if self.v5:
-            props = Properties(PacketTypes.PUBLISH)
-            props.ResponseTopic = self.reply_topic
-            props.CorrelationData = corr.encode()
             user = list(user_properties or [])
             if header_length is not None:
                 user.append((HEADER_LENGTH, str(header_length)))
-            if user:
-                props.UserProperty = user
-            if expiry_s:
-                props.MessageExpiryInterval = expiry_s
+            props = PublishProperties(
+                correlation=corr.encode(), response_topic=self.reply_topic, expiry_s=expiry_s or None, user=user,
+            )
             key: bytes | str = corr.encode()
             payload = body if isinstance(body, bytes) else orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
         else:
