@@ -102,6 +102,14 @@ class AgentProcess:
     def client(self, timeout: float = 30.0) -> AgentClient:
         return AgentClient(str(self.socket), timeout=timeout)
 
+    def infer_once(self, model: str, body: dict, version: str | None = None) -> tuple[int, dict]:
+        """One request on its own connection: safe to call from many threads at once."""
+        c = self.client()
+        try:
+            return c.infer(model, body, version)
+        finally:
+            c.close()
+
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")

@@ -94,11 +94,7 @@ def test_fifty_identical_requests_run_one_inference(agent_factory):
     body = digits_body(X[5:6])
 
     def one(_):
-        c = a.client()
-        try:
-            return c.infer("digits", body)
-        finally:
-            c.close()
+        return a.infer_once("digits", body)
 
     with cf.ThreadPoolExecutor(50) as pool:
         results = list(pool.map(one, range(50)))

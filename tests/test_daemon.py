@@ -44,13 +44,7 @@ def test_concurrent_requests_batch_and_match_session_run(agent_factory, referenc
     n = 400
 
     def one(i: int):
-        c = a.client()
-        try:
-            x = X[i % len(X)][None, :]
-            status, doc = c.infer("digits", digits_body(x))
-            return i, status, doc
-        finally:
-            c.close()
+        return (i, *a.infer_once("digits", digits_body(X[i % len(X)][None, :])))
 
     with cf.ThreadPoolExecutor(32) as pool:
         results = list(pool.map(one, range(n)))
@@ -145,11 +139,7 @@ def test_expired_deadline_and_full_queue(agent_factory):
     assert (status, doc["code"]) == (504, "deadline_exceeded")
 
     def one(_):
-        c = a.client()
-        try:
-            return c.infer("digits", digits_body(X[:1]))
-        finally:
-            c.close()
+        return a.infer_once("digits", digits_body(X[:1]))
 
     with cf.ThreadPoolExecutor(10) as pool:
         results = list(pool.map(one, range(10)))
@@ -195,11 +185,7 @@ def test_sigterm_drains_in_flight(agent_factory):
     results = []
 
     def one(_):
-        c = a.client()
-        try:
-            return c.infer("digits", digits_body(X[:1]))
-        finally:
-            c.close()
+        return a.infer_once("digits", digits_body(X[:1]))
 
     with cf.ThreadPoolExecutor(8) as pool:
         futs = [pool.submit(one, i) for i in range(8)]
