@@ -16,6 +16,10 @@ RUN_DIR=${EDGE_AGENT_RUN_DIR:-.run}
 MQTT_ADDR=${EDGE_AGENT_MQTT:-localhost:1883}
 
 if [ ! -x "$VENV/bin/python" ]; then
+    if ! python3 -c "import ensurepip, venv" >/dev/null 2>&1; then
+        echo "quickstart: python3 has no venv module; on Debian/Ubuntu: sudo apt-get install python3-venv" >&2
+        exit 2
+    fi
     echo "quickstart: creating $VENV" >&2
     python3 -m venv "$VENV"
 fi
