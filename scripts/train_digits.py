@@ -43,7 +43,8 @@ outputs:
     datatype: FP32
     dims: [10]
 batching:
-  max_queue_delay_us: 200
+  # No added wait: under load the next batch fills while one runs.
+  max_queue_delay_us: 0
 warmup:
   batch_sizes: [1, 8, 64]
 labels: labels.txt
