@@ -12,7 +12,6 @@ event loop keeps serving during a SIGHUP reload.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 from dataclasses import dataclass, field
@@ -21,14 +20,15 @@ from pathlib import Path
 from ..config import Config
 from ..errors import EdgeError, ModelNotReady, UnknownModel, UnknownVersion
 from ..ops.metrics import MODEL_INFO, MODEL_LOAD_FAILURES, WARMUP_SECONDS, ModelMetrics
+# The OTA updater owns the on-disk layout: which directories are versions,
+# their order, and the active/previous pointers. The repository reads them
+# with the updater's own functions so the two can never disagree.
+from ..ota.manifest import version_key
+from ..ota.versions import list_versions, read_pointers
 from ..runtime.session import LoadedModel
 from .batcher import Batcher
 
 log = logging.getLogger("edge_agent.repository")
-
-
-def version_key(v: str):
-    return (0, int(v), "") if v.isdigit() else (1, 0, v)
 
 
 @dataclass
@@ -60,17 +60,6 @@ class ModelEntry:
     canary: Canary | None = None
 
 
-def read_pointer(state_dir: Path, name: str) -> dict:
-    p = state_dir / "models" / f"{name}.json"
-    try:
-        return json.loads(p.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as e:
-        log.warning("model %s: ignoring unreadable pointer file %s: %s", name, p, e)
-        return {}
-
-
 class ModelRepository:
     def __init__(self, cfg: Config, loop: asyncio.AbstractEventLoop) -> None:
         self.cfg = cfg
@@ -91,10 +80,7 @@ class ModelRepository:
         for mdir in sorted(root.iterdir()):
             if not mdir.is_dir() or mdir.name.startswith("."):
                 continue
-            versions = {}
-            for vdir in mdir.iterdir():
-                if vdir.is_dir() and not vdir.name.startswith(".") and not vdir.name.endswith(".staging") and (vdir / "model.onnx").exists():
-                    versions[vdir.name] = vdir
+            versions = {v: mdir / v for v in list_versions(root, mdir.name)}
             if versions:
                 found[mdir.name] = versions
         return found
@@ -144,7 +130,7 @@ class ModelRepository:
             on_disk = self.scan()
             added, removed = [], []
             for name, versions in on_disk.items():
-                for version, vdir in sorted(versions.items(), key=lambda kv: version_key(kv[0])):
+                for version, vdir in versions.items():  # oldest first
                     entry = self.models.get(name)
                     if entry and version in entry.versions:
                         continue
@@ -187,15 +173,14 @@ class ModelRepository:
         entry = self.models.get(name)
         if entry is None:
             return
-        ptr = read_pointer(self.cfg.paths.state_dir, name)
+        ptr = read_pointers(self.cfg.paths.state_dir, name)
+        active, previous = (None if v is None else str(v) for v in (ptr.active, ptr.previous))
         choice = None
-        for key in ("active", "previous"):
-            v = ptr.get(key)
-            if v is not None and str(v) in entry.versions:
-                choice = str(v)
-                if key == "previous":
-                    log.warning("model %s: active version %s is not loaded; serving previous %s", name, ptr.get("active"), v)
-                break
+        if active in entry.versions:
+            choice = active
+        elif previous in entry.versions:
+            choice = previous
+            log.warning("model %s: active version %s is not loaded; serving previous %s", name, active, previous)
         if choice is None and entry.versions:
             choice = max(entry.versions, key=version_key)
         entry.default = choice
@@ -223,7 +208,7 @@ class ModelRepository:
             if mv is None:
                 if (name, version) in self.failed:
                     raise ModelNotReady(f"model '{name}' version {version} failed to load: {self.failed[(name, version)]}")
-                raise UnknownVersion(f"model '{name}' has no version '{version}' (has {sorted(entry.versions, key=version_key)})")
+                raise UnknownVersion(f"model '{name}' has no version '{version}' (has {self.version_names(name)})")
             return mv
         c = entry.canary
         if c is not None and self._rand.random() < c.share:
@@ -236,13 +221,17 @@ class ModelRepository:
         entry = self.models[name]
         entry.canary = Canary(version, share) if version is not None else None
 
+    def version_names(self, name: str) -> list[str]:
+        """Loaded versions of a model, oldest first."""
+        return sorted(self.models[name].versions, key=version_key)
+
     def all_versions(self) -> list[ModelVersion]:
         return [mv for e in self.models.values() for mv in e.versions.values()]
 
     def index(self) -> list[dict]:
         out = []
         for name, entry in sorted(self.models.items()):
-            for v in sorted(entry.versions, key=version_key):
+            for v in self.version_names(name):
                 mv = entry.versions[v]
                 out.append({
                     "name": name,

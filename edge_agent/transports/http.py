@@ -249,11 +249,8 @@ class HttpTransport:
         mv = self.app.repo.route(name, version)
         meta = mv.model.metadata()
         if version is None:
-            entry = self.app.repo.models[name]
-            from ..serving.repository import version_key
-
-            meta["versions"] = sorted(entry.versions, key=version_key)
-            meta["parameters"]["default_version"] = entry.default
+            meta["versions"] = self.app.repo.version_names(name)
+            meta["parameters"]["default_version"] = self.app.repo.models[name].default
         return _json(meta)
 
     def _model_ready(self, name: str, version: str | None) -> tuple[int, bytes, bytes]:
