@@ -32,7 +32,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("version_dir", type=Path, metavar="MODEL_VERSION_DIR")
     p.add_argument("--mode", choices=MODES, required=True, help="qdq: static INT8 QDQ (TensorRT); dynamic: INT8 dynamic (CPU); fp16: FP16 with FP32 IO")
     p.add_argument("--out", type=Path, required=True, help="new version directory (must not exist or be empty)")
-    p.add_argument("--calibration", help="calibration data: DIR of .npy/.npz, a .txt of texts (text models) or module:function (qdq only)")
+    p.add_argument("--calibration", help="calibration data: DIR of .npy/.npz, a .txt of texts (text models) or module:function (qdq, or dynamic with --smooth-alpha)")
     p.add_argument("--eval", required=True, dest="eval_source", help="evaluation data, same forms as --calibration")
     p.add_argument("--task", choices=["classification", "embedding"], help="gate kind; default embedding for text models, else classification")
     p.add_argument("--output", help="graph output to compare (default: pooled embedding for text models, else the first output)")
@@ -40,6 +40,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--exclude-op-types", nargs="*", default=[], metavar="OP", help="op types left in float, e.g. Softmax Gelu")
     p.add_argument("--exclude-nodes", nargs="*", default=[], metavar="GLOB", help="node names (fnmatch globs) left in float")
     p.add_argument("--calibrate-method", choices=CALIBRATE_METHODS, default="MinMax")
+    p.add_argument("--smooth-alpha", type=float, metavar="A",
+                   help="SmoothQuant first (0 < A < 1, e.g. 0.7): move activation outliers into the weights; needs --calibration")
+    p.add_argument("--smooth-nodes", nargs="*", default=["*"], metavar="GLOB", help="MatMul node names (fnmatch globs) to smooth (default: all)")
+    p.add_argument("--disable-optimizers", nargs="*", default=[], metavar="NAME",
+                   help="ONNX Runtime graph optimizers to turn off for this version (written to model.yaml session:)")
     p.add_argument("--no-per-channel", dest="per_channel", action="store_false", help="per-tensor weight scales")
     p.add_argument("--asymmetric-activations", dest="symmetric", action="store_false", help="QDQ activations with zero points (not for TensorRT)")
     p.add_argument("--min-cosine", type=float, default=DEFAULT_MIN_MEAN_COSINE, help="embedding gate: minimum mean cosine")
@@ -58,13 +63,17 @@ def run(args: argparse.Namespace) -> int:
     if args.mode == "qdq" and not args.calibration:
         print("edge-agent quantize: --mode qdq needs --calibration", file=sys.stderr)
         return EXIT_ERROR
+    if args.smooth_alpha is not None and (args.mode == "fp16" or not args.calibration or not 0 < args.smooth_alpha < 1):
+        print("edge-agent quantize: --smooth-alpha needs an INT8 mode, --calibration, and 0 < A < 1", file=sys.stderr)
+        return EXIT_ERROR
     th = GateThresholds(max_top1_drop_pp=args.max_top1_drop, min_mean_cosine=args.min_cosine, min_min_cosine=args.min_min_cosine)
     try:
         report = quantize_version(
             args.version_dir, args.out, args.mode, eval_source=args.eval_source, calibration=args.calibration,
             task=args.task, thresholds=th, per_channel=args.per_channel, calibrate_method=args.calibrate_method,
             op_types_to_quantize=args.op_types or None, exclude_op_types=args.exclude_op_types, exclude_nodes=args.exclude_nodes,
-            symmetric_activations=args.symmetric, output=args.output, progress=args.progress,
+            symmetric_activations=args.symmetric, smooth_alpha=args.smooth_alpha, smooth_nodes=args.smooth_nodes,
+            disabled_optimizers=args.disable_optimizers, output=args.output, progress=args.progress,
         )
     except AccuracyGateFailed as e:
         print(json.dumps(e.report.to_dict()) if args.json else e.report.summary(), file=sys.stdout)

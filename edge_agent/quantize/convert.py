@@ -22,6 +22,7 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 
 from ..errors import EdgeError
 from .calibration import CalibrationSource, FeedReader, load_batches
+from .smooth import smooth
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ def quantize(
     exclude_nodes: Sequence[str] = (),
     symmetric_activations: bool = True,
     reduce_range: bool = False,
+    smooth_alpha: float | None = None,
+    smooth_nodes: Sequence[str] = ("*",),
     text_pipeline=None,
     progress: bool = True,
 ) -> dict:
@@ -73,12 +76,16 @@ def quantize(
     ``symmetric_activations`` (QDQ only) keeps activation zero points at 0,
     the form TensorRT's explicit INT8 requires. ``reduce_range`` uses 7-bit
     weights, which avoids int16 saturation on x86 CPUs without VNNI.
+    ``smooth_alpha`` applies SmoothQuant (smooth.py) to the MatMuls named by
+    ``smooth_nodes`` first; it needs calibration data in every INT8 mode.
     """
     fp32_model, out = Path(fp32_model), Path(out)
     if mode not in PRECISION:
         raise QuantizationError(f"unknown mode {mode!r}; one of {sorted(PRECISION)}")
     if calibrate_method not in CALIBRATE_METHODS:
         raise QuantizationError(f"unknown calibrate method {calibrate_method!r}; one of {sorted(CALIBRATE_METHODS)}")
+    if smooth_alpha is not None and (mode == "fp16" or calibration is None):
+        raise QuantizationError("smoothing needs calibration data and an INT8 mode")
     recipe: dict = {"mode": mode}
     fp32_model, out = fp32_model.resolve(), out.resolve()
     with tempfile.TemporaryDirectory(prefix="edge-agent-quant-") as tmp:
@@ -90,11 +97,17 @@ def quantize(
                 recipe["exclude_op_types"] = list(exclude_op_types)
             else:
                 pre = tmpd / "pre.onnx"
+                batches, graph_in = None, fp32_model
+                if calibration is not None and (mode == "qdq" or smooth_alpha is not None):
+                    batches = load_batches(calibration, graph_input_names(onnx.load(str(fp32_model), load_external_data=False)), text_pipeline)
+                if smooth_alpha is not None:
+                    graph_in = tmpd / "smoothed.onnx"
+                    recipe.update(smooth(fp32_model, graph_in, batches, smooth_alpha, smooth_nodes, progress))
                 # ORT's symbolic shape inference and quantizers drop temporary
                 # files (sym_shape_infer_temp.onnx, external-data *.data) in the
                 # current directory: run them from inside the scratch directory.
                 with _in_dir(tmp):
-                    recipe["pre_process"] = _pre_process(fp32_model, pre)
+                    recipe["pre_process"] = _pre_process(graph_in, pre)
                 model = onnx.load(str(pre), load_external_data=False)
                 excluded = select_nodes(model, exclude_op_types, exclude_nodes)
                 recipe.update(per_channel=per_channel, reduce_range=reduce_range, exclude_op_types=list(exclude_op_types), exclude_nodes=list(exclude_nodes), excluded_node_count=len(excluded))
@@ -108,7 +121,6 @@ def quantize(
                     if calibration is None:
                         raise QuantizationError("static QDQ quantization needs calibration data")
                     names = graph_input_names(model)
-                    batches = load_batches(calibration, names, text_pipeline)
                     if calibrate_method != "MinMax" and text_pipeline is not None:
                         # ORT's histogram calibrators stack every batch's
                         # activations: feed equal shapes (one row, one width).

@@ -8,7 +8,7 @@ per-row cosine similarity. A failing candidate is refused with its report.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -62,10 +62,10 @@ class AccuracyGateFailed(EdgeError):
         self.report = report
 
 
-def _session(path: Path) -> ort.InferenceSession:
+def _session(path: Path, disabled_optimizers: Sequence[str] = ()) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled_optimizers))
 
 
 def evaluate(
@@ -79,6 +79,7 @@ def evaluate(
     postprocess: Callable[[dict, dict], np.ndarray] | None = None,
     text_pipeline=None,
     progress: bool = True,
+    disabled_optimizers: Sequence[str] = (),
 ) -> GateReport:
     """Run both graphs over ``eval_source`` and judge the candidate.
 
@@ -87,7 +88,7 @@ def evaluate(
     without it ``output`` (default: the first graph output) is compared.
     """
     th = thresholds or GateThresholds()
-    ref, cand = _session(reference), _session(candidate)
+    ref, cand = _session(reference), _session(candidate, disabled_optimizers)
     names = [i.name for i in ref.get_inputs()]
     out_name = output or ref.get_outputs()[0].name
     batches = load_batches(eval_source, names, text_pipeline)
@@ -150,7 +151,7 @@ def enforce(report: GateReport) -> GateReport:
     return report
 
 
-def record(model_yaml: Path, report: GateReport, precision: str, lineage: dict) -> None:
+def record(model_yaml: Path, report: GateReport, precision: str, lineage: dict, disabled_optimizers: Sequence[str] = ()) -> None:
     """Write the passing figures, precision and lineage into model.yaml.
 
     The raw YAML mapping is edited (not a re-dump of ModelSpec) so the
@@ -160,5 +161,7 @@ def record(model_yaml: Path, report: GateReport, precision: str, lineage: dict) 
     data["precision"] = precision
     data["accuracy"] = report.to_dict()
     data["lineage"] = lineage
+    if disabled_optimizers:
+        data.setdefault("session", {})["disabled_optimizers"] = list(disabled_optimizers)
     ModelSpec.model_validate(data)
     atomic_write(model_yaml, yaml.safe_dump(data, sort_keys=False))

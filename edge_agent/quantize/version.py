@@ -61,10 +61,17 @@ def quantize_version(
     exclude_op_types: Sequence[str] = (),
     exclude_nodes: Sequence[str] = (),
     symmetric_activations: bool = True,
+    smooth_alpha: float | None = None,
+    smooth_nodes: Sequence[str] = ("*",),
+    disabled_optimizers: Sequence[str] = (),
     output: str | None = None,
     progress: bool = True,
 ) -> GateReport:
-    """Quantize ``src_dir``'s model, gate it, write ``out_dir``; raise AccuracyGateFailed if refused."""
+    """Quantize ``src_dir``'s model, gate it, write ``out_dir``; raise AccuracyGateFailed if refused.
+
+    ``disabled_optimizers`` go into the new model.yaml (``session:``) and the
+    candidate is judged with them off, as the daemon will run it.
+    """
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     src_model = src_dir / "model.onnx"
     load_model_spec(src_dir / "model.yaml")  # refuse a broken source early
@@ -79,10 +86,10 @@ def quantize_version(
         recipe = quantize(src_model, tmp / "model.onnx", mode, calibration, per_channel=per_channel,
                           calibrate_method=calibrate_method, op_types_to_quantize=op_types_to_quantize, exclude_op_types=exclude_op_types,
                           exclude_nodes=exclude_nodes, symmetric_activations=symmetric_activations,
-                          text_pipeline=text, progress=progress)
+                          smooth_alpha=smooth_alpha, smooth_nodes=smooth_nodes, text_pipeline=text, progress=progress)
         report = evaluate(src_model, tmp / "model.onnx", eval_source, task, thresholds, output=output,
                           postprocess=text.pool if text is not None and output is None else None,
-                          text_pipeline=text, progress=progress)
+                          text_pipeline=text, progress=progress, disabled_optimizers=disabled_optimizers)
         enforce(report)
         for f in src_dir.iterdir():
             if f.name not in NOT_COPIED and f.is_file():
@@ -95,7 +102,7 @@ def quantize_version(
             "recipe": recipe,
             "onnxruntime": ort.__version__,
         }
-        record(tmp / "model.yaml", report, PRECISION[mode], lineage)
+        record(tmp / "model.yaml", report, PRECISION[mode], lineage, disabled_optimizers)
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above
         os.rename(tmp, out_dir)

@@ -67,6 +67,15 @@ class TextSpec(Section):
     output: str = Field("embedding", description="Name of the embedding output clients see.")
 
 
+class SessionSpec(Section):
+    disabled_optimizers: list[str] = Field(
+        default_factory=list,
+        description="ONNX Runtime graph optimizers not to run on this graph, by name (e.g. SkipLayerNormFusion, "
+        "slower than plain Add + LayerNormalization on INT8 MiniLM on the CPU; see docs/QUANTIZATION.md). "
+        "ONNX Runtime ignores names it does not know.",
+    )
+
+
 class ModelSpec(Section):
     name: str | None = Field(None, description="Model name; must match the directory name when given.")
     platform: Literal["onnxruntime"] = Field("onnxruntime", description="Only ONNX Runtime is served.")
@@ -78,6 +87,7 @@ class ModelSpec(Section):
     labels: list[str] | str | None = Field(None, description="Class labels, inline or a file name in the version directory.")
     postprocess: list[PostProcess] = Field(default_factory=list, description="Simple post-processing steps, in order.")
     cache: CacheSpec = Field(default_factory=CacheSpec, description="Response cache settings.")
+    session: SessionSpec = Field(default_factory=SessionSpec, description="ONNX Runtime session settings that belong to this graph.")
     text: TextSpec | None = Field(None, description="Text model: tokenize a BYTES input in the daemon and pool the token states.")
     precision: Literal["fp32", "fp16", "int8-qdq", "int8-dynamic"] = Field("fp32", description="Numeric form of the graph (drives TensorRT int8/fp16 flags).")
     accuracy: dict | None = Field(None, description="Figures written by the accuracy gate of `edge-agent quantize`.")

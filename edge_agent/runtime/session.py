@@ -101,9 +101,10 @@ class LoadedModel:
             so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         available = ort.get_available_providers()
         providers = build_providers(runtime, available, state_dir, self.digest, self.spec.precision)
+        disabled = list(self.spec.session.disabled_optimizers)
         try:
             sess = ort.InferenceSession(
-                str(path), so, providers=[p for p, _ in providers], provider_options=[o for _, o in providers]
+                str(path), so, providers=[p for p, _ in providers], provider_options=[o for _, o in providers], disabled_optimizers=disabled
             )
         except Exception as e:  # noqa: BLE001 - ORT raises its own untyped errors
             if len(providers) > 1:
@@ -111,7 +112,7 @@ class LoadedModel:
                 # device, driver mismatch): the CPU provider is the floor.
                 log.warning("model %s/%s: session with %s failed (%s); retrying on CPU", self.name, self.version, [p for p, _ in providers], e)
                 try:
-                    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+                    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
                 except Exception as e2:  # noqa: BLE001
                     raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {e2}") from None
             else:
@@ -124,7 +125,8 @@ class LoadedModel:
                 "model %s/%s: preferred provider %s unavailable (have %s); running on %s",
                 self.name, self.version, wanted[0], available, provider,
             )
-        log.info("model %s/%s bound to %s (providers %s)", self.name, self.version, provider, bound)
+        log.info("model %s/%s bound to %s (providers %s)%s", self.name, self.version, provider, bound,
+                 f", optimizers disabled: {disabled}" if disabled else "")
         return sess, provider
 
     def _check_signature(self) -> None:

@@ -97,3 +97,11 @@ def test_int8_versions_passed_gate_and_stay_close(minilm, version, precision):
     feeds = pipe.prepare(rows(TEXTS))
     cos = (embed(sess, pipe, feeds)[0] * embed(ref_sess, ref_pipe, feeds)[0]).sum(1)
     assert cos.min() >= spec.accuracy["thresholds"]["min_min_cosine"]
+
+
+def test_cpu_int8_build_is_smoothed_and_runs_without_skip_layernorm_fusion(minilm):
+    spec = load_model_spec(minilm / "2" / "model.yaml")
+    assert spec.session.disabled_optimizers == ["SkipLayerNormFusion"]
+    recipe = spec.lineage["recipe"]
+    assert recipe["smooth_alpha"] == 0.7 and recipe["smoothed_tensors"] == 6  # one FFN input per layer
+    assert recipe["excluded_node_count"] == 1  # layer 0's FFN output projection
