@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .atomic import sweep_stale_temp_files
 from .config import Config, load_config
 from .errors import ConfigError, EdgeError, UnknownModel
 from .ops.metrics import READY, register_process_collector
@@ -104,6 +105,9 @@ class Daemon:
         register_process_collector()
         for d in (cfg.paths.state_dir, cfg.paths.cache_dir):
             d.mkdir(parents=True, exist_ok=True)
+        for d in (cfg.paths.state_dir, cfg.paths.models_dir):
+            if d.is_dir():
+                sweep_stale_temp_files(d)
         loop = asyncio.get_running_loop()
         self.repo = ModelRepository(cfg, loop)
         self.service = InferenceService(cfg, self.repo, cache=self._make_cache())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import os
 import re
 import shutil
 import signal
@@ -379,3 +380,19 @@ def test_broken_model_does_not_stop_the_others(agent_factory):
     index = a.client().json("POST", "/v2/repository/index")[1]
     assert {"name": "broken", "version": "1", "state": "UNAVAILABLE"}.items() <= next(m for m in index if m["name"] == "broken").items()
     assert "model broken/1 failed to load" in a.log()
+
+
+def test_startup_removes_temp_files_left_by_a_crash(agent_factory):
+    a = agent_factory()
+    copy_digits(a.models_dir)
+    a.state_dir.mkdir(parents=True, exist_ok=True)
+    stray = [a.state_dir / "ota" / ".state.json.ab12cd34.tmp", a.models_dir / "digits" / ".active.x9y8z7w6.tmp"]
+    kept = a.state_dir / "ota" / "state.json"
+    stray[0].parent.mkdir(parents=True, exist_ok=True)
+    for f in [*stray, kept]:
+        f.write_text("{}")
+        os.utime(f, (1_000_000_000, 1_000_000_000))
+    a.start()
+    assert not any(f.exists() for f in stray)
+    assert kept.exists()
+    assert "left by an interrupted write" in a.log_path.read_text()
