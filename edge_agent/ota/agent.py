@@ -82,6 +82,7 @@ class OtaAgent:
             raise ConfigError("ota.enabled needs at least one pinned key in ota.public_keys")
         self._loop = asyncio.get_running_loop()
         self.daemon.service.observers.append(self._observe)
+        self.daemon.repo.admit = self._admits
         repo = self.daemon.repo
         models = ota.models or sorted({*repo.models, *(name for name, _ in repo.failed)})
         if not models:
@@ -99,6 +100,8 @@ class OtaAgent:
         self._tasks.clear()
         if self._observe in self.daemon.service.observers:
             self.daemon.service.observers.remove(self._observe)
+        if self.daemon.repo.admit == self._admits:
+            self.daemon.repo.admit = None
         # A worker still downloading is a daemon thread: exiting under it is a power cut the
         # state machine already survives (the .part file resumes next start).
 
@@ -367,25 +370,34 @@ class OtaAgent:
         if entry is not None and version in entry.versions and len(entry.versions) > 1:
             await self.daemon.repo.unload(model, version)
 
+    def _kept(self, model: str, version: str) -> bool:
+        """Active, previous, and the target of a running canary: routable whatever else holds."""
+        ptr = read_pointers(self.cfg.paths.state_dir, model)
+        rec = self.updaters[model].record
+        return version in (ptr.active, ptr.previous) or (rec.state is State.CANARY and version == rec.target)
+
+    def _held_back(self, model: str, version: str) -> bool:
+        """A version on disk that must not be routable: refused before, or the target of an
+        update not yet validated."""
+        if model not in self.updaters or self._kept(model, version):
+            return False
+        rec = self.updaters[model].record
+        return version in rec.rejected or (rec.state in PRE_CANARY and version == rec.target)
+
+    def _admits(self, model: str, version: str) -> bool:
+        """The repository's admit hook: a SIGHUP rescan skips held-back versions."""
+        return not self._held_back(model, version)
+
     async def _unload_stale(self, model: str) -> None:
         """Unload what must not be routable: versions deleted by keep-K cleanup, refused versions,
-        and a target not yet validated (the repository loads every directory it scans, at start-up
-        and on SIGHUP). Runs after every step, so a reload is corrected within one poll."""
+        and a target not yet validated. The start-up scan loads every directory before this
+        agent starts (a SIGHUP rescan asks _admits first); this runs after every step."""
         entry = self.daemon.repo.models.get(model)
-        upd = self.updaters.get(model)
-        if entry is None or upd is None:
+        if entry is None or model not in self.updaters:
             return
-        ptr = read_pointers(self.cfg.paths.state_dir, model)
-        rec = upd.record
-        keep = {ptr.active, ptr.previous}
-        if rec.state is State.CANARY:
-            keep.add(rec.target)
         for v in list(entry.versions):
-            if v in keep:
-                continue
             gone = not (self.cfg.paths.models_dir / model / v / "model.onnx").is_file()
-            unvalidated = rec.state in PRE_CANARY and v == rec.target
-            if gone or unvalidated or v in rec.rejected:
+            if self._held_back(model, v) or (gone and not self._kept(model, v)):
                 await self._unload(model, v)
 
     # -- plumbing ------------------------------------------------------------------------

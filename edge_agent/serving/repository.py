@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +68,10 @@ class ModelRepository:
         self.models: dict[str, ModelEntry] = {}
         self.failed: dict[tuple[str, str], str] = {}
         self._lock = asyncio.Lock()
+        # admit(name, version) -> False keeps a version on disk out of sync():
+        # the OTA agent refuses rejected and not yet validated versions, so a
+        # SIGHUP never makes them routable, even briefly.
+        self.admit: Callable[[str, str], bool] | None = None
         self._rand = random.Random()
 
     # --- discovery and loading -------------------------------------------------
@@ -133,6 +138,9 @@ class ModelRepository:
                 for version, vdir in versions.items():  # oldest first
                     entry = self.models.get(name)
                     if entry and version in entry.versions:
+                        continue
+                    if self.admit is not None and not self.admit(name, version):
+                        log.info("model %s version %s: on disk but held back by the updater; not loaded", name, version)
                         continue
                     try:
                         await self.load(name, version, vdir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -436,6 +437,21 @@ def test_kill_9_in_each_state_serves_one_version_and_finishes_or_reverts(state, 
         assert rec["code"] == "retries_exhausted" and "2" in rec["rejected"]
     if state == "staged":  # the start-up scan loaded the unvalidated dir; the agent took it away again
         assert "model linear/2 unloaded" in a.log()
+
+
+def test_sighup_while_an_update_is_unvalidated_does_not_load_it(agent_factory, devserver, registry, src_models, keys, v1):
+    publish(src_models("2", seed=1), registry, keys[0])
+    a = device(agent_factory, registry, devserver.url, keys[1], env={HOLD_ENV: "staged"}).start()
+    set_channel(registry, MODEL, "stable", "2")
+    wait_until(lambda: record(a).get("state") == "staged", a, "state staged")
+    assert (a.models_dir / MODEL / "2" / "model.onnx").is_file()  # in place, not yet validated
+    a.signal(signal.SIGHUP)
+    wait_until(lambda: "reload done" in a.log(), a, "the reload")
+    c = a.client()
+    _, index = c.json("POST", "/v2/repository/index")
+    c.close()
+    assert sorted(m["version"] for m in index if m["name"] == MODEL) == ["1"]
+    assert "version 2: on disk but held back by the updater" in a.log()
 
 
 def test_active_version_that_no_longer_loads_is_abandoned_for_the_previous(agent_factory, devserver, registry,

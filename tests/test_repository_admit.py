@@ -1,0 +1,38 @@
+"""The repository's admit hook: a rescan (SIGHUP) leaves held-back versions on disk unloaded."""
+
+from __future__ import annotations
+
+import asyncio
+
+from daemon_proc import copy_digits
+
+from edge_agent.config import Config
+
+
+def test_sync_skips_versions_the_hook_refuses(tmp_path):
+    from edge_agent.serving.repository import ModelRepository
+
+    models = tmp_path / "models"
+    copy_digits(models)  # digits/1
+    cfg = Config.model_validate({"paths": {"models_dir": str(models), "state_dir": str(tmp_path / "state"),
+                                           "cache_dir": str(tmp_path / "cache"), "outbox_dir": str(tmp_path / "outbox")}})
+
+    async def scenario():
+        repo = ModelRepository(cfg, asyncio.get_running_loop())
+        try:
+            assert (await repo.sync())["added"] == ["digits/1"]
+            copy_digits(models, version="2")
+            copy_digits(models, version="3")
+            asked = []
+            repo.admit = lambda name, version: asked.append((name, version)) or version != "2"
+            res = await repo.sync()
+            assert res["added"] == ["digits/3"] and ("digits", "2") in asked
+            assert sorted(repo.models["digits"].versions) == ["1", "3"]
+            repo.admit = None
+            assert (await repo.sync())["added"] == ["digits/2"]
+        finally:
+            for name, entry in list(repo.models.items()):
+                for v in list(entry.versions):
+                    await repo.unload(name, v, drain_timeout=1)
+
+    asyncio.run(scenario())
