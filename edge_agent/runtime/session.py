@@ -9,6 +9,7 @@ split back per request.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,20 @@ class Prepared:
     outputs: list[str] | None
 
 
+def intra_op_threads(spec: ModelSpec, runtime: RuntimeConfig) -> int:
+    """Threads per operator: model.yaml's session setting, else the daemon's; when both leave
+    it to ONNX Runtime (0) and the model runs several batcher instances, the cores are shared
+    out between them instead of every instance's pool claiming all of them."""
+    threads = spec.session.intra_op_num_threads
+    if threads is None:
+        threads = runtime.intra_op_num_threads
+    instances = spec.batching.instances
+    if threads == 0 and instances > 1:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = max(1, cores // instances)
+    return threads
+
+
 class LoadedModel:
     def __init__(self, name: str, version: str, version_dir: Path, runtime: RuntimeConfig, state_dir: Path) -> None:
         self.name = name
@@ -93,7 +108,7 @@ class LoadedModel:
     def _create_session(self, path: Path, runtime: RuntimeConfig, state_dir: Path) -> tuple[ort.InferenceSession, str]:
         so = ort.SessionOptions()
         so.graph_optimization_level = _OPT_LEVELS[runtime.graph_optimization_level]
-        so.intra_op_num_threads = runtime.intra_op_num_threads
+        so.intra_op_num_threads = intra_op_threads(self.spec, runtime)
         so.inter_op_num_threads = runtime.inter_op_num_threads
         so.log_severity_level = 3
         if not runtime.allow_spinning:

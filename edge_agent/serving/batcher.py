@@ -1,7 +1,9 @@
 """Dynamic batcher: one per model version.
 
-Requests are queued from the event loop into per-priority deques; one worker
-thread takes as many as fit in ``max_batch`` rows (high priority first),
+Requests are queued from the event loop into per-priority deques; a worker
+thread (``instances`` of them, sharing the queue and the session, for CPU
+serving where two single-threaded runs beat one two-threaded run) takes as
+many as fit in ``max_batch`` rows (high priority first),
 waiting at most ``max_delay`` for a partial batch to fill, runs it off the
 event loop (ORT releases the GIL), and resolves every future of the batch with
 a single ``call_soon_threadsafe``. While a batch runs, the next one gathers by
@@ -54,6 +56,7 @@ class Batcher:
         max_delay_s: float,
         max_queue: int,
         preferred_rows: int | None = None,
+        instances: int = 1,
     ) -> None:
         self.model = model
         self.loop = loop
@@ -72,12 +75,22 @@ class Batcher:
         self._closing = False
         self._stop = False
         self.inflight = 0  # requests taken by the worker and not yet resolved
-        self.heartbeat = _now()  # last time the worker looped (idle or not)
-        self.batch_started: float | None = None
+        self.heartbeat = _now()  # last time a worker looped (idle or not)
+        self._started: dict[int, float] = {}  # worker index -> when its running batch began
         self.batches = 0
         QUEUE_DEPTH.labels(model.name, model.version).set_function(lambda: self._size)
-        self._thread = threading.Thread(target=self._worker, name=f"batcher-{model.name}-{model.version}", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._worker, args=(i,), name=f"batcher-{model.name}-{model.version}" + (f"-{i}" if i else ""), daemon=True)
+            for i in range(max(1, instances))
+        ]
+        for t in self._threads:
+            t.start()
+
+    @property
+    def batch_started(self) -> float | None:
+        """When the longest-running batch began (None when no worker is running one)."""
+        started = list(self._started.values())
+        return min(started) if started else None
 
     # --- event-loop side -----------------------------------------------------
 
@@ -116,9 +129,10 @@ class Batcher:
         return self._size
 
     def alive(self, stuck_after_s: float) -> bool:
-        """The worker thread lives and is not stuck in one batch."""
-        ok = self._thread.is_alive() and not (
-            self.batch_started is not None and _now() - self.batch_started > stuck_after_s
+        """Every worker thread lives and none is stuck in one batch."""
+        started = self.batch_started
+        ok = all(t.is_alive() for t in self._threads) and not (
+            started is not None and _now() - started > stuck_after_s
         )
         BATCHER_STUCK.labels(self.model.name, self.model.version).set(0 if ok else 1)
         return ok
@@ -143,7 +157,9 @@ class Batcher:
             self._cond.notify_all()
         for p in left:
             self.loop.call_soon_threadsafe(_set_exception, p.future, ShuttingDown("model unloaded before the request ran"))
-        self._thread.join(timeout=5)
+        end = _now() + 5
+        for t in self._threads:
+            t.join(timeout=max(0.0, end - _now()))
         self.metrics.remove()
 
     # --- worker thread -------------------------------------------------------
@@ -167,7 +183,7 @@ class Batcher:
     def _rows_queued(self) -> int:
         return sum(p.prepared.rows for q in self._order for p in q)
 
-    def _worker(self) -> None:
+    def _worker(self, index: int) -> None:
         cond = self._cond
         while True:
             with cond:
@@ -187,9 +203,9 @@ class Batcher:
                 batch = self._take()
                 self.inflight += len(batch)
             self.heartbeat = now = _now()
-            self._run(batch, now)
+            self._run(batch, now, index)
 
-    def _run(self, batch: list[_Pending], now: float) -> None:
+    def _run(self, batch: list[_Pending], now: float, index: int = 0) -> None:
         live = []
         expired = []
         for p in batch:
@@ -205,15 +221,16 @@ class Batcher:
         m = self.metrics
         for p in live:
             m.queue.observe(now - p.enqueued)
-        self.batch_started = time.monotonic()
+        self._started[index] = started = time.monotonic()
         try:
             results = self._run_isolated(live)
         finally:
             t = time.monotonic()
-            m.compute.observe(t - self.batch_started)
-            self.batch_started = None
+            m.compute.observe(t - started)
+            del self._started[index]
             self.heartbeat = t
-            self.batches += 1
+            with self._cond:
+                self.batches += 1
         m.batch.observe(sum(p.prepared.rows for p in live))
         loop.call_soon_threadsafe(self._resolve, [p.future for p in live], results)
         self._done(len(batch))

@@ -103,7 +103,7 @@ class ModelRepository:
         delay_us = spec.max_queue_delay_us if spec.max_queue_delay_us is not None else b.max_queue_delay_us
         qsize = spec.max_queue_size if spec.max_queue_size is not None else b.max_queue_size
         metrics = ModelMetrics(model.name, model.version)
-        batcher = Batcher(model, self.loop, metrics, delay_us / 1e6, qsize, spec.preferred_batch_size)
+        batcher = Batcher(model, self.loop, metrics, delay_us / 1e6, qsize, spec.preferred_batch_size, spec.instances)
         return ModelVersion(model, batcher, metrics)
 
     async def load(self, name: str, version: str, vdir: Path) -> ModelVersion:
