@@ -370,23 +370,26 @@ class OtaAgent:
         if entry is not None and version in entry.versions and len(entry.versions) > 1:
             await self.daemon.repo.unload(model, version)
 
-    def _kept(self, model: str, version: str) -> bool:
+    def _kept(self, model: str) -> set[str]:
         """Active, previous, and the target of a running canary: routable whatever else holds."""
         ptr = read_pointers(self.cfg.paths.state_dir, model)
         rec = self.updaters[model].record
-        return version in (ptr.active, ptr.previous) or (rec.state is State.CANARY and version == rec.target)
+        kept = {ptr.active, ptr.previous}
+        if rec.state is State.CANARY:
+            kept.add(rec.target)
+        return kept
 
-    def _held_back(self, model: str, version: str) -> bool:
+    def _held_back(self, model: str, version: str, kept: set[str]) -> bool:
         """A version on disk that must not be routable: refused before, or the target of an
         update not yet validated."""
-        if model not in self.updaters or self._kept(model, version):
+        if version in kept:
             return False
         rec = self.updaters[model].record
         return version in rec.rejected or (rec.state in PRE_CANARY and version == rec.target)
 
     def _admits(self, model: str, version: str) -> bool:
         """The repository's admit hook: a SIGHUP rescan skips held-back versions."""
-        return not self._held_back(model, version)
+        return model not in self.updaters or not self._held_back(model, version, self._kept(model))
 
     async def _unload_stale(self, model: str) -> None:
         """Unload what must not be routable: versions deleted by keep-K cleanup, refused versions,
@@ -395,9 +398,10 @@ class OtaAgent:
         entry = self.daemon.repo.models.get(model)
         if entry is None or model not in self.updaters:
             return
+        kept = self._kept(model)
         for v in list(entry.versions):
             gone = not (self.cfg.paths.models_dir / model / v / "model.onnx").is_file()
-            if self._held_back(model, v) or (gone and not self._kept(model, v)):
+            if v not in kept and (gone or self._held_back(model, v, kept)):
                 await self._unload(model, v)
 
     # -- plumbing ------------------------------------------------------------------------

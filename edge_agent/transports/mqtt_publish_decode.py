@@ -54,7 +54,7 @@ class _Fallback(Exception):
 
 def _vbi(buf, i: int) -> tuple[int, int]:
     value = shift = 0
-    for n in range(4):
+    for _ in range(4):
         if i >= len(buf):
             raise _Fallback
         b = buf[i]

@@ -160,3 +160,31 @@ def test_cli_refuses_smoothing_without_calibration(model, tmp_path, capsys):
     assert args.func(args) == qcli.EXIT_ERROR
     assert "--smooth-alpha needs" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_weight_shared_by_two_inputs_is_copied_not_scaled_twice(tmp_path):
+    """w feeds x@w and h@w: each input has its own scales, so each MatMul gets its own copy."""
+    rng = np.random.default_rng(3)
+    w = rng.normal(0, D**-0.5, (D, D)).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["a"], name="first/MatMul"),
+        helper.make_node("Relu", ["a"], ["h"], name="relu"),
+        helper.make_node("MatMul", ["h", "w"], ["y"], name="second/MatMul"),
+    ]
+    graph = helper.make_graph(
+        nodes, "shared",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", D])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", D])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    src, out = tmp_path / "shared.onnx", tmp_path / "shared-smoothed.onnx"
+    onnx.save(m, str(src))
+    assert smooth(src, out, calibration(), alpha=0.5)["smoothed_tensors"] == 2
+    g = onnx.load(str(out)).graph
+    weights = {n.name: n.input[1] for n in g.node if n.op_type == "MatMul"}
+    assert len(set(weights.values())) == 2  # no longer one initializer for both
+    x = inputs(100, 5)
+    ref = run(src, x)
+    np.testing.assert_allclose(run(out, x), ref, rtol=1e-4, atol=1e-3 * np.abs(ref).max())
