@@ -1,4 +1,5 @@
-"""A Bloom filter over the keys held by the disk tier.
+"""Bloom filters over cache keys: the keys held by the disk tier (KeyFilter),
+and the keys the memory tier has pushed out once (Doorkeeper, at the end).
 
 Most lookups that reach the disk are misses (a new input), and a SQLite point
 read is the dearest part of a miss. The filter answers "certainly not on
@@ -84,3 +85,48 @@ class KeyFilter:
 
     def stats(self) -> dict:
         return {"bits": self.bits, "capacity": self.capacity, "added": self.added}
+
+
+class Doorkeeper:
+    """Remembers keys offered once, so a second offer can be told apart.
+
+    TinyLFU's doorkeeper, used for the disk tier's admission: an answer that
+    the memory bound pushes out before anyone asked for it again is written
+    to disk only if its key was pushed out before. Traffic whose inputs never
+    repeat (most sensor streams) thus costs the disk and its writer thread
+    nothing, while an input that does come back, even after memory has
+    forgotten it, gets its place on disk at its second eviction.
+
+    Two Bloom filters take turns: keys go into the current one; when it has
+    taken ``capacity`` keys, it becomes the previous one and a fresh filter
+    starts. A key is remembered for between ``capacity`` and twice as many
+    later offers. A false positive admits an entry the plain policy would
+    have admitted too. Not locked: a lost bit under a race only costs one
+    later admission.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1024, capacity)
+        self._current = KeyFilter(self.capacity)
+        self._previous: KeyFilter | None = None
+        self.rotations = 0
+
+    def seen_before(self, key: bytes) -> bool:
+        """True if ``key`` was offered before (within the window); else remember it."""
+        current = self._current
+        if key in current:
+            return True
+        previous = self._previous
+        if previous is not None and key in previous:
+            # Carry it into the current generation, so it stays remembered.
+            current.add(key)
+            return True
+        current.add(key)
+        if current.added >= self.capacity:
+            self._previous = current
+            self._current = KeyFilter(self.capacity)
+            self.rotations += 1
+        return False
+
+    def stats(self) -> dict:
+        return {"capacity": self.capacity, "remembered": self._current.added, "rotations": self.rotations}

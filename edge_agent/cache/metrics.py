@@ -21,6 +21,10 @@ ERRORS = Counter(
     ["tier", "kind"],
 )
 AVAILABLE = Gauge("edge_agent_cache_tier_available", "1 while a tier serves, 0 while it has stepped aside after a fault.", ["tier"])
+SPILLS_DECLINED = Counter(
+    "edge_agent_cache_spills_declined_total",
+    "Answers the memory bound pushed out unused whose key had not been pushed out before: not written to disk.",
+)
 SINGLEFLIGHT_SHARED = Counter(
     "edge_agent_cache_singleflight_shared_total", "Requests that waited on an identical in-flight request instead of running."
 )

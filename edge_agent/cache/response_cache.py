@@ -4,12 +4,14 @@ Admission. An answer goes to memory only, as it is (frozen arrays: no
 encoding). It is written to disk, encoded by the disk writer thread, when it
 earns it:
   - it is hit in memory (reused, so worth keeping across a restart or crash);
-  - the memory bound pushes it out (the disk extends memory's capacity);
+  - the memory bound pushes it out unused for the second time: the disk
+    extends memory's capacity for inputs that come back, and a doorkeeper
+    (keyfilter.Doorkeeper) remembers which keys were pushed out once. An
+    input that never repeats is never written, so a stream of unique inputs
+    costs the disk and its writer thread nothing;
   - the cache closes (a clean shutdown keeps what memory held).
-So a miss costs the disk nothing until memory is full, and an answer that is
-never asked for again is written at most once. What a kill -9 or power cut
-loses is the answers seen only once since they entered memory.
-Without a memory tier, every put goes to disk.
+What a kill -9 or power cut loses is the answers seen only once since they
+entered memory. Without a memory tier, every put goes to disk.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics
+from .keyfilter import Doorkeeper
 from .sqlite_tier import SQLiteTier
 from .tiers import EXPIRES_AT, FROZEN, ON_DISK, SIZE, TOUCHED_AT, VALUE, Entry, MemoryTier
 from .values import CorruptCacheValue, decode_outputs, encode_outputs, freeze_outputs, prepare_outputs
@@ -34,6 +37,7 @@ DB_NAME = "responses.sqlite3"
 DISK_TOUCH_INTERVAL_S = 60.0
 # Close() writes memory-only entries to disk for at most this long.
 SPILL_TIMEOUT_S = 5.0
+DOORKEEPER_ROW_BYTES = 1024
 
 
 class ResponseCache:
@@ -67,9 +71,19 @@ class ResponseCache:
             if memory_max_bytes > 0
             else None
         )
+        # Remembers about as many keys as the disk holds rows of 1 KB (two
+        # filters of 1.5 bytes per key): a key that comes back after many
+        # more evictions than the disk holds rows would be gone from it anyway.
+        self._doorkeeper = (
+            Doorkeeper(min(disk_max_bytes // DOORKEEPER_ROW_BYTES, 1 << 22))
+            if self.memory is not None and self.disk is not None
+            else None
+        )
         self.hits = {"memory": 0, "disk": 0}
         self.misses = 0
         self.spilled = {"reuse": 0, "evicted": 0, "close": 0}
+        self.not_spilled = 0  # pushed out unused for the first time: not written
+        self._not_spilled = metrics.SPILLS_DECLINED
         # Bound once: labels() costs a locked dict lookup on every call.
         self._hit_counters = {tier: metrics.HITS.labels(tier) for tier in self.hits}
         self._encode_errors = metrics.ERRORS.labels("codec", "encode")
@@ -153,8 +167,13 @@ class ResponseCache:
             self.disk.put(key, partial(encode_outputs, value), expires_at)
 
     def _spill(self, key: bytes, entry: Entry) -> None:
-        """The memory bound pushed an entry out: keep it on disk."""
+        """The memory bound pushed an entry out: keep it on disk if its key
+        has been pushed out before (see Admission above)."""
         if not entry[ON_DISK] and entry[EXPIRES_AT] > self._clock():
+            if not self._doorkeeper.seen_before(key):
+                self.not_spilled += 1
+                self._not_spilled.inc()
+                return
             self.disk.put(key, partial(encode_outputs, entry[VALUE]), entry[EXPIRES_AT])
             self.spilled["evicted"] += 1
 
@@ -204,6 +223,8 @@ class ResponseCache:
             "hits": dict(self.hits),
             "misses": self.misses,
             "spilled": dict(self.spilled),
+            "not_spilled": self.not_spilled,
+            "doorkeeper": None if self._doorkeeper is None else self._doorkeeper.stats(),
             "tiers": {tier.name: tier.stats() for tier in self._tiers()},
         }
 

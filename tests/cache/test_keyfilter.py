@@ -1,11 +1,11 @@
-"""The disk tier's key filter: never a false negative, few false positives."""
+"""The disk tier's key filter (never a false negative, few false positives) and the doorkeeper."""
 
 import hashlib
 import sqlite3
 
 import numpy as np
 
-from edge_agent.cache.keyfilter import KeyFilter
+from edge_agent.cache.keyfilter import Doorkeeper, KeyFilter
 from edge_agent.cache.response_cache import DB_NAME, ResponseCache
 
 
@@ -100,3 +100,27 @@ def test_a_stale_filter_is_rebuilt_from_the_database(tmp_path):
     assert stats["added"] <= 2
     assert cache.get(digest(1)) is not None and cache.get(digest(2)) is not None
     cache.close()
+
+
+def test_the_doorkeeper_says_no_once_then_yes():
+    d = Doorkeeper(4096)
+    assert [d.seen_before(digest(i)) for i in range(100)] == [False] * 100
+    assert all(d.seen_before(digest(i)) for i in range(100))
+    # Few unseen keys pass for seen (a Bloom filter's false positives).
+    assert sum(d.seen_before(digest(i)) for i in range(10_000, 11_000)) < 20
+
+
+def test_the_doorkeeper_remembers_a_key_for_one_to_two_capacities_of_later_keys():
+    d = Doorkeeper(1024)
+    early = digest(-1 & 0xFFFF)
+    assert not d.seen_before(early)
+    # A full generation later the key is in the previous filter: still remembered.
+    for i in range(1024):
+        d.seen_before(digest(10_000 + i))
+    assert d.stats()["rotations"] == 1
+    assert d.seen_before(early)  # and carried into the current generation
+    # Two more generations without it: forgotten (a new "first" offer).
+    for i in range(2048):
+        d.seen_before(digest(20_000 + i))
+    assert d.stats()["rotations"] == 3
+    assert not d.seen_before(early)

@@ -98,20 +98,43 @@ def disk_rows(path) -> int:
         return conn.execute("SELECT count(*) FROM entries").fetchone()[0]
 
 
-def test_memory_bound_evicts_and_the_disk_still_answers(tmp_path):
+def test_memory_bound_evicts_and_only_answers_that_come_back_go_to_disk(tmp_path):
     one = entry_size()
     cache = ResponseCache(tmp_path, 5 * one, 1 << 20, 3600.0)
-    keys = [request_key("digits", V1, request(p)) for p in np.linspace(0, 1, 12)]
-    for i, key in enumerate(keys):
+    keys = [request_key("digits", V1, request(p)) for p in np.linspace(0, 1, 17)]
+    declined = metric("edge_agent_cache_spills_declined_total")
+    for i, key in enumerate(keys[:12]):
         cache.put(key, answer(i % 10))
     cache.flush()
     mem = cache.stats()["tiers"]["memory"]
     assert mem["entries"] == 5 and mem["bytes"] <= 5 * one and mem["evictions"]["size"] == 7
-    # What memory pushed out went to disk; what it still holds did not (yet).
-    assert disk_rows(tmp_path) == 7 and cache.stats()["spilled"]["evicted"] == 7
+    # Seven unique inputs pushed out unused: none is written (the doorkeeper
+    # now remembers them), and the metric says so.
+    assert disk_rows(tmp_path) == 0 and cache.stats()["spilled"]["evicted"] == 0
+    assert cache.stats()["not_spilled"] == 7
+    assert metric("edge_agent_cache_spills_declined_total") - declined == 7
+    # keys[0] comes back: a miss, answered again and put again ...
+    assert cache.get(keys[0]) is None
+    cache.put(keys[0], answer(0))
+    # ... and pushed out unused a second time: now it goes to disk.
+    for i, key in enumerate(keys[12:]):
+        cache.put(key, answer(i % 10))
+    cache.flush()
+    assert disk_rows(tmp_path) == 1 and cache.stats()["spilled"]["evicted"] == 1
     disk_hits = cache.stats()["hits"]["disk"]
     assert cache.get(keys[0])["label"][0] == 0
     assert cache.stats()["hits"]["disk"] == disk_hits + 1
+    cache.close()
+
+
+def test_without_a_disk_tier_evictions_just_drop(tmp_path):
+    one = entry_size()
+    cache = ResponseCache(tmp_path, 2 * one, 0, 3600.0)
+    keys = [request_key("digits", V1, request(p)) for p in (0.1, 0.2, 0.3)]
+    for key in keys:
+        cache.put(key, answer(1))
+    assert cache.get(keys[0]) is None and cache.get(keys[2]) is not None
+    assert cache.stats()["doorkeeper"] is None and not (tmp_path / DB_NAME).exists()
     cache.close()
 
 
