@@ -121,3 +121,35 @@ def test_new_version_does_not_serve_old_answers(agent_factory):
     assert status == 200 and doc["model_version"] == "2" and not _cached(doc)
     status, doc = a.client().infer("digits", body, version="1")
     assert doc["model_version"] == "1" and _cached(doc)
+
+
+def test_a_stream_of_unique_inputs_samples_and_repeats_bring_the_cache_back(agent_factory):
+    """Unique inputs: the cache stops looking every request up (a metric says
+    so); inputs that repeat: the sample sees hits, and every request is
+    looked up and answered from the cache again."""
+    a = agent_factory(config={"cache": {"sample_window": 256}})
+    copy_digits(a.models_dir)
+    a.start()
+    c = a.client()
+
+    def sampling() -> float:
+        _, _, m = c.request("GET", "/metrics")
+        return _metric(m.decode(), "edge_agent_cache_sampling", 'model="digits"')
+
+    rng = np.random.default_rng(7)
+    for _ in range(600):  # ~37 sample keys: a verdict needs 17
+        s, d = c.infer("digits", digits_body(rng.random((1, 64), dtype=np.float32) * 16))
+        assert s == 200 and not _cached(d)
+    assert sampling() == 1
+    assert "looking up a 1/16 sample" in a.log()
+    # The same 160 inputs, over and over: the sampled ones (~10) hit from
+    # their second round, so the sample's hit ratio brings back every request.
+    inputs = [digits_body(rng.random((1, 64), dtype=np.float32) * 16) for _ in range(160)]
+    for _ in range(4):
+        for body in inputs:
+            assert c.infer("digits", body)[0] == 200
+    assert sampling() == 0
+    for body in inputs:  # stored in the round before, now looked up
+        c.infer("digits", body)
+    answers = [c.infer("digits", body)[1] for body in inputs]
+    assert all(_cached(d) for d in answers)

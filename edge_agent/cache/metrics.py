@@ -25,6 +25,16 @@ SPILLS_DECLINED = Counter(
     "edge_agent_cache_spills_declined_total",
     "Answers the memory bound pushed out unused whose key had not been pushed out before: not written to disk.",
 )
+SAMPLING = Gauge(
+    "edge_agent_cache_sampling",
+    "1 while a model's answers are not being reused and the cache looks up only a 1/16 sample of its requests.",
+    ["model"],
+)
+SAMPLED_OUT = Counter(
+    "edge_agent_cache_sampled_out_total",
+    "Requests not looked up or stored while their model's cache was sampling (counted at each window's end).",
+    ["model"],
+)
 SINGLEFLIGHT_SHARED = Counter(
     "edge_agent_cache_singleflight_shared_total", "Requests that waited on an identical in-flight request instead of running."
 )

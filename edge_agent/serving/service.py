@@ -14,6 +14,7 @@ from collections import deque
 import numpy as np
 
 from ..cache import SingleFlight, request_key
+from ..cache.governor import Governor
 from ..config import Config
 from ..errors import EdgeError, ModelNotReady, ShuttingDown, UnknownModel, UnknownVersion
 from ..ops.metrics import REQUEST_ERRORS
@@ -31,6 +32,8 @@ class InferenceService:
         self.repo = repo
         self.cache = cache
         self.flights = SingleFlight()
+        # Per model: look up only a sample while its answers are not reused.
+        self._governors: dict[str, Governor] = {}
         self.accepting = True
         self.inflight = 0
         self.started = _now()
@@ -65,13 +68,21 @@ class InferenceService:
             prepared = model.prepare(req)
             cache = self.cache
             key = None
+            store = False
             if cache is not None and req.use_cache and model.spec.cache.enabled:
                 # The key holds the model file's digest, so a new version never
                 # reads another version's answers.
                 key = request_key(model.name, model.digest, req)
-                hit = cache.get(key)
-                if hit is not None:
-                    return self._finish(req, mv, hit, t0, cached=True)
+                gov = self._governors.get(model.name)
+                if gov is None:
+                    c = self.cfg.cache
+                    gov = self._governors[model.name] = Governor(model.name, c.sample_window, c.sample_below_hit_ratio)
+                if gov.looks_up(key):
+                    hit = cache.get(key)
+                    if hit is not None:
+                        gov.hit(key)
+                        return self._finish(req, mv, hit, t0, cached=True)
+                    store = True
             if self.offloader is not None and self.offloader.wants(mv):
                 resp = await self.offloader.offload(req)
                 if resp is not None:
@@ -85,7 +96,8 @@ class InferenceService:
                 ttl = model.spec.cache.ttl_s
                 # The answer is stored before any of them (or a later request) sees it.
                 outputs = await self.flights.run(
-                    key, lambda: mv.batcher.submit(prepared, req.priority, deadline), lambda out: self.cache.put(key, out, ttl))
+                    key, lambda: mv.batcher.submit(prepared, req.priority, deadline),
+                    (lambda out: self.cache.put(key, out, ttl)) if store else None)
             else:
                 outputs = await self._run(mv, prepared, req.priority, deadline)
             return self._finish(req, mv, outputs, t0, cached=False)
