@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 from ..errors import DeadlineExceeded, EdgeError, InferenceFailed, Overloaded, ShuttingDown
 from ..ops.metrics import BATCHER_STUCK, QUEUE_DEPTH, ModelMetrics
@@ -33,13 +34,14 @@ _now = time.monotonic
 
 
 class _Pending:
-    __slots__ = ("prepared", "future", "deadline", "enqueued")
+    __slots__ = ("prepared", "future", "deadline", "enqueued", "store")
 
-    def __init__(self, prepared: Prepared, future: asyncio.Future, deadline: float, enqueued: float) -> None:
+    def __init__(self, prepared: Prepared, future: asyncio.Future, deadline: float, enqueued: float, store) -> None:
         self.prepared = prepared
         self.future = future
         self.deadline = deadline
         self.enqueued = enqueued
+        self.store = store
 
 
 def _set_exception(fut: asyncio.Future, exc: BaseException) -> None:
@@ -94,14 +96,19 @@ class Batcher:
 
     # --- event-loop side -----------------------------------------------------
 
-    def submit(self, prepared: Prepared, priority: int, deadline: float) -> asyncio.Future:
+    def submit(self, prepared: Prepared, priority: int, deadline: float,
+               store: Callable[[dict], None] | None = None) -> asyncio.Future:
+        """Queue a request. ``store(outputs)``, if given, runs on the worker
+        thread with the request's answer before its future is resolved (the
+        response cache's put: off the event loop, and done before anyone,
+        the caller included, sees the answer)."""
         fut = self.loop.create_future()
         with self._cond:
             if self._closing:
                 raise ShuttingDown(f"model '{self.model.name}' version {self.model.version} is unloading")
             if self._size >= self.max_queue:
                 raise Overloaded(f"model '{self.model.name}': queue full ({self.max_queue} waiting)")
-            self._queues[priority].append(_Pending(prepared, fut, deadline, _now()))
+            self._queues[priority].append(_Pending(prepared, fut, deadline, _now(), store))
             self._size += 1
             self._cond.notify()
         return fut
@@ -232,6 +239,12 @@ class Batcher:
             with self._cond:
                 self.batches += 1
         m.batch.observe(sum(p.prepared.rows for p in live))
+        for p, r in zip(live, results):
+            if p.store is not None and not isinstance(r, BaseException):
+                try:
+                    p.store(r)
+                except Exception:  # noqa: BLE001 - storing must never fail the request
+                    log.exception("model %s/%s: storing an answer failed", self.model.name, self.model.version)
         loop.call_soon_threadsafe(self._resolve, [p.future for p in live], results)
         self._done(len(batch))
 

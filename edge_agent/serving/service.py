@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from functools import partial
 
 import numpy as np
 
@@ -92,12 +93,12 @@ class InferenceService:
                 limit = req.timeout_s
             deadline = req.deadline if req.deadline is not None else t0 + limit
             if key is not None:
-                # Identical requests arriving while this one runs share its inference.
-                ttl = model.spec.cache.ttl_s
-                # The answer is stored before any of them (or a later request) sees it.
-                outputs = await self.flights.run(
-                    key, lambda: mv.batcher.submit(prepared, req.priority, deadline),
-                    (lambda out: self.cache.put(key, out, ttl)) if store else None)
+                # Identical requests arriving while this one runs share its
+                # inference. The batcher's worker thread stores the answer
+                # (off the event loop) before any of them, or a later
+                # request, sees it.
+                put = partial(cache.put, key, ttl_s=model.spec.cache.ttl_s) if store else None
+                outputs = await self.flights.run(key, lambda: mv.batcher.submit(prepared, req.priority, deadline, put))
             else:
                 outputs = await self._run(mv, prepared, req.priority, deadline)
             return self._finish(req, mv, outputs, t0, cached=False)
