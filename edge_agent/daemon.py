@@ -110,6 +110,12 @@ class Daemon:
                 sweep_stale_temp_files(d)
         loop = asyncio.get_running_loop()
         self.repo = ModelRepository(cfg, loop)
+        if cfg.ota.enabled:
+            from .ota.agent import startup_admit
+
+            # Refused and unvalidated versions stay unloaded from the first scan on
+            # (the agent installs its own hook when it starts).
+            self.repo.admit = startup_admit(cfg.paths.state_dir, cfg.ota.models)
         self.service = InferenceService(cfg, self.repo, cache=self._make_cache())
         self.notifier.status("loading models")
         await self.repo.sync()

@@ -48,6 +48,44 @@ HOLD_ENV, HOLD_S = "EDGE_AGENT_OTA_HOLD", 120.0
 PRE_CANARY = frozenset({State.DOWNLOADING, State.VERIFYING, State.STAGED})
 
 
+def kept_versions(ptr: Pointers, rec: UpdateRecord) -> set[str]:
+    """Active, previous, and the target of a running canary: routable whatever else holds."""
+    kept = {ptr.active, ptr.previous}
+    if rec.state is State.CANARY:
+        kept.add(rec.target)
+    return kept
+
+
+def held_back(version: str, rec: UpdateRecord, kept: set[str]) -> bool:
+    """A version on disk that must not be routable: refused before, or the target of an
+    update not yet validated."""
+    if version in kept:
+        return False
+    return version in rec.rejected or (rec.state in PRE_CANARY and version == rec.target)
+
+
+def startup_admit(state_dir: Path, followed: list[str]) -> Callable[[str, str], bool]:
+    """The repository's admit hook for the start-up scan, which runs before the agent does:
+    the agent's own rule, read from the persisted update records and pointers. Without it a
+    refused or unvalidated version would be loaded (and could take the start-up down with
+    it) until the agent's first step unloaded it. A model with no readable record admits all."""
+
+    def admit(model: str, version: str) -> bool:
+        if followed and model not in followed:
+            return True
+        path = Path(state_dir) / "ota" / f"{model}.json"
+        try:
+            rec = UpdateRecord.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            return True
+        except (OSError, ValueError) as e:  # the agent logs and resets it when it starts
+            log.warning("ota: %s unreadable at start-up (%s); loading every version of %s", path, e, model)
+            return True
+        return not held_back(version, rec, kept_versions(read_pointers(state_dir, model), rec))
+
+    return admit
+
+
 class OtaAgent:
     name = "ota"
 
@@ -371,21 +409,10 @@ class OtaAgent:
             await self.daemon.repo.unload(model, version)
 
     def _kept(self, model: str) -> set[str]:
-        """Active, previous, and the target of a running canary: routable whatever else holds."""
-        ptr = read_pointers(self.cfg.paths.state_dir, model)
-        rec = self.updaters[model].record
-        kept = {ptr.active, ptr.previous}
-        if rec.state is State.CANARY:
-            kept.add(rec.target)
-        return kept
+        return kept_versions(read_pointers(self.cfg.paths.state_dir, model), self.updaters[model].record)
 
     def _held_back(self, model: str, version: str, kept: set[str]) -> bool:
-        """A version on disk that must not be routable: refused before, or the target of an
-        update not yet validated."""
-        if version in kept:
-            return False
-        rec = self.updaters[model].record
-        return version in rec.rejected or (rec.state in PRE_CANARY and version == rec.target)
+        return held_back(version, self.updaters[model].record, kept)
 
     def _admits(self, model: str, version: str) -> bool:
         """The repository's admit hook: a SIGHUP rescan skips held-back versions."""
@@ -393,8 +420,8 @@ class OtaAgent:
 
     async def _unload_stale(self, model: str) -> None:
         """Unload what must not be routable: versions deleted by keep-K cleanup, refused versions,
-        and a target not yet validated. The start-up scan loads every directory before this
-        agent starts (a SIGHUP rescan asks _admits first); this runs after every step."""
+        and a target not yet validated. The start-up scan (startup_admit) and SIGHUP rescans
+        (_admits) skip the last two already; this runs after every step."""
         entry = self.daemon.repo.models.get(model)
         if entry is None or model not in self.updaters:
             return
