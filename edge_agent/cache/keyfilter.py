@@ -66,6 +66,23 @@ class KeyFilter:
             arr[w >> 3] |= 1 << (w & 7)
         self.added += 1
 
+    def test_and_add(self, key: bytes) -> bool:
+        """``key in self`` before adding it (one unpack; the doorkeeper's hot path).
+        ``added`` counts only keys that were not in already."""
+        if len(key) != KEY_LEN:
+            return True
+        m, arr = self._mask, self._array
+        present = True
+        for w in _WORDS.unpack_from(key):
+            w &= m
+            i, bit = w >> 3, 1 << (w & 7)
+            if not arr[i] & bit:
+                present = False
+                arr[i] |= bit
+        if not present:
+            self.added += 1
+        return present
+
     @property
     def stale(self) -> bool:
         return self.added > self.capacity
@@ -114,14 +131,11 @@ class Doorkeeper:
     def seen_before(self, key: bytes) -> bool:
         """True if ``key`` was offered before (within the window); else remember it."""
         current = self._current
-        if key in current:
+        if current.test_and_add(key):
             return True
         previous = self._previous
         if previous is not None and key in previous:
-            # Carry it into the current generation, so it stays remembered.
-            current.add(key)
-            return True
-        current.add(key)
+            return True  # and now in the current generation too, so it stays remembered
         if current.added >= self.capacity:
             self._previous = current
             self._current = KeyFilter(self.capacity)

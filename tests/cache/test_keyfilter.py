@@ -124,3 +124,14 @@ def test_the_doorkeeper_remembers_a_key_for_one_to_two_capacities_of_later_keys(
         d.seen_before(digest(20_000 + i))
     assert d.stats()["rotations"] == 3
     assert not d.seen_before(early)
+
+
+def test_test_and_add_answers_membership_before_adding():
+    f, g = KeyFilter(5000), KeyFilter(5000)
+    for i in range(5000):
+        k = digest(i)
+        was = k in g
+        g.add(k)
+        assert f.test_and_add(k) == was
+    assert all(digest(i) in f for i in range(5000)) and f._array == g._array
+    assert f.test_and_add(digest(7)) and f.added <= 5000
