@@ -12,6 +12,7 @@ event loop keeps serving during a SIGHUP reload.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import random
 from collections.abc import Callable
@@ -174,6 +175,13 @@ class ModelRepository:
         mv.model.close()
         if not entry.versions:
             del self.models[name]
+        if gc.get_freeze_count():
+            # The daemon froze what start-up made (daemon.startup); reference
+            # cycles of a version loaded then (batcher <-> its threads) would
+            # never be collected. A full collection here is rare and short.
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
         log.info("model %s/%s unloaded", name, version)
 
     def refresh_default(self, name: str) -> None:
