@@ -35,6 +35,21 @@ EXIT_STARTUP_FAILED = 3
 EXIT_FORCED = 130
 
 
+# What a running daemon cannot change (sockets, threads, files and connections
+# are built from it at start-up): a reload keeps the running values, says which
+# changed (log, reload result, status: restart_needed) and applies the rest:
+# runtime and batching for versions loaded from then on, the request deadlines
+# (batching.deadline_*_s), and logging.level.
+RESTART_ONLY = ("mode", "device_id", "paths", "server", "mqtt", "cache", "ota", "offload")
+
+
+def restart_only_changes(running: Config, new: Config) -> list[str]:
+    changed = [k for k in RESTART_ONLY if getattr(new, k) != getattr(running, k)]
+    if new.logging.json_format != running.logging.json_format:
+        changed.append("logging.json_format")
+    return changed
+
+
 def apply_overrides(cfg: Config, overrides: dict) -> Config:
     """Command-line overrides win over the file (so the daemon runs unprivileged anywhere)."""
     for dotted, value in overrides.items():
@@ -58,6 +73,7 @@ class Daemon:
         self.force_exit = False
         self.reload_requested = False
         self.ready = False
+        self.restart_needed: list[str] = []
         self.repo: ModelRepository | None = None
         self.service: InferenceService | None = None
         self.http: HttpTransport | None = None
@@ -228,12 +244,21 @@ class Daemon:
             if self.config_path is not None:
                 try:
                     new = apply_overrides(load_config(self.config_path), self.overrides)
-                    if new.server != self.cfg.server:
-                        log.warning("server settings changed; they take effect at the next restart")
-                    new.server = self.cfg.server
+                    running = self.cfg
+                    self.restart_needed = restart_only_changes(running, new)
+                    if self.restart_needed:
+                        log.warning("reload: %s changed; kept as running until the next restart",
+                                    ", ".join(self.restart_needed))
+                    for key in RESTART_ONLY:
+                        setattr(new, key, getattr(running, key))
+                    new.logging.json_format = running.logging.json_format
+                    if new.logging.level != running.logging.level:
+                        logging.getLogger().setLevel(new.logging.level)
+                        log.info("reload: log level %s", new.logging.level)
                     self.cfg = new
                     self.repo.cfg = new
-                    self.service.cfg = new
+                    self.service.configure(new)
+                    result["restart_needed"] = self.restart_needed
                 except ConfigError as e:
                     log.error("reload: keeping the running configuration: %s", e.message)
                     result["config_error"] = e.message
@@ -262,6 +287,8 @@ class Daemon:
             "ready": self.ready,
             "pid": os.getpid(),
             "models": self.repo.index() if self.repo else [],
+            # Config sections changed on disk that only a restart applies (see reload).
+            "restart_needed": self.restart_needed,
             "stats": self.service.stats() if self.service else {},
         }
         for comp in self.extras:

@@ -81,7 +81,7 @@ def config_md() -> str:
         "",
         "Command-line overrides of `edge-agent run`: `--socket` (server.socket), `--state-dir` (paths.state_dir, and",
         "cache/outbox beneath it), `--models-dir`, `--cache-dir`, `--tcp HOST:PORT`, `--mqtt HOST:PORT` / `--no-mqtt`,",
-        "`--device-id`, `--log-level`. SIGHUP (or `edge-agent reload`) re-reads the file; `server.*` changes need a restart.",
+        "`--device-id`, `--log-level`. SIGHUP (or `edge-agent reload`) re-reads the file and applies `runtime`, `batching` (to versions loaded from then on; the default deadlines at once) and `logging.level`; changes to `mode`, `device_id`, `paths`, `server`, `mqtt`, `cache`, `ota`, `offload` and `logging.json_format` are kept as running until a restart, logged, and listed as `restart_needed` in the reload result and in `edge-agent status`.",
         "",
         "| key | type | default | meaning |",
         "|---|---|---|---|",

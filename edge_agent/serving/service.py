@@ -29,7 +29,6 @@ _now = time.monotonic
 
 class InferenceService:
     def __init__(self, cfg: Config, repo: ModelRepository, cache=None) -> None:
-        self.cfg = cfg
         self.repo = repo
         self.cache = cache
         self.flights = SingleFlight()
@@ -42,8 +41,7 @@ class InferenceService:
         self.count_err = 0
         # Recent end-to-end latencies (seconds) for telemetry percentiles.
         self.recent = deque(maxlen=4096)
-        self._deadline = {PRIORITY_HIGH: cfg.batching.deadline_high_s}
-        self._deadline_normal = cfg.batching.deadline_normal_s
+        self.configure(cfg)
         # Observers of finished requests, e.g. the OTA canary judge:
         # fn(model_version, ok: bool, seconds: float). They see what says
         # something about the version: no cache hits, and no client errors
@@ -51,6 +49,12 @@ class InferenceService:
         self.observers: list = []
         # transports/offload.Offloader when offload is on: sends work to a companion.
         self.offloader = None
+
+    def configure(self, cfg: Config) -> None:
+        """Take a (re)loaded configuration: default deadlines per priority."""
+        self.cfg = cfg
+        self._deadline = {PRIORITY_HIGH: cfg.batching.deadline_high_s}
+        self._deadline_normal = cfg.batching.deadline_normal_s
 
     async def infer(self, req: InferRequest, transport: str = "socket") -> InferResponse:
         t0 = _now()

@@ -1,0 +1,49 @@
+"""SIGHUP applies what a running daemon can change and names what needs a restart."""
+
+from __future__ import annotations
+
+import signal
+
+import numpy as np
+from sklearn.datasets import load_digits
+
+from daemon_proc import copy_digits, digits_body
+from test_daemon import _wait_for
+
+X = load_digits(return_X_y=True)[0].astype(np.float32)
+
+
+def _reload(a, config: dict) -> None:
+    done = a.log().count("reload done")
+    a.config = config
+    a.write_config()
+    a.signal(signal.SIGHUP)
+    _wait_for(lambda: a.log().count("reload done") > done)
+
+
+def _status(a) -> dict:
+    status, doc = a.client().json("GET", "/edge/status")
+    assert status == 200
+    return doc
+
+
+def test_reload_applies_deadlines_and_log_level_and_keeps_restart_only_sections(agent_factory):
+    a = agent_factory()
+    copy_digits(a.models_dir)
+    a.start()
+    body = digits_body(X[:1])
+    assert a.client().infer("digits", body)[0] == 200 and _status(a)["restart_needed"] == []
+
+    _reload(a, {"cache": {"memory_max_bytes": 1234567}, "batching": {"deadline_normal_s": 1e-6},
+                "logging": {"level": "DEBUG"}})
+    assert _status(a)["restart_needed"] == ["cache"]
+    assert "reload: cache changed; kept as running until the next restart" in a.log()
+    assert "reload: log level DEBUG" in a.log()
+    # The new default deadline holds at once: nothing can run within a microsecond.
+    body["parameters"] = {"cache": False}
+    status, doc = a.client().infer("digits", body)
+    assert (status, doc["code"]) == (504, "deadline_exceeded")
+
+    _reload(a, {})  # back to what runs: nothing waits for a restart any more
+    assert _status(a)["restart_needed"] == []
+    assert a.client().infer("digits", body)[0] == 200
