@@ -9,7 +9,9 @@ Sections (all by default; pick with --only):
   mqtt    round trips through mosquitto at 64 in flight, QoS 0 and 1: the
           daemon vs a raw paho echo responder
   cache   hit latency of the memory and disk tiers (one client), hits vs
-          misses at 64 clients, miss overhead vs the cache turned off
+          misses at 64 clients, miss overhead vs the cache turned off (as
+          shipped, i.e. sampling on a unique stream, and with every request
+          looked up), in alternating rounds
   minilm  all-MiniLM-L6-v2 INT8 through the daemon at concurrency 32 vs raw
           ORT's best batch (needs .cache/minilm from scripts/export_minilm.py)
 
