@@ -36,3 +36,25 @@ def test_sync_skips_versions_the_hook_refuses(tmp_path):
                     await repo.unload(name, v, drain_timeout=1)
 
     asyncio.run(scenario())
+
+
+def test_on_model_removed_fires_when_the_last_version_goes(tmp_path):
+    from edge_agent.serving.repository import ModelRepository
+
+    models = tmp_path / "models"
+    copy_digits(models)
+    copy_digits(models, version="2")
+    cfg = Config.model_validate({"paths": {"models_dir": str(models), "state_dir": str(tmp_path / "state"),
+                                           "cache_dir": str(tmp_path / "cache"), "outbox_dir": str(tmp_path / "outbox")}})
+    removed: list[str] = []
+
+    async def scenario():
+        repo = ModelRepository(cfg, asyncio.get_running_loop())
+        repo.on_model_removed.append(removed.append)
+        await repo.sync()
+        await repo.unload("digits", "1", drain_timeout=1)
+        assert removed == []  # version 2 still serves
+        await repo.unload("digits", "2", drain_timeout=1)
+
+    asyncio.run(scenario())
+    assert removed == ["digits"]

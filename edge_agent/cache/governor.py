@@ -103,5 +103,13 @@ class Governor:
         self._gauge.set(1 if self.sampling else 0)
         self._reset()
 
+    def close(self) -> None:
+        """The model is gone: its series leave /metrics."""
+        for family in (metrics.SAMPLING, metrics.SAMPLED_OUT):
+            try:
+                family.remove(self.model)
+            except KeyError:  # never exported (no verdict yet)
+                pass
+
     def stats(self) -> dict:
         return {"sampling": self.sampling, "window_requests": self.requests, "window_hits": self.hits}

@@ -73,6 +73,8 @@ class ModelRepository:
         # the OTA agent refuses rejected and not yet validated versions, so a
         # SIGHUP never makes them routable, even briefly.
         self.admit: Callable[[str, str], bool] | None = None
+        # fn(name) when a model's last version goes (the service drops its per-model state).
+        self.on_model_removed: list[Callable[[str], None]] = []
         self._rand = random.Random()
 
     # --- discovery and loading -------------------------------------------------
@@ -175,6 +177,8 @@ class ModelRepository:
         mv.model.close()
         if not entry.versions:
             del self.models[name]
+            for fn in self.on_model_removed:
+                fn(name)
         if gc.get_freeze_count():
             # The daemon froze what start-up made (daemon.startup); reference
             # cycles of a version loaded then (batcher <-> its threads) would

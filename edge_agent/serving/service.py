@@ -34,6 +34,7 @@ class InferenceService:
         self.flights = SingleFlight()
         # Per model: look up only a sample while its answers are not reused.
         self._governors: dict[str, Governor] = {}
+        repo.on_model_removed.append(self._forget_model)
         self.accepting = True
         self.inflight = 0
         self.started = _now()
@@ -118,6 +119,11 @@ class InferenceService:
             raise
         finally:
             self.inflight -= 1
+
+    def _forget_model(self, name: str) -> None:
+        gov = self._governors.pop(name, None)
+        if gov is not None:
+            gov.close()
 
     async def _run(self, mv: ModelVersion, prepared, priority: int, deadline: float) -> dict[str, np.ndarray]:
         return await mv.batcher.submit(prepared, priority, deadline)

@@ -111,3 +111,15 @@ def test_enough_hits_keep_every_request_looked_up():
     # A tenth of the keys hit: far above 1 %, in every window.
     assert run(gov, (key(i) for i in range(20_000)), lambda k: k[1] < 26) == 20_000
     assert not gov.sampling
+
+
+def test_close_takes_the_models_series_off_metrics():
+    gov = Governor("g7", window=256, min_hit_ratio=0.05)
+    run(gov, (key(i) for i in range(2000)), lambda k: False)
+    assert metric("edge_agent_cache_sampling", model="g7") == 1
+    assert metric("edge_agent_cache_sampled_out_total", model="g7") > 0
+    gov.close()
+    from prometheus_client import REGISTRY, generate_latest
+
+    assert b'model="g7"' not in generate_latest(REGISTRY)
+    Governor("g8", window=256, min_hit_ratio=0.05).close()  # nothing sampled out yet: no error
