@@ -47,3 +47,16 @@ def test_reload_applies_deadlines_and_log_level_and_keeps_restart_only_sections(
     _reload(a, {})  # back to what runs: nothing waits for a restart any more
     assert _status(a)["restart_needed"] == []
     assert a.client().infer("digits", body)[0] == 200
+
+
+def test_an_invalid_config_on_reload_is_refused_and_the_running_one_kept(agent_factory):
+    a = agent_factory()
+    copy_digits(a.models_dir)
+    a.start()
+    _reload(a, {"batching": {"deadline_normal_s": 1e-6}, "cache": {"no_such_key": 1}})
+    assert "reload: keeping the running configuration" in a.log() and "cache.no_such_key" in a.log()
+    # Nothing of the refused file applies: the old deadline holds, nothing waits for a restart.
+    body = digits_body(X[:1])
+    body["parameters"] = {"cache": False}
+    assert a.client().infer("digits", body)[0] == 200
+    assert _status(a)["restart_needed"] == []

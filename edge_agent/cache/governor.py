@@ -110,6 +110,3 @@ class Governor:
                 family.remove(self.model)
             except KeyError:  # never exported (no verdict yet)
                 pass
-
-    def stats(self) -> dict:
-        return {"sampling": self.sampling, "window_requests": self.requests, "window_hits": self.hits}

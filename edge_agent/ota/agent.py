@@ -20,6 +20,7 @@ kill -9 the daemon in exactly that state. Unset in production.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import threading
@@ -68,20 +69,26 @@ def startup_admit(state_dir: Path, followed: list[str]) -> Callable[[str, str], 
     """The repository's admit hook for the start-up scan, which runs before the agent does:
     the agent's own rule, read from the persisted update records and pointers. Without it a
     refused or unvalidated version would be loaded (and could take the start-up down with
-    it) until the agent's first step unloaded it. A model with no readable record admits all."""
+    it) until the agent's first step unloaded it. A model with no readable record admits all.
+    Each model's record and pointers are read once (the agent replaces this hook when it starts)."""
 
-    def admit(model: str, version: str) -> bool:
-        if followed and model not in followed:
-            return True
+    @functools.cache
+    def rule(model: str) -> tuple[UpdateRecord, set[str]] | None:
         path = Path(state_dir) / "ota" / f"{model}.json"
         try:
             rec = UpdateRecord.model_validate_json(path.read_bytes())
         except FileNotFoundError:
-            return True
+            return None
         except (OSError, ValueError) as e:  # the agent logs and resets it when it starts
             log.warning("ota: %s unreadable at start-up (%s); loading every version of %s", path, e, model)
+            return None
+        return rec, kept_versions(read_pointers(state_dir, model), rec)
+
+    def admit(model: str, version: str) -> bool:
+        if followed and model not in followed:
             return True
-        return not held_back(version, rec, kept_versions(read_pointers(state_dir, model), rec))
+        found = rule(model)
+        return found is None or not held_back(version, *found)
 
     return admit
 
