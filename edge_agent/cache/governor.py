@@ -1,27 +1,33 @@
 """Per model: while its answers are not being reused, the cache looks up only a sample.
 
-A cache costs every miss its look-up and its store (~10 us of event-loop
-Python per request; on a small model that is a fifth of the request). Many
-edge streams never repeat an input (camera frames, sensor readings), and
-then that cost buys nothing.
+A cache costs every miss its key, its look-up, its single-flight entry and
+its store (~10 us of event-loop Python per request; on a small model that is
+a fifth of the request). Many edge streams never repeat an input (camera
+frames, sensor readings), and then that cost buys nothing.
 
-The sample is the keys whose first byte is below 16: 1/16 of all keys
-(they are uniform digests), chosen by key, so a repeated input is always in
-it or always out of it. Sample keys are looked up and stored at all times,
-so their hit ratio is the stream's, whatever the mode.
+The sample is chosen by a cheap 32-bit CRC of the input values
+(keys.input_fingerprint), computed for every request: the requests whose
+fingerprint's top byte is below 4, 1/64 of them. A repeated input is thus
+always in the sample or always out of it. Sample requests are keyed, looked
+up and stored at all times, so their hit ratio is the stream's, whatever
+the mode.
 
 Every ``window`` requests a verdict:
   - looking up every request: stay so while the hits (all of them, or the
     sample's) reach ``min_hit_ratio``; else sample;
   - sampling: look every request up again once the sample's hits reach the
     bound, or once inputs outside the sample are seen to repeat that often.
-    Those are caught by a 256-slot table of recent keys (one compare per
-    request), so a hot input that happens to lie outside the sample brings
-    the cache back too.
+    Those are caught by a 256-slot table of recent fingerprints (one compare
+    per request), so a hot input that happens to lie outside the sample
+    brings the cache back too, and at once: a burst of one input outside
+    the sample switches back after ``MIN_REPEATS`` repeats, without waiting
+    for the window to end.
 A ``min_hit_ratio`` of 0 never samples.
 
-Unsampled requests still get the key, and with it single flight: identical
-requests in flight together still share one inference.
+While sampling, a request outside the sample runs as with the cache off: no
+key, no look-up, no store, and no single flight. Identical requests in
+flight together then each run, until the table of recent fingerprints sees
+them repeat (MIN_REPEATS) and every request is keyed again.
 """
 
 from __future__ import annotations
@@ -32,8 +38,12 @@ from . import metrics
 
 log = logging.getLogger(__name__)
 
-# Keys whose first byte is below this are in the sample: 16/256 = 1/16.
-SAMPLE_CUT = 16
+# Fingerprints whose top byte (of 32 bits) is below this are in the sample: 4/256 = 1/64.
+SAMPLE_CUT = 4
+SAMPLE_SHIFT = 24
+# While sampling, this many repeats outside the sample (and the hit ratio's
+# share of the requests skipped so far) switch back to looking every request up at once.
+MIN_REPEATS = 8
 # A verdict needs this many sample look-ups: until then the window runs on
 # (unless, while sampling, inputs outside the sample already repeat enough).
 MIN_SAMPLE_LOOKUPS = 16
@@ -48,7 +58,7 @@ class Governor:
         self.window = window
         self.min_hit_ratio = min_hit_ratio
         self.sampling = False
-        self._recent: list[bytes | None] = [None] * 256
+        self._recent: list[int] = [-1] * 256
         self._gauge = metrics.SAMPLING.labels(model)
         self._gauge.set(0)
         self._reset()
@@ -56,28 +66,32 @@ class Governor:
     def _reset(self) -> None:
         self.requests = self.hits = self.sample_lookups = self.sample_hits = self.skipped = self.repeats = 0
 
-    def looks_up(self, key: bytes) -> bool:
-        """Whether this request is looked up and stored (report its hit with ``hit``)."""
+    def looks_up(self, fingerprint: int) -> bool:
+        """Whether the request with this input fingerprint is keyed, looked up
+        and stored (report its hit with ``hit``)."""
         if self.requests >= self.window:
             self._decide()
         self.requests += 1
-        if key[0] < SAMPLE_CUT:
+        if fingerprint >> SAMPLE_SHIFT < SAMPLE_CUT:
             self.sample_lookups += 1
             return True
         if not self.sampling:
             return True
         self.skipped += 1
-        slot = key[1]
-        if self._recent[slot] == key:
+        slot = fingerprint & 255
+        if self._recent[slot] == fingerprint:
             self.repeats += 1
+            if self.repeats >= MIN_REPEATS and self.repeats >= self.min_hit_ratio * self.skipped:
+                self._resume()
+                return True
         else:
-            self._recent[slot] = key
+            self._recent[slot] = fingerprint
         return False
 
-    def hit(self, key: bytes) -> None:
-        """The look-up of ``key`` found an answer."""
+    def hit(self, fingerprint: int) -> None:
+        """The look-up of the request with this fingerprint found an answer."""
         self.hits += 1
-        if key[0] < SAMPLE_CUT:
+        if fingerprint >> SAMPLE_SHIFT < SAMPLE_CUT:
             self.sample_hits += 1
 
     def _decide(self) -> None:
@@ -85,22 +99,31 @@ class Governor:
         if self.sample_lookups < MIN_SAMPLE_LOOKUPS and not (self.sampling and self.repeats >= bound * self.skipped > 0):
             return  # too few sample look-ups to judge on: the window runs on
         sample = self.sample_hits / self.sample_lookups if self.sample_lookups else 0.0
-        if self.skipped:
-            metrics.SAMPLED_OUT.labels(self.model).inc(self.skipped)
         if not self.sampling:
             # Both must be low: right after sampling, inputs outside the
             # sample miss once more (they were not stored), the sample does not.
             if self.hits < bound * self.requests and sample < bound:
                 self.sampling = True
-                log.info("cache: %s: %d hits in %d requests; looking up a 1/16 sample until inputs repeat",
+                log.info("cache: %s: %d hits in %d requests; looking up a 1/64 sample until inputs repeat",
                          self.model, self.hits, self.requests)
         elif sample >= bound or self.repeats >= bound * max(1, self.skipped):
-            self.sampling = False
-            self._recent = [None] * 256
-            log.info("cache: %s: inputs repeat (sample: %d hits in %d look-ups; %d repeats in %d other requests); "
-                     "looking up every request again", self.model, self.sample_hits, self.sample_lookups,
-                     self.repeats, self.skipped)
+            self._resume()
+            return
+        if self.skipped:
+            metrics.SAMPLED_OUT.labels(self.model).inc(self.skipped)
         self._gauge.set(1 if self.sampling else 0)
+        self._reset()
+
+    def _resume(self) -> None:
+        """Inputs repeat: look every request up again, from this one on."""
+        if self.skipped:
+            metrics.SAMPLED_OUT.labels(self.model).inc(self.skipped)
+        log.info("cache: %s: inputs repeat (sample: %d hits in %d look-ups; %d repeats in %d other requests); "
+                 "looking up every request again", self.model, self.sample_hits, self.sample_lookups,
+                 self.repeats, self.skipped)
+        self.sampling = False
+        self._recent = [-1] * 256
+        self._gauge.set(0)
         self._reset()
 
     def close(self) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import zlib
 
 import numpy as np
 import orjson
@@ -155,4 +156,42 @@ def request_key(model: str, version_digest: str, req: InferRequest) -> bytes:
     return h.digest()
 
 
-__all__ = ["IGNORED_PARAMETERS", "request_key"]
+_crc32 = zlib.crc32
+# Native little-endian numeric dtypes: their arrays' buffers are CRC'd as they are.
+_PLAIN: set[np.dtype] = set()
+
+
+def input_fingerprint(req: InferRequest) -> int:
+    """A cheap 32-bit CRC of the input tensors' values, for the cache
+    governor's sample (governor.py): it decides, before any digest, whether
+    a request is looked up at all. Not a key: it holds no model, shape or
+    parameters, and collides. The same inputs always give the same value,
+    as they give the same key (byte order and layout normalised alike)."""
+    inputs = req.inputs
+    if len(inputs) == 1:  # the common case, in ~0.3 us
+        for arr in inputs.values():
+            if arr.dtype in _PLAIN:
+                try:
+                    return _crc32(arr)
+                except (BufferError, ValueError):  # not C-contiguous
+                    break
+    crc = 0
+    for name in (inputs if len(inputs) == 1 else sorted(inputs)):
+        arr = inputs[name]
+        info = _DTYPES.get(arr.dtype)
+        if info is None:
+            info = _DTYPES[arr.dtype] = _dtype_info(arr.dtype)
+        if info[0] == "BYTES":
+            for item in arr.ravel():
+                crc = _crc32(_element_bytes(item), crc)
+            continue
+        if info[1] is None:
+            _PLAIN.add(arr.dtype)
+            if arr.flags.c_contiguous:
+                crc = _crc32(arr, crc)
+                continue
+        crc = _crc32(np.ascontiguousarray(arr, dtype=info[1]), crc)
+    return crc
+
+
+__all__ = ["IGNORED_PARAMETERS", "input_fingerprint", "request_key"]

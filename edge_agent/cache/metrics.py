@@ -27,7 +27,7 @@ SPILLS_DECLINED = Counter(
 )
 SAMPLING = Gauge(
     "edge_agent_cache_sampling",
-    "1 while a model's answers are not being reused and the cache looks up only a 1/16 sample of its requests.",
+    "1 while a model's answers are not being reused and the cache looks up only a 1/64 sample of its requests.",
     ["model"],
 )
 SAMPLED_OUT = Counter(

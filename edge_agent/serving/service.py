@@ -12,10 +12,9 @@ import time
 from collections import deque
 from functools import partial
 
-import numpy as np
-
 from ..cache import SingleFlight, request_key
 from ..cache.governor import Governor
+from ..cache.keys import input_fingerprint
 from ..config import Config
 from ..errors import EdgeError, ModelNotReady, ShuttingDown, UnknownModel, UnknownVersion
 from ..ops.metrics import REQUEST_ERRORS
@@ -74,21 +73,22 @@ class InferenceService:
             prepared = model.prepare(req)
             cache = self.cache
             key = None
-            store = False
             if cache is not None and req.use_cache and model.spec.cache.enabled:
-                # The key holds the model file's digest, so a new version never
-                # reads another version's answers.
-                key = request_key(model.name, model.digest, req)
                 gov = self._governors.get(model.name)
                 if gov is None:
                     c = self.cfg.cache
                     gov = self._governors[model.name] = Governor(model.name, c.sample_window, c.sample_below_hit_ratio)
-                if gov.looks_up(key):
+                # While this model's answers are not reused, only a sample of
+                # requests is keyed; the others run as with the cache off.
+                fp = input_fingerprint(req)
+                if gov.looks_up(fp):
+                    # The key holds the model file's digest, so a new version
+                    # never reads another version's answers.
+                    key = request_key(model.name, model.digest, req)
                     hit = cache.get(key)
                     if hit is not None:
-                        gov.hit(key)
+                        gov.hit(fp)
                         return self._finish(req, mv, hit, t0, cached=True)
-                    store = True
             if self.offloader is not None and self.offloader.wants(mv):
                 resp = await self.offloader.offload(req)
                 if resp is not None:
@@ -102,10 +102,10 @@ class InferenceService:
                 # inference. The batcher's worker thread stores the answer
                 # (off the event loop) before any of them, or a later
                 # request, sees it.
-                put = partial(cache.put, key, ttl_s=model.spec.cache.ttl_s) if store else None
+                put = partial(cache.put, key, ttl_s=model.spec.cache.ttl_s)
                 outputs = await self.flights.run(key, lambda: mv.batcher.submit(prepared, req.priority, deadline, put))
             else:
-                outputs = await self._run(mv, prepared, req.priority, deadline)
+                outputs = await mv.batcher.submit(prepared, req.priority, deadline)
             return self._finish(req, mv, outputs, t0, cached=False)
         except EdgeError as e:
             self.count_err += 1
@@ -124,9 +124,6 @@ class InferenceService:
         gov = self._governors.pop(name, None)
         if gov is not None:
             gov.close()
-
-    async def _run(self, mv: ModelVersion, prepared, priority: int, deadline: float) -> dict[str, np.ndarray]:
-        return await mv.batcher.submit(prepared, priority, deadline)
 
     def _finish(self, req: InferRequest, mv: ModelVersion, outputs, t0: float, cached: bool) -> InferResponse:
         dt = _now() - t0

@@ -1,18 +1,27 @@
 """The per-model governor: a cache that earns nothing looks up only a sample, and comes back."""
 
-import hashlib
+import logging
+import zlib
 
+import numpy as np
 from cache_helpers import metric
-from edge_agent.cache.governor import SAMPLE_CUT, Governor
+from edge_agent.cache.governor import MIN_REPEATS, SAMPLE_CUT, SAMPLE_SHIFT, Governor
+from edge_agent.cache.keys import input_fingerprint
+from edge_agent.types import InferRequest
 
 
-def key(i: int) -> bytes:
-    return hashlib.blake2b(i.to_bytes(8, "little", signed=True), digest_size=32).digest()
+def key(i: int) -> int:
+    """The input fingerprint of input number ``i`` (a CRC, as keys.input_fingerprint makes)."""
+    return zlib.crc32(i.to_bytes(8, "little", signed=True))
 
 
-def unsampled(start: int) -> bytes:
-    """The first key from ``start`` on that lies outside the sample."""
-    while key(start)[0] < SAMPLE_CUT:
+def in_sample(fp: int) -> bool:
+    return fp >> SAMPLE_SHIFT < SAMPLE_CUT
+
+
+def unsampled(start: int) -> int:
+    """The first fingerprint from ``start`` on that lies outside the sample."""
+    while in_sample(key(start)):
         start += 1
     return key(start)
 
@@ -40,7 +49,7 @@ class Cache:
         return found
 
 
-def test_unique_inputs_switch_to_a_sample_chosen_by_key():
+def test_unique_inputs_switch_to_a_sample_chosen_by_fingerprint():
     gov = Governor("g1", window=256, min_hit_ratio=0.05)
     i = 0
     while not gov.sampling:
@@ -48,25 +57,25 @@ def test_unique_inputs_switch_to_a_sample_chosen_by_key():
         assert looked or gov.sampling  # every request is looked up until the verdict
         i += 1
     # A window is 256 requests, stretched until it holds 16 sample look-ups.
-    assert 256 < i < 1000 and sum(key(j)[0] < SAMPLE_CUT for j in range(i - 1)) >= 16
+    assert 256 < i < 3000 and sum(in_sample(key(j)) for j in range(i - 1)) >= 16
     assert metric("edge_agent_cache_sampling", model="g1") == 1
-    keys = [key(j) for j in range(1000, 3000)]
+    keys = [key(j) for j in range(3000, 13000)]
     looked = [k for k in keys if gov.looks_up(k)]
-    # Exactly the keys in the sample, and a repeated key always gets the same answer.
-    assert looked == [k for k in keys if k[0] < SAMPLE_CUT]
-    assert 0.03 < len(looked) / len(keys) < 0.10
-    assert all(gov.looks_up(k) for k in looked[:10]) and not any(gov.looks_up(k) for k in keys[:100] if k[0] >= SAMPLE_CUT)
+    # Exactly the fingerprints in the sample, and a repeated one always gets the same answer.
+    assert looked == [k for k in keys if in_sample(k)]
+    assert 1 / 100 < len(looked) / len(keys) < 1 / 40
+    assert all(gov.looks_up(k) for k in looked[:10]) and not any(gov.looks_up(k) for k in keys[:100] if not in_sample(k))
 
 
 def test_reuse_in_the_sample_brings_every_request_back():
     gov = Governor("g2", window=256, min_hit_ratio=0.2)
-    run(gov, (key(i) for i in range(600)), lambda k: False)
+    run(gov, (key(i) for i in range(3000)), lambda k: False)
     assert gov.sampling
     before = metric("edge_agent_cache_sampled_out_total", model="g2")
     cache = Cache()
-    # 2000 distinct inputs, each twice in a row apart: too far apart for the
-    # recent-keys table, so only the sample can tell that they repeat.
-    inputs = [key(i) for i in range(5000, 7000)]
+    # 4000 distinct inputs, each twice, far apart: too far for the table of
+    # recent fingerprints, so only the sample can tell that they repeat.
+    inputs = [key(i) for i in range(5000, 9000)]
     run(gov, inputs, cache)
     run(gov, inputs, cache)
     assert not gov.sampling and metric("edge_agent_cache_sampling", model="g2") == 0
@@ -80,7 +89,7 @@ def test_reuse_in_the_sample_brings_every_request_back():
 
 def test_a_hot_input_outside_the_sample_brings_every_request_back():
     gov = Governor("g3", window=256, min_hit_ratio=0.05)
-    run(gov, (key(i) for i in range(600)), lambda k: False)
+    run(gov, (key(i) for i in range(3000)), lambda k: False)
     assert gov.sampling
     hot = unsampled(10_000)
     assert not gov.looks_up(hot)
@@ -88,6 +97,36 @@ def test_a_hot_input_outside_the_sample_brings_every_request_back():
     stream = [hot if i % 5 == 0 else key(20_000 + i) for i in range(600)]
     run(gov, stream, Cache())
     assert not gov.sampling and gov.looks_up(hot)
+
+
+def test_a_burst_of_one_input_outside_the_sample_switches_back_at_once(caplog):
+    caplog.set_level(logging.INFO, logger="edge_agent.cache.governor")
+    gov = Governor("g9", window=100_000, min_hit_ratio=0.01)
+    gov.sampling = True  # as after a verdict; the window is far from its end
+    run(gov, (key(i) for i in range(200)), lambda k: False)
+    burst = unsampled(50_000)
+    # The first sighting and MIN_REPEATS - 1 repeats are not looked up; the next one is.
+    looked = [gov.looks_up(burst) for _ in range(MIN_REPEATS + 2)]
+    assert looked == [False] * MIN_REPEATS + [True, True]
+    assert not gov.sampling and metric("edge_agent_cache_sampling", model="g9") == 0
+    assert "g9: inputs repeat" in caplog.text and f"{MIN_REPEATS} repeats" in caplog.text
+
+
+def test_the_fingerprint_follows_the_values_not_their_layout():
+    x = np.random.default_rng(3).random((4, 16), dtype=np.float32)
+
+    def fp(**inputs) -> int:
+        return input_fingerprint(InferRequest(model="m", version=None, inputs=inputs, outputs=None))
+
+    same = {fp(a=x), fp(a=np.asfortranarray(x)), fp(a=x.astype(">f4")), fp(a=x.copy())}
+    assert len(same) == 1
+    y = x.copy()
+    y[3, 15] += 1
+    assert fp(a=y) != fp(a=x)
+    # Several inputs: by name, whatever the order they arrived in.
+    assert fp(a=x, b=y) == fp(b=y, a=x) != fp(a=y, b=x)
+    texts = np.array([b"one", "two"], dtype=object)
+    assert fp(t=texts) == fp(t=np.array(["one", b"two"], dtype=object)) != fp(t=np.array([b"one", b"three"], dtype=object))
 
 
 def test_hits_on_inputs_outside_the_sample_keep_every_request_looked_up():
@@ -109,13 +148,13 @@ def test_a_ratio_of_zero_never_samples():
 def test_enough_hits_keep_every_request_looked_up():
     gov = Governor("g6", window=4096, min_hit_ratio=0.01)
     # A tenth of the keys hit: far above 1 %, in every window.
-    assert run(gov, (key(i) for i in range(20_000)), lambda k: k[1] < 26) == 20_000
+    assert run(gov, (key(i) for i in range(20_000)), lambda k: k & 255 < 26) == 20_000
     assert not gov.sampling
 
 
 def test_close_takes_the_models_series_off_metrics():
     gov = Governor("g7", window=256, min_hit_ratio=0.05)
-    run(gov, (key(i) for i in range(2000)), lambda k: False)
+    run(gov, (key(i) for i in range(5000)), lambda k: False)
     assert metric("edge_agent_cache_sampling", model="g7") == 1
     assert metric("edge_agent_cache_sampled_out_total", model="g7") > 0
     gov.close()
