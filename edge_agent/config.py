@@ -144,6 +144,10 @@ class CacheConfig(Section):
         description="When a model's hits fall below this share of its requests (over sample_window requests), only a 1/64 sample of them, chosen by a CRC of the input values, is keyed, looked up and stored (the rest run as with the cache off, without single flight), until inputs repeat again: a stream of inputs that never repeat then costs the cache almost nothing. 0 looks up every request.",
     )
     sample_window: int = Field(4096, ge=256, description="Requests per verdict of sample_below_hit_ratio.")
+    memo_max_bytes: int = Field(
+        8 * 1024 * 1024, ge=0,
+        description="Bound of the memo of encoded answers: a request whose bytes equal those of an earlier one answered from the cache gets the same response bytes back without being decoded or encoded (socket and TCP listener; never for a model while it is sampling). Memory only; 0 turns it off.",
+    )
 
 
 class CanaryConfig(Section):

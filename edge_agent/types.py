@@ -73,3 +73,5 @@ class InferResponse:
     id: str | None = None
     cached: bool = False
     parameters: dict = field(default_factory=dict)
+    # The cache key a cached answer was found under (for the memo of encoded answers).
+    cache_key: bytes | None = None

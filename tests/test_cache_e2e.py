@@ -7,6 +7,7 @@ import signal
 import time
 
 import numpy as np
+import orjson
 import onnx
 from sklearn.datasets import load_digits
 
@@ -110,6 +111,7 @@ def test_new_version_does_not_serve_old_answers(agent_factory):
     body = digits_body(X[7:8])
     a.client().infer("digits", body)
     assert _cached(a.client().infer("digits", body)[1])
+    assert _cached(a.client().infer("digits", body)[1]) and _memo_hits(a) == 1  # kept bytes, version 1
     # Version 2: the same graph, a different file (so a different digest).
     v2 = copy_digits(a.models_dir, version="2")
     m = onnx.load(v2 / "model.onnx")
@@ -121,6 +123,9 @@ def test_new_version_does_not_serve_old_answers(agent_factory):
     assert status == 200 and doc["model_version"] == "2" and not _cached(doc)
     status, doc = a.client().infer("digits", body, version="1")
     assert doc["model_version"] == "1" and _cached(doc)
+    # Kept under the version that answered, so version 1 asked by name gets
+    # the bytes kept when it was the default; version 2 never did.
+    assert _memo_hits(a) == 2
 
 
 def test_a_stream_of_unique_inputs_samples_and_repeats_bring_the_cache_back(agent_factory):
@@ -142,6 +147,11 @@ def test_a_stream_of_unique_inputs_samples_and_repeats_bring_the_cache_back(agen
         assert s == 200 and not _cached(d)
     assert sampling() == 1
     assert "looking up a 1/64 sample" in a.log()
+    # While sampling, request bytes are not digested for the memo either.
+    again = digits_body(rng.random((1, 64), dtype=np.float32) * 16)
+    for _ in range(3):
+        assert c.infer("digits", again)[0] == 200
+    assert _memo_hits(a) == 0 and sampling() == 1
     # The same 160 inputs, over and over: the sampled ones (~10) hit from
     # their second round, so the sample's hit ratio brings back every request.
     inputs = [digits_body(rng.random((1, 64), dtype=np.float32) * 16) for _ in range(160)]
@@ -153,3 +163,53 @@ def test_a_stream_of_unique_inputs_samples_and_repeats_bring_the_cache_back(agen
         c.infer("digits", body)
     answers = [c.infer("digits", body)[1] for body in inputs]
     assert all(_cached(d) for d in answers)
+
+
+def _memo_hits(a) -> float:
+    return _metric(a.client().request("GET", "/metrics")[2].decode(), "edge_agent_cache_hits_total", 'tier="memo"')
+
+
+def test_repeated_request_bytes_get_the_kept_answer_bytes(agent_factory):
+    """The memo of encoded answers: from the third identical request on, the
+    answer's bytes come back without decoding, keying or encoding; it
+    follows the request's exact bytes (id, binary framing), the routed
+    version, and the cache's TTL and clear."""
+    a = agent_factory()
+    copy_digits(a.models_dir, cache__ttl_s=2.0)
+    a.start()
+    c = a.client()
+    url = "/v2/models/digits/infer"
+    body = orjson.dumps(digits_body(X[20:21]))
+    answers = [c.request("POST", url, body) for _ in range(4)]
+    assert [s for s, _, _ in answers] == [200] * 4
+    first, second, third, fourth = (orjson.loads(d) for _, _, d in answers)
+    assert not _cached(first) and _cached(second) and third == second == fourth
+    assert answers[2][2] == answers[1][2]  # the same bytes
+    assert _memo_hits(a) == 2 and _rows_run(a) == 1
+
+    # Another id: other bytes, so a memo entry of its own (the cache entry
+    # is shared: the id does not change the answer), with its own id.
+    with_id = dict(digits_body(X[20:21]), id="req-7")
+    for _ in range(3):
+        s, doc = c.infer("digits", with_id)
+        assert s == 200 and doc["id"] == "req-7" and _cached(doc)
+    assert _memo_hits(a) == 4
+
+    # Binary framing: the header length is part of the key.
+    x = X[21:22]
+    head = orjson.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]})
+    hdrs = {"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"}
+    got = [c.request("POST", url, head + x.tobytes(), hdrs) for _ in range(3)]
+    assert [s for s, _, _ in got] == [200] * 3 and got[1][2] == got[2][2]
+    hl = int(got[2][1]["Inference-Header-Content-Length"])  # a binary answer, framed as the first
+    assert hl == int(got[1][1]["Inference-Header-Content-Length"]) and _cached(orjson.loads(got[2][2][:hl]))
+    assert len(got[2][2]) == hl + 40  # the ten probabilities, FP32
+    assert _memo_hits(a) == 5
+
+    # The TTL of the cache entry bounds the kept bytes too.
+    time.sleep(2.2)
+    s, _, data = c.request("POST", url, body)
+    assert s == 200 and not _cached(orjson.loads(data)), "an answer past its TTL was served from the memo"
+    assert _memo_hits(a) == 5

@@ -94,6 +94,14 @@ class Governor:
         if fingerprint >> SAMPLE_SHIFT < SAMPLE_CUT:
             self.sample_hits += 1
 
+    def memo_hit(self) -> None:
+        """A request answered from the memo of encoded answers, unkeyed
+        (the memo is consulted only while every request is looked up)."""
+        if self.requests >= self.window:
+            self._decide()
+        self.requests += 1
+        self.hits += 1
+
     def _decide(self) -> None:
         bound = self.min_hit_ratio
         if self.sample_lookups < MIN_SAMPLE_LOOKUPS and not (self.sampling and self.repeats >= bound * self.skipped > 0):

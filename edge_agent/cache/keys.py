@@ -194,4 +194,21 @@ def input_fingerprint(req: InferRequest) -> int:
     return crc
 
 
-__all__ = ["IGNORED_PARAMETERS", "input_fingerprint", "request_key"]
+MEMO_SCHEME = b"edge-agent/memo-key/v1"
+
+
+def memo_key(transport: bytes, model: str, version: str, version_digest: str, request: bytes) -> bytes:
+    """32-byte key of an encoded answer: the transport's framing of the
+    request (``transport``, e.g. its binary-header length), the model version
+    that answers, and the request's exact bytes."""
+    h = hashlib.blake2b(digest_size=32)
+    _field(h, b"K", MEMO_SCHEME)
+    _field(h, b"t", transport)
+    _field(h, b"M", model.encode("utf-8"))
+    _field(h, b"v", version.encode("utf-8"))
+    _field(h, b"V", version_digest.encode("utf-8"))
+    _field(h, b"R", request)
+    return h.digest()
+
+
+__all__ = ["IGNORED_PARAMETERS", "input_fingerprint", "memo_key", "request_key"]

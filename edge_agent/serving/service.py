@@ -14,7 +14,7 @@ from functools import partial
 
 from ..cache import SingleFlight, request_key
 from ..cache.governor import Governor
-from ..cache.keys import input_fingerprint
+from ..cache.keys import input_fingerprint, memo_key
 from ..config import Config
 from ..errors import EdgeError, ModelNotReady, ShuttingDown, UnknownModel, UnknownVersion
 from ..ops.metrics import REQUEST_ERRORS
@@ -88,7 +88,9 @@ class InferenceService:
                     hit = cache.get(key)
                     if hit is not None:
                         gov.hit(fp)
-                        return self._finish(req, mv, hit, t0, cached=True)
+                        resp = self._finish(req, mv, hit, t0, cached=True)
+                        resp.cache_key = key
+                        return resp
             if self.offloader is not None and self.offloader.wants(mv):
                 resp = await self.offloader.offload(req)
                 if resp is not None:
@@ -119,6 +121,48 @@ class InferenceService:
             raise
         finally:
             self.inflight -= 1
+
+    # --- the memo of encoded answers (cache/response_cache.py) --------------
+
+    def memo_lookup(self, transport: bytes, name: str, version: str | None, request: bytes):
+        """Before decoding: the encoded answer a transport kept for a request
+        of exactly these bytes. Returns (answer, pin): ``answer`` is None on
+        a miss; ``pin`` is None when the memo does not apply, else
+        (memo key, the version routed to): the transport must decode the
+        request for that version (``InferRequest.version``), so that what it
+        keeps with ``memo_keep`` is that version's answer."""
+        cache = self.cache
+        if cache is None or cache.memo is None:
+            return None, None
+        gov = self._governors.get(name)
+        if gov is None or gov.sampling:  # inputs that do not repeat: no digest of their bytes
+            return None, None
+        t0 = _now()
+        try:
+            mv = self.repo.route(name, version)
+        except EdgeError:
+            return None, None  # the full path says why, in its own words
+        model = mv.model
+        if not model.spec.cache.enabled or not self.accepting:
+            return None, None
+        key = memo_key(transport, name, mv.version, model.digest, request)
+        answer = cache.memo_get(key)
+        if answer is None:
+            return None, (key, mv.version)
+        gov.memo_hit()
+        dt = _now() - t0
+        m = mv.metrics
+        m.ok.inc()
+        m.latency.observe(dt)
+        self.recent.append(dt)
+        self.count_ok += 1
+        return answer, None
+
+    def memo_keep(self, key: bytes, resp: InferResponse, answer, size: int) -> None:
+        """After encoding a cached answer: keep ``answer`` (``size`` bytes)
+        under the ``key`` that ``memo_lookup`` gave."""
+        if resp.cache_key is not None:
+            self.cache.memo_put(key, resp.cache_key, answer, size)
 
     def _forget_model(self, name: str) -> None:
         gov = self._governors.pop(name, None)
