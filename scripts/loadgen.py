@@ -117,12 +117,25 @@ def _varying(path: str, body: bytes):
     return lambda: build_request(path, head + str(next(counter) * 1e-6).encode() + tail)
 
 
+def _with_ids(path: str, body: bytes):
+    """The same input every time, each request with its own "id": the
+    response cache answers all of them, but no two requests are the same
+    bytes, so the memo of encoded answers never does (hits through the full path)."""
+    assert body.lstrip().startswith(b"{")
+    head = body[: body.index(b"{") + 1]
+    tail = body[len(head):]
+    counter = iter(range(1 << 62))
+    return lambda: build_request(path, head + b'"id":"%d",' % next(counter) + tail)
+
+
 async def run(args) -> dict:
     loop = asyncio.get_running_loop()
     body = Path(args.body).read_bytes()
     request = build_request(args.path, body)
     if args.vary:
         request = _varying(args.path, body)
+    elif args.vary_id:
+        request = _with_ids(args.path, body)
     stats = {"ok": 0, "errors": 0, "codes": {}, "lat": []}
     # Warm-up: a short run whose figures are thrown away.
     for phase, secs in (("warmup", args.warmup), ("measure", args.duration)):
@@ -172,6 +185,7 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--vary", action="store_true", help="make every request's input unique (cache misses)")
+    ap.add_argument("--vary-id", action="store_true", help="same input, a unique request id each time (cache hits, never memo hits)")
     args = ap.parse_args()
     try:
         import uvloop
