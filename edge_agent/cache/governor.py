@@ -51,10 +51,13 @@ MIN_SAMPLE_LOOKUPS = 16
 
 class Governor:
     __slots__ = ("model", "window", "min_hit_ratio", "sampling", "requests", "hits", "sample_lookups",
-                 "sample_hits", "skipped", "repeats", "_recent", "_gauge")
+                 "sample_hits", "skipped", "repeats", "_recent", "_gauge", "_sampling_models")
 
-    def __init__(self, model: str, window: int, min_hit_ratio: float) -> None:
+    def __init__(self, model: str, window: int, min_hit_ratio: float, sampling_models: set[str] | None = None) -> None:
+        """``sampling_models``, if given, holds this model's name while it samples
+        (shared by a service's governors: one set look-up for a transport)."""
         self.model = model
+        self._sampling_models = sampling_models if sampling_models is not None else set()
         self.window = window
         self.min_hit_ratio = min_hit_ratio
         self.sampling = False
@@ -112,6 +115,7 @@ class Governor:
             # sample miss once more (they were not stored), the sample does not.
             if self.hits < bound * self.requests and sample < bound:
                 self.sampling = True
+                self._sampling_models.add(self.model)
                 log.info("cache: %s: %d hits in %d requests; looking up a 1/64 sample until inputs repeat",
                          self.model, self.hits, self.requests)
         elif sample >= bound or self.repeats >= bound * max(1, self.skipped):
@@ -130,12 +134,14 @@ class Governor:
                  "looking up every request again", self.model, self.sample_hits, self.sample_lookups,
                  self.repeats, self.skipped)
         self.sampling = False
+        self._sampling_models.discard(self.model)
         self._recent = [-1] * 256
         self._gauge.set(0)
         self._reset()
 
     def close(self) -> None:
         """The model is gone: its series leave /metrics."""
+        self._sampling_models.discard(self.model)
         for family in (metrics.SAMPLING, metrics.SAMPLED_OUT):
             try:
                 family.remove(self.model)

@@ -33,6 +33,8 @@ class InferenceService:
         self.flights = SingleFlight()
         # Per model: look up only a sample while its answers are not reused.
         self._governors: dict[str, Governor] = {}
+        # Names of the models whose governor samples: transports skip the memo for them.
+        self.sampling_models: set[str] = set()
         repo.on_model_removed.append(self._forget_model)
         self.accepting = True
         self.inflight = 0
@@ -77,7 +79,8 @@ class InferenceService:
                 gov = self._governors.get(model.name)
                 if gov is None:
                     c = self.cfg.cache
-                    gov = self._governors[model.name] = Governor(model.name, c.sample_window, c.sample_below_hit_ratio)
+                    gov = self._governors[model.name] = Governor(model.name, c.sample_window, c.sample_below_hit_ratio,
+                                                                       self.sampling_models)
                 # While this model's answers are not reused, only a sample of
                 # requests is keyed; the others run as with the cache off.
                 fp = input_fingerprint(req)

@@ -225,7 +225,7 @@ class HttpTransport:
         service = self.app.service
         hl = req.headers.get(_HL_KEY)
         pin = None
-        if req.error is None:
+        if req.error is None and name not in service.sampling_models:
             # A request byte for byte like an earlier one answered from the
             # cache gets that answer's bytes back (service.memo_lookup).
             answer, pin = service.memo_lookup(hl or b"", name, version, req.body)

@@ -162,3 +162,17 @@ def test_close_takes_the_models_series_off_metrics():
 
     assert b'model="g7"' not in generate_latest(REGISTRY)
     Governor("g8", window=256, min_hit_ratio=0.05).close()  # nothing sampled out yet: no error
+
+
+def test_the_shared_set_names_the_models_that_sample():
+    sampling: set[str] = set()
+    gov = Governor("g10", window=256, min_hit_ratio=0.01, sampling_models=sampling)
+    run(gov, (key(i) for i in range(3000)), lambda k: False)
+    assert gov.sampling and sampling == {"g10"}
+    hot = unsampled(60_000)
+    assert any(gov.looks_up(hot) for _ in range(50))
+    assert not gov.sampling and sampling == set()
+    run(gov, (key(i) for i in range(70_000, 73_000)), lambda k: False)
+    assert sampling == {"g10"}
+    gov.close()
+    assert sampling == set()
