@@ -81,11 +81,12 @@ def kind_of(dtype: np.dtype) -> int | None:
 _BYTES_KIND = _KIND_CODE["BYTES"]
 
 
-# A row of a batch is a view that keeps the whole batch's buffer alive. Up to
-# this many bytes of buffer an entry holds the view as it is (its size counts
-# its own bytes only) until its first hit freezes it; a bigger buffer is
-# copied at once, so what an entry pins beyond its size stays small.
-PIN_MAX_BYTES = 64 * 1024
+# A row of a batch is a view that keeps the whole batch's buffer alive, so
+# prepare_outputs copies it: an entry holds its own bytes only, which is what
+# the memory bound counts. (Holding views had each entry of a sampled stream,
+# one stored request per batch, pin a whole batch: ~8 KB of RSS per ~1 KB
+# entry, and fresh pages for every batch.) Puts run on the batcher's worker
+# thread, so the copy is not the event loop's.
 
 
 def prepare_outputs(outputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int] | None:
@@ -103,7 +104,7 @@ def prepare_outputs(outputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarra
         if kind is None:
             return None
         base = arr.base
-        if base is not None and type(base) is np.ndarray and base.nbytes > PIN_MAX_BYTES:
+        if base is not None and type(base) is np.ndarray and base.nbytes > arr.nbytes:
             arr = arr.copy()
         size += arr.nbytes + ARRAY_OVERHEAD + len(name)
         if kind == _BYTES_KIND:
