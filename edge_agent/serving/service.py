@@ -133,12 +133,15 @@ class InferenceService:
         a miss; ``pin`` is None when the memo does not apply, else
         (memo key, the version routed to): the transport must decode the
         request for that version (``InferRequest.version``), so that what it
-        keeps with ``memo_keep`` is that version's answer."""
+        keeps with ``memo_keep`` is that version's answer, whatever a canary
+        split would pick next. Transports need not call it for the models in
+        ``sampling_models``: their inputs do not repeat, so their bytes are
+        not digested."""
         cache = self.cache
         if cache is None or cache.memo is None:
             return None, None
         gov = self._governors.get(name)
-        if gov is None or gov.sampling:  # inputs that do not repeat: no digest of their bytes
+        if gov is None or gov.sampling:
             return None, None
         t0 = _now()
         try:
@@ -153,12 +156,7 @@ class InferenceService:
         if answer is None:
             return None, (key, mv.version)
         gov.memo_hit()
-        dt = _now() - t0
-        m = mv.metrics
-        m.ok.inc()
-        m.latency.observe(dt)
-        self.recent.append(dt)
-        self.count_ok += 1
+        self._count_ok(mv, _now() - t0)
         return answer, None
 
     def memo_keep(self, key: bytes, resp: InferResponse, answer, size: int) -> None:
@@ -172,13 +170,16 @@ class InferenceService:
         if gov is not None:
             gov.close()
 
-    def _finish(self, req: InferRequest, mv: ModelVersion, outputs, t0: float, cached: bool) -> InferResponse:
-        dt = _now() - t0
+    def _count_ok(self, mv: ModelVersion, dt: float) -> None:
         m = mv.metrics
         m.ok.inc()
         m.latency.observe(dt)
         self.recent.append(dt)
         self.count_ok += 1
+
+    def _finish(self, req: InferRequest, mv: ModelVersion, outputs, t0: float, cached: bool) -> InferResponse:
+        dt = _now() - t0
+        self._count_ok(mv, dt)
         if not cached:
             for fn in self.observers:
                 fn(mv, True, dt)
