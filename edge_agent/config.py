@@ -141,7 +141,7 @@ class CacheConfig(Section):
     default_ttl_s: float = Field(24 * 3600.0, gt=0, description="Time to live of an entry unless model.yaml says otherwise.")
     sample_below_hit_ratio: float = Field(
         0.01, ge=0, le=1,
-        description="When a model's hits fall below this share of its requests (over sample_window requests), only a 1/64 sample of them, chosen by a CRC of the input values, is keyed, looked up and stored (the rest run as with the cache off, without single flight), until inputs repeat again: a stream of inputs that never repeat then costs the cache almost nothing. 0 looks up every request.",
+        description="When a model's hits fall below this share of its requests (over sample_window requests), only a 1/64 sample of them, chosen by a hash of the input values, is keyed, looked up and stored, in one window of sample_window requests per second of traffic or per 8 windows (the rest run as with the cache off, without single flight), until inputs repeat again: a stream of inputs that never repeat then costs the cache almost nothing. 0 looks up every request.",
     )
     sample_window: int = Field(4096, ge=256, description="Requests per verdict of sample_below_hit_ratio.")
     memo_max_bytes: int = Field(
