@@ -129,6 +129,8 @@ class Governor:
         (the memo is consulted only while every request is looked up)."""
         if self.requests >= self.window:
             self._decide()
+        if not self.requests:
+            self._window_started = self._clock()
         self.requests += 1
         self.hits += 1
 

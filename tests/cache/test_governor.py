@@ -28,7 +28,7 @@ def governor(name: str, **kw) -> Governor:
 
 
 def key(i: int) -> int:
-    """The input fingerprint of input number ``i`` (a CRC, as keys.input_fingerprint makes)."""
+    """A fingerprint for input number ``i`` (a CRC-32 stands in for keys.input_fingerprint's hash)."""
     return zlib.crc32(i.to_bytes(8, "little", signed=True))
 
 
