@@ -213,6 +213,14 @@ def test_repeated_request_bytes_get_the_kept_answer_bytes(agent_factory):
     assert len(got[2][2]) == hl + 40  # the ten probabilities, FP32
     assert _memo_hits(a) == 5
 
+    # A request that bypasses the cache is never answered from the memo,
+    # however often its bytes repeat.
+    bypass = orjson.dumps(dict(digits_body(X[20:21]), parameters={"cache": False}))
+    for _ in range(3):
+        s, _, data = c.request("POST", url, bypass)
+        assert s == 200 and not _cached(orjson.loads(data))
+    assert _memo_hits(a) == 5
+
     # The TTL of the cache entry bounds the kept bytes too.
     time.sleep(2.2)
     s, _, data = c.request("POST", url, body)

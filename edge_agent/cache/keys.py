@@ -5,11 +5,15 @@ requests can produce the same preimage (no "ab"+"c" == "a"+"bc"). The model's
 exact version digest is part of the key: a new version can never read another
 version's entries, and after a rollback the older version's entries match again.
 
-The key is computed for every request, hit or miss, so the common shapes are
+The key is computed for every request the cache looks up, hit or miss (all
+of them unless the model samples, governor.py), so the common shapes are
 precomputed: the hasher state after (scheme, model, version), the framed
 name + datatype of each input, the tail of a request with no outputs listed and
 no parameters. The preimage is byte for byte the same as the plain framing
 (tests/cache/test_keys.py checks it), so existing disk entries stay valid.
+
+Two cheaper digests live here too: ``input_fingerprint`` (which requests the
+governor samples) and ``memo_key`` (the memo of encoded answers).
 """
 
 from __future__ import annotations
