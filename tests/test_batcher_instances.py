@@ -92,3 +92,66 @@ def test_instances_share_the_cores_when_ort_would_choose():
         "batching": {"instances": 2},
     })
     assert intra_op_threads(spec, RuntimeConfig()) == max(1, len(os.sched_getaffinity(0)) // 2)
+
+
+def bursts(model: LoadedModel, instances: int, n: int) -> tuple[list, list[int]]:
+    """Park every worker in a first batch, queue ``n`` one-row requests, let the
+    workers go; returns the answers and the sizes of the batches after the first ones."""
+    parked = threading.Barrier(instances + 1, timeout=5)
+    go = threading.Event()
+    sizes: list[int] = []
+    lock = threading.Lock()
+    real = model.run_batch
+
+    def run_batch(batch):
+        with lock:
+            first = len(sizes) < instances
+            sizes.append(len(batch))
+        if first:
+            parked.wait()
+            go.wait(5)
+        return real(batch)
+
+    model.run_batch = run_batch
+    x = np.random.default_rng(1).uniform(0, 16, (n, 64)).astype(np.float32)
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        b = Batcher(model, loop, ModelMetrics(model.name, f"s{instances}"), 0.0, 64, instances=instances)
+        try:
+            def submit(i):
+                return b.submit(model.prepare(InferRequest(model="digits", inputs={"input": x[i : i + 1]})), PRIORITY_NORMAL, loop.time() + 30)
+
+            # One blocker per worker, each submitted once the previous one is taken.
+            blockers = []
+            for _ in range(instances):
+                blockers.append(submit(0))
+                while b.queued:
+                    await asyncio.sleep(0.001)
+            parked.wait()  # every worker holds a blocker; the queue is empty
+            futs = [submit(i) for i in range(n)]
+            go.set()
+            return await asyncio.gather(*blockers, *futs)
+        finally:
+            b.close()
+
+    results = asyncio.run(scenario())[instances:]
+    for i, r in enumerate(results):
+        want = model.session.run(["probabilities"], {"input": x[i : i + 1]})[0]
+        np.testing.assert_allclose(r["probabilities"], want, rtol=1e-6)
+    return results, sizes[instances:]
+
+
+def test_two_instances_split_a_queue_instead_of_one_taking_it_all(tmp_path):
+    """8 requests queued behind two busy workers: the first worker free takes its share
+    (4), not all 8, and the other worker gets the rest. Before the share rule, one worker
+    took the whole queue and the other ran what trickled in one request at a time."""
+    _, sizes = bursts(digits(tmp_path, 2), 2, 8)
+    assert sum(sizes) == 8
+    assert sizes[0] == 4, sizes
+    assert max(sizes) <= 4 and len(sizes) >= 2, sizes
+
+
+def test_one_instance_still_takes_the_whole_queue(tmp_path):
+    _, sizes = bursts(digits(tmp_path, 1), 1, 8)
+    assert sizes == [8]

@@ -36,7 +36,7 @@ class ModelBatching(Section):
     max_queue_delay_us: int | None = Field(None, ge=0, description="How long a partial batch may wait; default from the daemon config.")
     max_queue_size: int | None = Field(None, gt=0, description="Queue bound; default from the daemon config.")
     preferred_batch_size: int | None = Field(None, gt=0, description="Rows per batch the batcher aims for (at most max_batch_size); a single larger request still runs alone. Default: max_batch_size.")
-    instances: int = Field(1, ge=1, le=16, description="Batches run at once, each in its own worker thread on the one session. Unless intra_op_num_threads is set, each gets cores / instances threads. On the CPU, 2 instances of 1 thread beat 1 of 2 threads for MiniLM on 2 cores (docs/BENCHMARKS.md).")
+    instances: int = Field(1, ge=1, le=16, description="Batches run at once, each in its own worker thread on the one session. Unless intra_op_num_threads is set, each gets cores / instances threads. On the CPU, 2 instances of 1 thread beat 1 of 2 threads for MiniLM on 2 cores (docs/BENCHMARKS.md). A worker takes at most ceil(queued / instances) requests, so the queue is shared out.")
 
 
 class WarmupSpec(Section):

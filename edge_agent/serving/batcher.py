@@ -9,6 +9,14 @@ event loop (ORT releases the GIL), and resolves every future of the batch with
 a single ``call_soon_threadsafe``. While a batch runs, the next one gathers by
 itself, so under load batches grow without any added delay.
 
+With several instances, a worker takes at most its share of the queued
+requests, ``ceil(queued / instances)``, and wakes another worker for the
+rest. Without that, whichever worker came free first took the whole queue,
+and the others ran what trickled in one request at a time: MiniLM at 32
+clients ran 28 % of its batches with one text (on one thread, a text costs
+~30 % more alone than in a batch of 8) and its workers waited on an empty
+queue 11-14 % of the time (docs/BENCHMARKS.md).
+
 A request past its deadline is never run: the worker drops it when it reaches
 the head, and a sweeper on the loop fails queued ones that expire while the
 worker is busy. A full queue rejects at once.
@@ -80,6 +88,7 @@ class Batcher:
         self.heartbeat = _now()  # last time a worker looped (idle or not)
         self._started: dict[int, float] = {}  # worker index -> when its running batch began
         self.batches = 0
+        self.instances = max(1, instances)
         QUEUE_DEPTH.labels(model.name, model.version).set_function(lambda: self._size)
         self._threads = [
             threading.Thread(target=self._worker, args=(i,), name=f"batcher-{model.name}-{model.version}" + (f"-{i}" if i else ""), daemon=True)
@@ -172,13 +181,15 @@ class Batcher:
     # --- worker thread -------------------------------------------------------
 
     def _take(self) -> list[_Pending]:
-        """Under the lock: pop up to max_rows rows, high priority first, in order."""
+        """Under the lock: pop up to max_rows rows, high priority first, in
+        order, and no more than this instance's share of the queued requests."""
         batch: list[_Pending] = []
         rows = 0
+        share = -(-self._size // self.instances)
         for q in self._order:
             while q:
                 r = q[0].prepared.rows
-                if batch and rows + r > self.max_rows:
+                if batch and (rows + r > self.max_rows or len(batch) >= share):
                     return batch
                 batch.append(q.popleft())
                 self._size -= 1
@@ -209,6 +220,8 @@ class Batcher:
                         cond.wait(left)
                 batch = self._take()
                 self.inflight += len(batch)
+                if self._size and self.instances > 1:
+                    cond.notify()  # an idle worker takes the rest
             self.heartbeat = now = _now()
             self._run(batch, now, index)
 
