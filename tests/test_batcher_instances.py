@@ -144,8 +144,9 @@ def bursts(model: LoadedModel, instances: int, n: int) -> tuple[list, list[int]]
 
 def test_two_instances_split_a_queue_instead_of_one_taking_it_all(tmp_path):
     """8 requests queued behind two busy workers: the first worker free takes its share
-    (4), not all 8, and the other worker gets the rest. Before the share rule, one worker
-    took the whole queue and the other ran what trickled in one request at a time."""
+    (4), not all 8, and the rest is shared out the same way (2, then 1 and 1). Before the
+    share rule, one worker took the whole queue and the other ran what trickled in one
+    request at a time."""
     _, sizes = bursts(digits(tmp_path, 2), 2, 8)
     assert sum(sizes) == 8
     assert sizes[0] == 4, sizes
