@@ -66,6 +66,11 @@ def pct(values, p):
     return v[min(len(v) - 1, int(p * len(v)))] if v else 0.0
 
 
+def median_run(runs: list[dict]) -> dict:
+    """Of several loadgen results, the one with the median throughput."""
+    return sorted(runs, key=lambda r: r["throughput"])[len(runs) // 2]
+
+
 # --- processes under test ------------------------------------------------------------
 
 
@@ -234,7 +239,7 @@ def bench_tcp(args, results: dict) -> None:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
         shutil.rmtree(tmp, ignore_errors=True)
-    out: dict = {k: sorted(v, key=lambda r: r["throughput"])[len(v) // 2] for k, v in runs.items()}
+    out: dict = {k: median_run(v) for k, v in runs.items()}
     ea = out["edge_agent"]["throughput"]
     for k in names[1:]:
         out[f"ratio_vs_{k}"] = round(ea / out[k]["throughput"], 3)
@@ -306,8 +311,7 @@ def bench_mqtt(args, results: dict) -> None:
                     log(f"QoS {qos} round {rnd + 1}: {'raw paho echo' if side == 'raw' else 'edge-agent'} "
                         f"{r['throughput']:.0f} round trips/s, errors {r['errors']}")
             for side, key in (("raw", f"raw_echo_qos{qos}"), ("edge", f"edge_agent_qos{qos}")):
-                ordered = sorted(runs[side], key=lambda r: r["throughput"])
-                out[key] = {**ordered[len(ordered) // 2], "all_throughputs": [r["throughput"] for r in runs[side]]}
+                out[key] = {**median_run(runs[side]), "all_throughputs": [r["throughput"] for r in runs[side]]}
             out[f"ratio_qos{qos}"] = round(out[f"edge_agent_qos{qos}"]["throughput"] / out[f"raw_echo_qos{qos}"]["throughput"], 3)
             log(f"QoS {qos} medians: edge-agent {out[f'edge_agent_qos{qos}']['throughput']:.0f} vs raw echo "
                 f"{out[f'raw_echo_qos{qos}']['throughput']:.0f} round trips/s = {out[f'ratio_qos{qos}']:.0%}")
@@ -351,7 +355,7 @@ def bench_cache(args, results: dict) -> None:
                 rounds[label].append(loadgen(args, body, 64, unix=daemons[label].socket, extra=vary))
             log(f"cache round {rnd + 1}: misses/s " + ", ".join(f"{k} {v[-1]['throughput']:.0f}" for k, v in rounds.items()))
         for label, runs in rounds.items():
-            out[f"{label}_c64" if label != "off" else "cache_off_c64"] = sorted(runs, key=lambda r: r["throughput"])[len(runs) // 2]
+            out[f"{label}_c64" if label != "off" else "cache_off_c64"] = median_run(runs)
         # Each round's own overhead too: the ratio of the medians can hide
         # rounds that disagree.
         out["miss_overhead_per_round"] = [round(1 - m["throughput"] / o["throughput"], 4)
@@ -446,7 +450,7 @@ def bench_minilm(args, results: dict) -> None:
         d.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     raw = {b: round(statistics.median(r[b] for r in raws), 1) for b in feeds}
-    r = sorted(daemons, key=lambda x: x["throughput"])[len(daemons) // 2]
+    r = median_run(daemons)
     out = {"version": version, "rounds": args.rounds, "raw_texts_per_s": raw, "daemon_c32": r,
            "ratio_vs_raw_best": round(r["throughput"] / max(raw.values()), 3),
            "ratio_per_round": [round(x["throughput"] / max(y.values()), 3) for x, y in zip(daemons, raws)]}
