@@ -34,11 +34,19 @@ V2_TO_NP: dict[str, np.dtype] = {
 NP_TO_V2: dict[np.dtype, str] = {v: k for k, v in V2_TO_NP.items()}
 
 
+# Every dtype seen so far -> its datatype: a response names the datatype of
+# each output, so this is on the request path (a handful of dtypes ever).
+_V2_SEEN: dict[np.dtype, str] = {}
+
+
 def v2_datatype(arr: np.ndarray) -> str:
-    if arr.dtype.kind in ("O", "S", "U"):
-        return "BYTES"
-    # Byte order does not change the datatype ('>f4' is still FP32).
-    return NP_TO_V2[arr.dtype.newbyteorder("=")]
+    dt = arr.dtype
+    name = _V2_SEEN.get(dt)
+    if name is None:
+        # Byte order does not change the datatype ('>f4' is still FP32).
+        # An unsupported dtype raises KeyError, and is not remembered.
+        name = _V2_SEEN[dt] = "BYTES" if dt.kind in ("O", "S", "U") else NP_TO_V2[dt.newbyteorder("=")]
+    return name
 
 
 @dataclass(slots=True)

@@ -217,16 +217,15 @@ def response_dict(resp: InferResponse, binary: frozenset[str] = frozenset()) -> 
         elif dt == "BYTES":
             entry["data"] = [b.decode("utf-8", "replace") if isinstance(b, bytes) else str(b) for b in arr.ravel()]
         else:
-            entry["data"] = np.ascontiguousarray(arr).ravel()
+            entry["data"] = arr.ravel()  # C order, contiguous: orjson writes it as a flat list
         outs.append(entry)
     doc: dict = {"model_name": resp.model, "model_version": resp.version, "outputs": outs}
     if resp.id is not None:
         doc["id"] = resp.id
-    params = dict(resp.parameters)
     if resp.cached:
-        params["cached"] = True
-    if params:
-        doc["parameters"] = params
+        doc["parameters"] = {**resp.parameters, "cached": True}
+    elif resp.parameters:
+        doc["parameters"] = dict(resp.parameters)
     return doc, blobs
 
 
