@@ -211,8 +211,8 @@ def bench_tcp(args, results: dict) -> None:
         if shutil.which("mosec") is None and not _has_module("mosec"):
             log("mosec not installed: measuring edge-agent alone (pip install mosec)")
         else:
-            # Mosec's default batch wait is 10 ms; the issue's orientation figures
-            # (4,800-6,100 req/s) match that setting. 1 ms is Mosec tuned for this load.
+            # Mosec's default batch wait is 10 ms, and 1 ms; with max_batch_size
+            # 64 at 64 clients the batch fills before either wait runs out.
             for wait_ms in (10, 1):
                 mport = free_port()
                 env = {**os.environ, "MOSEC_WAIT_MS": str(wait_ms)}
@@ -221,6 +221,13 @@ def bench_tcp(args, results: dict) -> None:
                                               start_new_session=True))
                 _wait_http(mport)
                 servers[f"mosec_wait_{wait_ms}ms"] = mport
+        # Same work: every server must give the sample byte for byte the same answer.
+        answers = {k: _post(servers[k], "/v2/models/digits/infer" if k == "edge_agent" else "/inference",
+                            (DIGITS / "sample.json").read_bytes()) for k in servers}
+        same = len(set(answers.values())) == 1
+        if not same:
+            log("WARNING: the servers' answers differ, so they do not do the same work: "
+                + "; ".join(f"{k}: {len(v)} bytes" for k, v in answers.items()))
         # All servers stay up (idle while another is measured); the order turns
         # every round, so the VM's slow spells fall on each; medians reported.
         names = list(servers)
@@ -240,6 +247,7 @@ def bench_tcp(args, results: dict) -> None:
                 os.killpg(proc.pid, signal.SIGKILL)
         shutil.rmtree(tmp, ignore_errors=True)
     out: dict = {k: median_run(v) for k, v in runs.items()}
+    out["same_answer"] = same
     ea = out["edge_agent"]["throughput"]
     for k in names[1:]:
         out[f"ratio_vs_{k}"] = round(ea / out[k]["throughput"], 3)
@@ -253,6 +261,13 @@ def _has_module(name: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(name) is not None
+
+
+def _post(port: int, path: str, body: bytes) -> bytes:
+    import urllib.request
+
+    with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}{path}", body), timeout=10) as r:
+        return r.read()
 
 
 def _wait_http(port: int, timeout: float = 60) -> None:
