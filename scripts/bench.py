@@ -128,13 +128,30 @@ class Daemon:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def loadgen(args, body: Path, concurrency: int, *, unix: Path | None = None, port: int | None = None,
-            path: str = "/v2/models/digits/infer", extra: list[str] | None = None) -> dict:
+def _loadgen_cmd(args, body: Path, concurrency: int, unix: Path | None, port: int | None, path: str) -> list[str]:
     cmd = [PY, str(REPO / "scripts" / "loadgen.py"), "--body", str(body), "--path", path,
            "--concurrency", str(concurrency), "--duration", str(args.seconds), "--warmup", str(args.warmup)]
-    cmd += ["--unix", str(unix)] if unix else ["--port", str(port)]
+    return cmd + (["--unix", str(unix)] if unix else ["--port", str(port)])
+
+
+def loadgen(args, body: Path, concurrency: int, *, unix: Path | None = None, port: int | None = None,
+            path: str = "/v2/models/digits/infer", extra: list[str] | None = None) -> dict:
+    cmd = _loadgen_cmd(args, body, concurrency, unix, port, path)
     out = subprocess.run(cmd + (extra or []), capture_output=True, text=True, check=True).stdout
     return json.loads(out)
+
+
+def loadgen_split(args, body: Path, concurrency: int, ports: list[int], path: str = "/v2/models/digits/infer") -> dict:
+    """``concurrency`` clients shared out over several servers at once, one
+    loadgen process each: throughput summed, p50/p99 the worse server's."""
+    procs = [subprocess.Popen(_loadgen_cmd(args, body, concurrency // len(ports), None, port, path),
+                              stdout=subprocess.PIPE, text=True) for port in ports]
+    outs = [json.loads(p.communicate()[0]) for p in procs]
+    if any(p.returncode for p in procs):
+        raise RuntimeError("loadgen failed")
+    return {"concurrency": concurrency, "servers": len(ports),
+            **{k: sum(o[k] for o in outs) for k in ("requests", "ok", "errors", "throughput")},
+            "p50_ms": max(o["p50_ms"] for o in outs), "p99_ms": max(o["p99_ms"] for o in outs)}
 
 
 def digits_models_dir(root: Path, **yaml_changes) -> Path:
@@ -207,7 +224,15 @@ def bench_tcp(args, results: dict) -> None:
     servers: dict[str, int] = {"edge_agent": port}
     procs = []
     d = Daemon(digits_models_dir(tmp), {"cache": {"enabled": False}, "server": {"tcp": {"enabled": True, "port": port}}}, "tcp")
+    # Not a product setting: a second daemon beside the first, each with half
+    # the clients, is the most any design that spreads the request path over
+    # two processes could reach here (it pays no hand-off between them).
+    port2 = free_port()
+    d2 = None
     try:
+        d2 = Daemon(digits_models_dir(Path(tempfile.mkdtemp(prefix="eab-", dir=tmp))),
+                    {"cache": {"enabled": False}, "server": {"tcp": {"enabled": True, "port": port2}}}, "tcp2")
+        servers["edge_agent_2_daemons"] = port2
         if shutil.which("mosec") is None and not _has_module("mosec"):
             log("mosec not installed: measuring edge-agent alone (pip install mosec)")
         else:
@@ -222,7 +247,7 @@ def bench_tcp(args, results: dict) -> None:
                 _wait_http(mport)
                 servers[f"mosec_wait_{wait_ms}ms"] = mport
         # Same work: every server must give the sample byte for byte the same answer.
-        answers = {k: _post(servers[k], "/v2/models/digits/infer" if k == "edge_agent" else "/inference",
+        answers = {k: _post(servers[k], "/inference" if k.startswith("mosec") else "/v2/models/digits/infer",
                             (DIGITS / "sample.json").read_bytes()) for k in servers}
         same = len(set(answers.values())) == 1
         if not same:
@@ -234,11 +259,16 @@ def bench_tcp(args, results: dict) -> None:
         runs: dict[str, list[dict]] = {k: [] for k in names}
         for rnd in range(args.rounds):
             for k in names[rnd % len(names):] + names[:rnd % len(names)]:
-                path = "/v2/models/digits/infer" if k == "edge_agent" else "/inference"
+                if k == "edge_agent_2_daemons":
+                    runs[k].append(loadgen_split(args, DIGITS / "sample.json", 64, [port, port2]))
+                    continue
+                path = "/inference" if k.startswith("mosec") else "/v2/models/digits/infer"
                 runs[k].append(loadgen(args, DIGITS / "sample.json", 64, port=servers[k], path=path))
             log(f"TCP round {rnd + 1}: " + ", ".join(f"{k} {runs[k][-1]['throughput']:.0f}" for k in names) + " req/s")
     finally:
         d.stop()
+        if d2 is not None:
+            d2.stop()
         for proc in procs:
             os.killpg(proc.pid, signal.SIGINT)
             try:
@@ -250,10 +280,15 @@ def bench_tcp(args, results: dict) -> None:
     out["same_answer"] = same
     ea = out["edge_agent"]["throughput"]
     for k in names[1:]:
+        if k == "edge_agent_2_daemons":
+            continue
         out[f"ratio_vs_{k}"] = round(ea / out[k]["throughput"], 3)
         out[f"ratio_per_round_vs_{k}"] = [round(a["throughput"] / b["throughput"], 3) for a, b in zip(runs["edge_agent"], runs[k])]
+    for k in names[1:]:
+        if k.startswith("mosec"):
+            out[f"ratio_2_daemons_vs_{k}"] = round(out["edge_agent_2_daemons"]["throughput"] / out[k]["throughput"], 3)
     log("TCP medians: " + ", ".join(f"{k} {out[k]['throughput']:.0f}" for k in names) + " req/s; "
-        + ", ".join(f"edge-agent/{k} {out['ratio_vs_' + k]:.2f}x" for k in names[1:]))
+        + ", ".join(f"edge-agent/{k} {out['ratio_vs_' + k]:.2f}x" for k in names if k.startswith("mosec")))
     results["tcp"] = out
 
 
@@ -498,6 +533,10 @@ def print_table(results: dict) -> None:
         for k, v in results["tcp"].items():
             if k.startswith("ratio_vs"):
                 p(f"  edge-agent / {k[9:]}: {v:.2f}x (medians; per round {results['tcp'].get('ratio_per_round_vs_' + k[9:])})")
+            elif k.startswith("ratio_2_daemons_vs"):
+                p(f"  two daemons, 32 clients each / {k[19:]}: {v:.2f}x (the ceiling of a two-process request path)")
+        if "same_answer" in results["tcp"]:
+            p(f"  every server gave the sample the same answer: {results['tcp']['same_answer']}")
     if "mqtt" in results:
         p("\nMQTT round trips, 64 in flight   per s       p50 ms    p99 ms   (median of alternating rounds)")
         for k, r in results["mqtt"].items():
