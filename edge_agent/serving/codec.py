@@ -129,7 +129,8 @@ def decode_request(
             raise MalformedRequest(f"inputs[{idx}].name must be a string")
         if name in inputs:
             raise MalformedRequest(f"input '{name}' given twice")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        # type() is int: True and False are ints to isinstance.
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
             raise MalformedRequest(f"input '{name}': shape must be a list of non-negative integers")
         dtype = V2_TO_NP.get(datatype) if isinstance(datatype, str) else None
         if dtype is None:
@@ -209,8 +210,9 @@ def response_dict(resp: InferResponse, binary: frozenset[str] = frozenset()) -> 
     all_binary = "*" in binary
     for name, arr in resp.outputs.items():
         dt = v2_datatype(arr)
-        entry: dict = {"name": name, "datatype": dt, "shape": list(arr.shape)}
-        if all_binary or name in binary:
+        # orjson writes the shape tuple as a JSON list.
+        entry: dict = {"name": name, "datatype": dt, "shape": arr.shape}
+        if binary and (all_binary or name in binary):
             blob = encode_bytes_tensor(arr) if dt == "BYTES" else np.ascontiguousarray(arr).tobytes()
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
