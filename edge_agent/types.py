@@ -34,18 +34,21 @@ V2_TO_NP: dict[str, np.dtype] = {
 NP_TO_V2: dict[np.dtype, str] = {v: k for k, v in V2_TO_NP.items()}
 
 
-# Every dtype seen so far -> its datatype: a response names the datatype of
-# each output, so this is on the request path (a handful of dtypes ever).
-_V2_SEEN: dict[np.dtype, str] = {}
+# Each dtype seen so far -> its datatype: a response names the datatype of
+# each output, so this is on the request path. Fixed-width strings ('<U7')
+# are a dtype per width, so they are not remembered: the rest are a handful.
+_V2_SEEN: dict[np.dtype, str] = {np.dtype(object): "BYTES"}
 
 
 def v2_datatype(arr: np.ndarray) -> str:
     dt = arr.dtype
     name = _V2_SEEN.get(dt)
     if name is None:
+        if dt.kind in ("O", "S", "U"):
+            return "BYTES"
         # Byte order does not change the datatype ('>f4' is still FP32).
         # An unsupported dtype raises KeyError, and is not remembered.
-        name = _V2_SEEN[dt] = "BYTES" if dt.kind in ("O", "S", "U") else NP_TO_V2[dt.newbyteorder("=")]
+        name = _V2_SEEN[dt] = NP_TO_V2[dt.newbyteorder("=")]
     return name
 
 
