@@ -586,7 +586,8 @@ def plot(results: dict, path: Path) -> None:
             ax.set_ylabel("requests or rows / s")
         elif key == "tcp":
             items = [(k, r["throughput"]) for k, r in results["tcp"].items() if isinstance(r, dict)]
-            labels, vals = [k.replace("_", "\n") for k, _ in items], [v for _, v in items]
+            names = {"edge_agent_2_daemons": "2 daemons\n(ceiling of\n2 processes)"}
+            labels, vals = [names.get(k, k.replace("_", "\n")) for k, _ in items], [v for _, v in items]
             ax.set_title("loopback TCP, 64 concurrent")
         elif key == "mqtt":
             items = [(k, r["throughput"]) for k, r in results["mqtt"].items() if isinstance(r, dict)]
