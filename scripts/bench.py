@@ -5,8 +5,9 @@ Sections (all by default; pick with --only):
   raw     ONNX Runtime session.run on the digits model at batch 1/8/32
   socket  the daemon over its Unix socket, batch-1 requests at concurrency 1/16/64
   tcp     the daemon's loopback TCP listener vs Mosec (Rust front, Python
-          workers, dynamic batching) serving the same model, same client,
-          in alternating rounds
+          workers, dynamic batching) serving the same model with the same
+          answers (checked), same client, in alternating rounds; plus two
+          daemons with 32 clients each, the ceiling of a two-process design
   mqtt    round trips through mosquitto at 64 in flight, QoS 0 and 1: the
           daemon vs a raw paho echo responder
   cache   hit latency of the memo of encoded answers, the memory and the disk
