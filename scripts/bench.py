@@ -237,8 +237,8 @@ def bench_tcp(args, results: dict) -> None:
         if shutil.which("mosec") is None and not _has_module("mosec"):
             log("mosec not installed: measuring edge-agent alone (pip install mosec)")
         else:
-            # Mosec's default batch wait is 10 ms, and 1 ms; with max_batch_size
-            # 64 at 64 clients the batch fills before either wait runs out.
+            # Two batch waits: 10 ms (Mosec's default) and 1 ms. With max_batch_size
+            # 64 at 64 clients a batch fills before either runs out.
             for wait_ms in (10, 1):
                 mport = free_port()
                 env = {**os.environ, "MOSEC_WAIT_MS": str(wait_ms)}

@@ -3,7 +3,7 @@
 batching), doing the same work per request as edge-agent: decode the KServe v2
 JSON body, batch, run ONNX Runtime, the model.yaml's post-processing (top-3
 indices, values and labels), encode a v2 JSON answer with the same five
-outputs. bench.py drives it
+outputs (bench.py checks the answers match byte for byte). bench.py drives it
 with the same client as the daemon, as the reference point for the target.
 
     python scripts/mosec_digits.py --port 8001 --address 127.0.0.1
