@@ -92,7 +92,7 @@ class Batcher:
         QUEUE_DEPTH.labels(model.name, model.version).set_function(lambda: self._size)
         self._threads = [
             threading.Thread(target=self._worker, args=(i,), name=f"batcher-{model.name}-{model.version}" + (f"-{i}" if i else ""), daemon=True)
-            for i in range(max(1, instances))
+            for i in range(self.instances)
         ]
         for t in self._threads:
             t.start()
