@@ -81,6 +81,7 @@ class Batcher:
         self._queues = {PRIORITY_HIGH: deque(), PRIORITY_NORMAL: deque()}
         self._order = (self._queues[PRIORITY_HIGH], self._queues[PRIORITY_NORMAL])
         self._size = 0
+        self._incoming: list[tuple[int, _Pending]] = []  # submitted this loop turn (loop thread only)
         self._cond = threading.Condition(threading.Lock())
         self._closing = False
         self._stop = False
@@ -89,7 +90,7 @@ class Batcher:
         self._started: dict[int, float] = {}  # worker index -> when its running batch began
         self.batches = 0
         self.instances = max(1, instances)
-        QUEUE_DEPTH.labels(model.name, model.version).set_function(lambda: self._size)
+        QUEUE_DEPTH.labels(model.name, model.version).set_function(lambda: self.queued)
         self._threads = [
             threading.Thread(target=self._worker, args=(i,), name=f"batcher-{model.name}-{model.version}" + (f"-{i}" if i else ""), daemon=True)
             for i in range(self.instances)
@@ -110,17 +111,40 @@ class Batcher:
         """Queue a request. ``store(outputs)``, if given, runs on the worker
         thread with the request's answer before its future is resolved (the
         response cache's put: off the event loop, and done before anyone,
-        the caller included, sees the answer)."""
+        the caller included, sees the answer).
+
+        Requests submitted in one turn of the event loop reach the workers
+        together, at the end of that turn: one lock and one wake-up for all
+        of them, not one each. Woken per request, a worker waiting for its
+        batch to fill took the GIL from the loop on every submit; at 64
+        clients that ping-pong cost more than the model (docs/BENCHMARKS.md)."""
+        if self._closing:
+            raise ShuttingDown(f"model '{self.model.name}' version {self.model.version} is unloading")
+        incoming = self._incoming
+        # Only this thread adds to _size, so a stale read can only overcount.
+        if self._size + len(incoming) >= self.max_queue:
+            raise Overloaded(f"model '{self.model.name}': queue full ({self.max_queue} waiting)")
         fut = self.loop.create_future()
-        with self._cond:
-            if self._closing:
-                raise ShuttingDown(f"model '{self.model.name}' version {self.model.version} is unloading")
-            if self._size >= self.max_queue:
-                raise Overloaded(f"model '{self.model.name}': queue full ({self.max_queue} waiting)")
-            self._queues[priority].append(_Pending(prepared, fut, deadline, _now(), store))
-            self._size += 1
-            self._cond.notify()
+        incoming.append((priority, _Pending(prepared, fut, deadline, _now(), store)))
+        if len(incoming) == 1:
+            self.loop.call_soon(self._hand_over)
         return fut
+
+    def _hand_over(self) -> None:
+        """On the loop, once per turn: move the turn's requests to the workers."""
+        incoming = self._incoming
+        if not incoming:
+            return
+        self._incoming = []
+        queues = self._queues
+        with self._cond:
+            if self._stop:  # closed meanwhile: close() fails what it finds here
+                self._incoming = incoming
+                return
+            for priority, p in incoming:
+                queues[priority].append(p)
+            self._size += len(incoming)
+            self._cond.notify()
 
     def sweep_expired(self) -> int:
         """Fail queued requests whose deadline has passed (called on the loop)."""
@@ -142,7 +166,7 @@ class Batcher:
 
     @property
     def queued(self) -> int:
-        return self._size
+        return self._size + len(self._incoming)
 
     def alive(self, stuck_after_s: float) -> bool:
         """Every worker thread lives and none is stuck in one batch."""
@@ -158,15 +182,16 @@ class Batcher:
         with self._cond:
             self._closing = True
         end = _now() + timeout
-        while (self._size or self.inflight) and _now() < end:
+        while (self.queued or self.inflight) and _now() < end:
             await asyncio.sleep(0.01)
-        return not (self._size or self.inflight)
+        return not (self.queued or self.inflight)
 
     def close(self) -> None:
         with self._cond:
             self._closing = True
             self._stop = True
-            left = [p for q in self._order for p in q]
+            left = [p for q in self._order for p in q] + [p for _, p in self._incoming]
+            self._incoming = []
             for q in self._order:
                 q.clear()
             self._size = 0
