@@ -38,6 +38,12 @@ def _metric(text: str, name: str, labels: str = "") -> float:
     return total
 
 
+def _status(a) -> dict:
+    status, _, data = a.client().request("GET", "/edge/status")
+    assert status == 200
+    return orjson.loads(data)
+
+
 def test_concurrent_requests_batch_and_match_session_run(agent_factory, reference):
     a = agent_factory()
     copy_digits(a.models_dir, batching__max_queue_delay_us=2000)
@@ -126,6 +132,7 @@ def test_coded_errors_while_others_are_served(agent_factory):
     assert _metric(text, "edge_agent_request_errors_total", 'code="invalid_input"') == 1
     assert _metric(text, "edge_agent_request_errors_total", 'code="payload_too_large"') == 1
     assert "invalid_input" in a.log() and "malformed_request" in a.log()
+    assert _status(a)["stats"]["inflight"] == 0
 
 
 def test_expired_deadline_and_full_queue(agent_factory):
@@ -148,6 +155,7 @@ def test_expired_deadline_and_full_queue(agent_factory):
     assert codes.count("overloaded") >= 1, codes
     assert codes.count("ok") >= 4, codes
     assert set(codes) <= {"ok", "overloaded"}
+    assert _status(a)["stats"]["inflight"] == 0  # answered and refused requests alike are let go
 
 
 def test_high_priority_goes_first(agent_factory):

@@ -5,7 +5,9 @@ HTTP/1.0, malformed input, oversized bodies, clients that vanish, shutdown.
 
 The server runs in its own thread on its own uvloop loop; the handler is a
 small real one (echo, sleep, a shared future) instead of the inference
-service, whose routes the daemon tests cover.
+service, whose routes the daemon tests cover. Paths under /fast/ go through
+the server's task-free ``fast`` hook (an answer at once, or a ``Later``), as
+inference requests do in the daemon.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ class ServerThread:
         self.finished: list[str] = []  # ... and returned (not cancelled)
         self.errors: list = []  # on_error reports
         self.gate: asyncio.Future | None = None
-        self.server = HttpServer(self.handle, max_body, self.errors.append)
+        self.fgate: asyncio.Future | None = None  # what /fast/gate waits for
+        self.server = HttpServer(self.handle, max_body, self.errors.append, self.fast)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.run(self.server.listen_unix(self.path))
@@ -76,6 +79,28 @@ class ServerThread:
         self.finished.append(req.path)
         return 200, CT_JSON, orjson.dumps(doc)
 
+    def fast(self, req):
+        if not req.path.startswith("/fast/"):
+            return None
+        self.calls.append(req.path)
+        what = req.path[6:]
+        if what == "raise":
+            raise RuntimeError("a bug in a fast route")
+        if what == "now":
+            self.finished.append(req.path)
+            return 200, CT_JSON, orjson.dumps({"path": req.path, "len": len(req.body)})
+        fut = self.loop.create_future()
+        if what == "gate":
+            if self.fgate is None or self.fgate.done():
+                self.fgate = fut
+            fut = self.fgate
+        else:  # sleep
+            self.loop.call_later(int(req.query.split(b"=")[1]) / 1000, lambda: fut.done() or fut.set_result(None))
+        return _FastLater(fut, req, self)
+
+    def open_fast_gate(self) -> None:
+        self.loop.call_soon_threadsafe(lambda: self.fgate.set_result(None) if self.fgate and not self.fgate.done() else None)
+
     def open_gate(self) -> None:
         self.loop.call_soon_threadsafe(lambda: self.gate.set_result(None) if self.gate and not self.gate.done() else None)
 
@@ -86,6 +111,21 @@ class ServerThread:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(5)
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class _FastLater(httpserver.Later):
+    __slots__ = ("srv",)
+
+    def __init__(self, future, req, srv) -> None:
+        super().__init__(future, req)
+        self.srv = srv
+
+    def answer(self):
+        self.future.result()  # raises CancelledError when shutdown cut it
+        if self.req.query == b"boom":
+            raise RuntimeError("a bug finishing an answer")
+        self.srv.finished.append(self.req.path)
+        return 200, CT_JSON, orjson.dumps({"path": self.req.path, "len": len(self.req.body)})
 
 
 @pytest.fixture
@@ -406,6 +446,85 @@ def test_shutdown_timeout_cancels_what_is_left(srv):
     assert time.monotonic() - t0 < 2
     assert Reader(s).closed()
     assert "/gate" not in srv.finished
+
+
+def test_fast_answers_keep_order_with_pipelined_handler_requests(srv):
+    """A Later first, then requests the handler answers, then one answered
+    at once: all wait for the Later and come back in request order."""
+    s = connect(srv.path)
+    s.sendall(get("/fast/sleep?ms=150") + post("/echo/a", b"aa") + post("/fast/now", b"abc") + get("/sleep?ms=10")
+              + get("/fast/sleep?ms=1"))
+    r = Reader(s)
+    paths = [orjson.loads(r.response()[2])["path"] for _ in range(5)]
+    assert paths == ["/fast/sleep", "/echo/a", "/fast/now", "/sleep", "/fast/sleep"]
+    # ... and the connection goes on as usual afterwards, fast or not.
+    for path in ("/fast/now", "/echo/b", "/fast/sleep?ms=1"):
+        s.sendall(get(path))
+        assert orjson.loads(r.response()[2])["path"] == path.split("?")[0]
+    s.close()
+
+
+def test_fast_route_bugs_give_500_and_the_connection_survives(srv):
+    s = connect(srv.path)
+    r = Reader(s)
+    s.sendall(get("/fast/raise"))
+    assert r.response()[0] == 500
+    s.sendall(get("/fast/sleep?ms=1"))  # a plain Later works
+    assert r.response()[0] == 200
+    s.sendall(b"GET /fast/gate?boom HTTP/1.1\r\nHost: x\r\n\r\n" + get("/echo/after"))
+    _wait(lambda: "/fast/gate" in srv.calls)
+    srv.open_fast_gate()
+    status, _, data = r.response()
+    assert (status, orjson.loads(data)["code"]) == (500, "internal")
+    assert orjson.loads(r.response()[2])["path"] == "/echo/after"
+    s.close()
+
+
+def test_fast_http10_and_connection_close_are_honoured(srv):
+    s = connect(srv.path)
+    s.sendall(get("/fast/sleep?ms=1", "Connection: close\r\n"))
+    r = Reader(s)
+    status, headers, _ = r.response()
+    assert status == 200 and headers["connection"] == "close" and r.closed()
+    s = connect(srv.path)
+    s.sendall(get("/fast/now", version="1.0"))
+    r = Reader(s)
+    assert r.response()[0] == 200 and r.closed()
+
+
+def test_client_gone_while_a_later_waits_is_harmless(srv):
+    a = connect(srv.path)
+    a.sendall(get("/fast/gate"))
+    _wait(lambda: "/fast/gate" in srv.calls)
+    a.close()
+    time.sleep(0.1)
+    srv.open_fast_gate()
+    _wait(lambda: "/fast/gate" in srv.finished)  # finished, its answer dropped
+    assert srv.run(_count(srv.server)) == 0 and srv.server.active == 0
+    b = connect(srv.path)
+    b.sendall(get("/fast/now"))
+    assert Reader(b).response()[0] == 200
+
+
+def test_shutdown_waits_for_a_later_then_cuts_one_past_the_timeout(srv):
+    s = connect(srv.path)
+    s.sendall(get("/fast/sleep?ms=300"))
+    _wait(lambda: "/fast/sleep" in srv.calls)
+    t0 = time.monotonic()
+    srv.run(srv.server.shutdown(5))
+    assert time.monotonic() - t0 < 3
+    status, headers, _ = Reader(s).response()
+    assert status == 200 and headers["connection"] == "close"
+
+
+def test_shutdown_timeout_cancels_a_later(srv):
+    s = connect(srv.path)
+    s.sendall(get("/fast/gate"))
+    _wait(lambda: "/fast/gate" in srv.calls)
+    srv.run(srv.server.shutdown(0.2))
+    assert Reader(s).closed()
+    assert srv.fgate.cancelled() and "/fast/gate" not in srv.finished
+    assert srv.server.active == 0
 
 
 class _App:

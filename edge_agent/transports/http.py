@@ -23,7 +23,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from .. import __version__
 from ..errors import EdgeError, MalformedRequest, NotFound
 from ..serving.codec import HEADER_LENGTH, decode_request, encode_error, encode_response
-from .httpserver import CT_JSON, HttpServer, Request
+from ..serving.service import Pending
+from ..types import InferRequest, InferResponse
+from .httpserver import CT_JSON, HttpServer, Later, Request
 
 log = logging.getLogger("edge_agent.http")
 
@@ -94,6 +96,27 @@ def _body(req: Request) -> bytes:
     return req.body
 
 
+class _InferLater(Later):
+    __slots__ = ("http", "ireq", "pending", "pin")
+
+    def __init__(self, future, req: Request, http: "HttpTransport", ireq: InferRequest, pending: Pending, pin) -> None:
+        self.future = future
+        self.req = req
+        self.http = http
+        self.ireq = ireq
+        self.pending = pending
+        self.pin = pin
+
+    def answer(self) -> tuple[int, bytes, bytes]:
+        http = self.http
+        try:
+            resp = http.app.service.settle(self.pending, self.future)
+        except EdgeError as e:
+            http.errlog(f"infer {self.ireq.model}", e)
+            return _error(e)
+        return http._encode(self.ireq, resp, self.pin)
+
+
 class HttpTransport:
     """Serves the daemon's ``app`` object (see daemon.py) over HTTP.
 
@@ -110,7 +133,7 @@ class HttpTransport:
         self.tcp = tcp
         self.max_body = max_body
         self.errlog = ErrorLog(log)
-        self._server = HttpServer(self._handle, max_body, self._protocol_error)
+        self._server = HttpServer(self._handle, max_body, self._protocol_error, self._fast)
         self.tcp_port: int | None = None
         self.draining = False
         self._socket_id: tuple[int, int] | None = None
@@ -221,7 +244,43 @@ class HttpTransport:
             self.errlog(f"{method} {path}", e)
             return _error(e)
 
+    def _fast(self, req: Request):
+        """Inference requests, answered without a task (httpserver.Later)."""
+        if req.method == "POST" and req.path.startswith("/v2/models/"):
+            parts = req.path[11:].split("/")
+            if len(parts) == 2 and parts[1] == "infer":
+                return self._infer_now(req, parts[0], None)
+            if len(parts) == 4 and parts[1] == "versions" and parts[3] == "infer":
+                return self._infer_now(req, parts[0], parts[2])
+        return None
+
+    def _infer_now(self, req: Request, name: str, version: str | None):
+        answer, ireq, pin = self._decode(req, name, version)
+        if answer is not None:
+            return answer
+        try:
+            r = self.app.service.start(ireq)
+        except EdgeError as e:
+            self.errlog(f"infer {name}", e)
+            return _error(e)
+        if r.__class__ is not Pending:
+            return self._encode(ireq, r, pin)
+        return _InferLater(r.work if r.is_future else self._server.loop.create_task(r.work), req, self, ireq, r, pin)
+
     async def _infer(self, req: Request, name: str, version: str | None) -> tuple[int, bytes, bytes]:
+        answer, ireq, pin = self._decode(req, name, version)
+        if answer is not None:
+            return answer
+        try:
+            resp = await self.app.service.infer(ireq)
+        except EdgeError as e:
+            self.errlog(f"infer {name}", e)
+            return _error(e)
+        return self._encode(ireq, resp, pin)
+
+    def _decode(self, req: Request, name: str, version: str | None):
+        """(answer, None, None) when the request is answered already (from
+        the memo, or refused); else (None, the InferRequest, the memo pin)."""
         service = self.app.service
         hl = req.headers.get(_HL_KEY)
         pin = None
@@ -230,7 +289,7 @@ class HttpTransport:
             # cache gets that answer's bytes back (service.memo_lookup).
             answer, pin = service.memo_lookup(hl or b"", name, version, req.body)
             if answer is not None:
-                return answer
+                return answer, None, None
         try:
             body = _body(req)
             if hl is not None:
@@ -242,18 +301,16 @@ class HttpTransport:
         except EdgeError as e:
             service.refused("socket", e)
             self.errlog(f"infer {name}", e)
-            return _error(e)
+            return _error(e), None, None
         if pin is not None:
             ireq.version = pin[1]
-        try:
-            resp = await service.infer(ireq)
-        except EdgeError as e:
-            self.errlog(f"infer {name}", e)
-            return _error(e)
+        return None, ireq, pin
+
+    def _encode(self, ireq: InferRequest, resp: InferResponse, pin) -> tuple[int, bytes, bytes]:
         out, head_len = encode_response(resp, ireq.binary_outputs)
         answer = (200, CT_JSON, out) if head_len is None else (200, _CT_BINARY % head_len, out)
         if pin is not None and resp.cached:
-            service.memo_keep(pin[0], resp, answer, len(out) + len(answer[1]))
+            self.app.service.memo_keep(pin[0], resp, answer, len(out) + len(answer[1]))
         return answer
 
     def _model_metadata(self, name: str, version: str | None) -> tuple[int, bytes, bytes]:
