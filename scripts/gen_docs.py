@@ -62,7 +62,7 @@ def _walk(model: type[BaseModel], prefix: str, rows: list) -> None:
         for cand in getattr(ann, "__args__", ()) or (ann,):
             if inspect.isclass(cand) and issubclass(cand, BaseModel):
                 sub = cand
-        if sub is not None and not (getattr(ann, "__origin__", None) is list):
+        if sub is not None and getattr(ann, "__origin__", None) is not list:
             rows.append((key, "section", _default(field), field.description or ""))
             _walk(sub, key + ".", rows)
         else:
