@@ -458,7 +458,7 @@ class MqttTransport:
 
     async def _run(self, req, reply: _Reply, mid: int, qos: int, gen: int, t0: float) -> None:
         try:
-            resp = await self.service.infer(req)
+            resp = await self.service.infer(req, "mqtt")
         except EdgeError as e:
             _MSG_ERROR.inc()
             self._counts["errors"] += 1

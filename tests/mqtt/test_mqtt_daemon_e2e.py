@@ -100,6 +100,21 @@ def test_mqtt5_and_311_answer_like_the_socket(agent_factory, broker):
 
     assert asyncio.run(ask_bad())["code"] == "invalid_input"
 
+    async def ask_unknown() -> dict:
+        c = MqttInferClient("127.0.0.1", broker.port, device=DEVICE, prefix=prefix)
+        await c.connect()
+        try:
+            return (await c.infer("nosuchmodel", body, timeout=20)).doc
+        finally:
+            await c.close()
+
+    assert asyncio.run(ask_unknown())["code"] == "unknown_model"
+    # Refused before reaching a model: counted against the transport it came by.
+    _, _, m = a.client().request("GET", "/metrics")
+    errors = {ln.split("{", 1)[1].split("}", 1)[0]: float(ln.rsplit(" ", 1)[1]) for ln in m.decode().splitlines()
+              if ln.startswith("edge_agent_request_errors_total{")}
+    assert errors == {'code="unknown_model",transport="mqtt"': 1.0}, errors
+
 
 def test_requests_waiting_at_the_broker_are_served_after_a_daemon_restart(agent_factory, broker):
     prefix = f"t{uuid.uuid4().hex[:8]}"

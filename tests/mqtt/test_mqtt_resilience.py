@@ -82,10 +82,10 @@ class GatedService:
         self.calls = 0
         self.info = inner.info
 
-    async def infer(self, req):
+    async def infer(self, req, transport="socket"):
         self.calls += 1
         await self.gate.wait()
-        return await self.inner.infer(req)
+        return await self.inner.infer(req, transport)
 
 
 async def test_outbox_survives_restart_and_flushes_in_order(broker, prefix, make_transport, make_client, service, tmp_path):

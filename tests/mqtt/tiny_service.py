@@ -53,7 +53,7 @@ class TinyService:
         self.calls = 0
         self.requests = []  # the InferRequests seen, for assertions
 
-    async def infer(self, req):
+    async def infer(self, req, transport="socket"):
         self.requests.append(req)
         if req.model != self.name:
             raise UnknownModel(f"model '{req.model}' is not served")
