@@ -517,14 +517,15 @@ def test_shutdown_waits_for_a_later_then_cuts_one_past_the_timeout(srv):
     assert status == 200 and headers["connection"] == "close"
 
 
-def test_shutdown_timeout_cancels_a_later(srv):
+def test_shutdown_timeout_cancels_a_later_and_what_waits_behind_it(srv):
     s = connect(srv.path)
-    s.sendall(get("/fast/gate"))
+    s.sendall(get("/fast/gate") + get("/echo/behind"))
     _wait(lambda: "/fast/gate" in srv.calls)
     srv.run(srv.server.shutdown(0.2))
     assert Reader(s).closed()
     assert srv.fgate.cancelled() and "/fast/gate" not in srv.finished
-    assert srv.server.active == 0
+    time.sleep(0.1)
+    assert "/echo/behind" not in srv.calls and srv.server.active == 0
 
 
 class _App:

@@ -366,17 +366,15 @@ class HttpProtocol(asyncio.Protocol):
 
     def _later_done(self, fut: asyncio.Future) -> None:
         later, self.later = self.later, None
-        keep = True
         try:
             answer = later.answer()
-        except asyncio.CancelledError:  # shutdown cut it; the connection is being aborted
-            answer = None
+        except asyncio.CancelledError:  # shutdown cut it and is aborting the connection
+            self._finished()
+            return
         except Exception:
             log.exception("unhandled error finishing an answer")
             answer = (500, CT_JSON, _INTERNAL)
-        if answer is not None:
-            keep = self._write(later.req, answer)
-        if keep and self.transport is not None and (self.queue or self.drained is not None):
+        if self._write(later.req, answer) and (self.queue or self.drained is not None):
             # Pipelined requests wait, or the client reads slowly: go on in a task.
             self.task = self.server.loop.create_task(self._serve(None))
             return
