@@ -506,7 +506,7 @@ def test_client_gone_while_a_later_waits_is_harmless(srv):
     assert Reader(b).response()[0] == 200
 
 
-def test_shutdown_waits_for_a_later_then_cuts_one_past_the_timeout(srv):
+def test_shutdown_waits_for_a_later_in_flight(srv):
     s = connect(srv.path)
     s.sendall(get("/fast/sleep?ms=300"))
     _wait(lambda: "/fast/sleep" in srv.calls)

@@ -75,11 +75,11 @@ def test_mqtt5_and_311_answer_like_the_socket(agent_factory, broker):
     status, via_socket = a.client().infer("digits", body)
     assert status == 200
 
-    async def ask(protocol: str, qos: int) -> dict:
+    async def ask(protocol: str = "5", qos: int = 0, model: str = "digits", doc: dict = body) -> dict:
         c = MqttInferClient("127.0.0.1", broker.port, device=DEVICE, prefix=prefix, protocol=protocol)
         await c.connect()
         try:
-            return (await c.infer("digits", body, qos=qos, timeout=20)).doc
+            return (await c.infer(model, doc, qos=qos, timeout=20)).doc
         finally:
             await c.close()
 
@@ -89,26 +89,8 @@ def test_mqtt5_and_311_answer_like_the_socket(agent_factory, broker):
             assert _outputs(doc) == _outputs(via_socket), (protocol, qos)
     # An error travels back as a coded error on the reply path.
     bad = {"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
-
-    async def ask_bad() -> dict:
-        c = MqttInferClient("127.0.0.1", broker.port, device=DEVICE, prefix=prefix)
-        await c.connect()
-        try:
-            return (await c.infer("digits", bad, timeout=20)).doc
-        finally:
-            await c.close()
-
-    assert asyncio.run(ask_bad())["code"] == "invalid_input"
-
-    async def ask_unknown() -> dict:
-        c = MqttInferClient("127.0.0.1", broker.port, device=DEVICE, prefix=prefix)
-        await c.connect()
-        try:
-            return (await c.infer("nosuchmodel", body, timeout=20)).doc
-        finally:
-            await c.close()
-
-    assert asyncio.run(ask_unknown())["code"] == "unknown_model"
+    assert asyncio.run(ask(doc=bad))["code"] == "invalid_input"
+    assert asyncio.run(ask(model="nosuchmodel"))["code"] == "unknown_model"
     # Refused before reaching a model: counted against the transport it came by.
     _, _, m = a.client().request("GET", "/metrics")
     errors = {ln.split("{", 1)[1].split("}", 1)[0]: float(ln.rsplit(" ", 1)[1]) for ln in m.decode().splitlines()
