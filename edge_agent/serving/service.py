@@ -153,6 +153,9 @@ class InferenceService:
             self.inflight -= 1
             self._failed(mv, e, t0, transport)
             raise
+        except BaseException:  # a bug: the transport answers 500
+            self.inflight -= 1
+            raise
 
     def settle(self, r: Pending, done, transport: str = "socket") -> InferResponse:
         """The answer of a ``Pending`` whose work (as the future ``done``) has
