@@ -7,7 +7,8 @@ Sections (all by default; pick with --only):
   tcp     the daemon's loopback TCP listener vs Mosec (Rust front, Python
           workers, dynamic batching) serving the same model with the same
           answers (checked), same client, in alternating rounds; plus two
-          daemons with 32 clients each, the ceiling of a two-process design
+          daemons with 32 clients each, the ceiling of a two-process design;
+          each server's CPU per request, by thread (daemon) or process (Mosec)
   mqtt    round trips through mosquitto at 64 in flight, QoS 0 and 1: the
           daemon vs a raw paho echo responder
   cache   hit latency of the memo of encoded answers, the memory and the disk
@@ -65,6 +66,44 @@ def free_port() -> int:
 def pct(values, p):
     v = sorted(values)
     return v[min(len(v) - 1, int(p * len(v)))] if v else 0.0
+
+
+def server_cpu(pids: list[int]) -> dict[str, float]:
+    """CPU seconds used so far by the servers under test, summed over ``pids``
+    and split by where they ran: each root process's main thread (the daemon's
+    event loop), its other threads (batcher workers, ONNX Runtime's pool),
+    and its child processes by name (Mosec: its Rust front, ``mosec``, and
+    its Python workers)."""
+    import psutil
+
+    out: dict[str, float] = {}
+
+    def add(key: str, seconds: float) -> None:
+        out[key] = out.get(key, 0.0) + seconds
+
+    for pid in pids:
+        root = psutil.Process(pid)
+        for t in root.threads():
+            add("main thread" if t.id == pid else "other threads", t.user_time + t.system_time)
+        for child in root.children(recursive=True):
+            try:
+                c = child.cpu_times()
+                add(f"process {child.name()}", c.user + c.system)
+            except psutil.NoSuchProcess:
+                pass
+    return out
+
+
+def measured_cpu(pids: list[int], run) -> dict:
+    """``run()`` (a loadgen result), with the servers' CPU per answered
+    request (µs, warm-up included on both sides) added as ``cpu_us``."""
+    before = server_cpu(pids)
+    out = run()
+    after = server_cpu(pids)
+    n = max(1, out.get("requests_all_phases") or out["requests"])
+    out["cpu_us"] = {k: round((v - before.get(k, 0.0)) / n * 1e6, 1) for k, v in after.items()
+                     if (v - before.get(k, 0.0)) / n * 1e6 >= 0.5}
+    return out
 
 
 def median_run(runs: list[dict]) -> dict:
@@ -151,7 +190,7 @@ def loadgen_split(args, body: Path, concurrency: int, ports: list[int], path: st
     if any(p.returncode for p in procs):
         raise RuntimeError("loadgen failed")
     return {"concurrency": concurrency, "servers": len(ports),
-            **{k: sum(o[k] for o in outs) for k in ("requests", "ok", "errors", "throughput")},
+            **{k: sum(o[k] for o in outs) for k in ("requests", "ok", "errors", "throughput", "requests_all_phases")},
             "p50_ms": max(o["p50_ms"] for o in outs), "p99_ms": max(o["p99_ms"] for o in outs)}
 
 
@@ -223,6 +262,7 @@ def bench_tcp(args, results: dict) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="eab-"))
     port = free_port()
     servers: dict[str, int] = {"edge_agent": port}
+    pids: dict[str, list[int]] = {}
     procs = []
     d = Daemon(digits_models_dir(tmp), {"cache": {"enabled": False}, "server": {"tcp": {"enabled": True, "port": port}}}, "tcp")
     # Not a product setting: a second daemon beside the first, each with half
@@ -234,6 +274,7 @@ def bench_tcp(args, results: dict) -> None:
         d2 = Daemon(digits_models_dir(Path(tempfile.mkdtemp(prefix="eab-", dir=tmp))),
                     {"cache": {"enabled": False}, "server": {"tcp": {"enabled": True, "port": port2}}}, "tcp2")
         servers["edge_agent_2_daemons"] = port2
+        pids.update(edge_agent=[d.proc.pid], edge_agent_2_daemons=[d.proc.pid, d2.proc.pid])
         if shutil.which("mosec") is None and not _has_module("mosec"):
             log("mosec not installed: measuring edge-agent alone (pip install mosec)")
         else:
@@ -247,6 +288,7 @@ def bench_tcp(args, results: dict) -> None:
                                               start_new_session=True))
                 _wait_http(mport)
                 servers[f"mosec_wait_{wait_ms}ms"] = mport
+                pids[f"mosec_wait_{wait_ms}ms"] = [procs[-1].pid]
         # Same work: every server must give the sample byte for byte the same answer.
         answers = {k: _post(servers[k], "/inference" if k.startswith("mosec") else "/v2/models/digits/infer",
                             (DIGITS / "sample.json").read_bytes()) for k in servers}
@@ -261,10 +303,10 @@ def bench_tcp(args, results: dict) -> None:
         for rnd in range(args.rounds):
             for k in names[rnd % len(names):] + names[:rnd % len(names)]:
                 if k == "edge_agent_2_daemons":
-                    runs[k].append(loadgen_split(args, DIGITS / "sample.json", 64, [port, port2]))
+                    runs[k].append(measured_cpu(pids[k], lambda: loadgen_split(args, DIGITS / "sample.json", 64, [port, port2])))
                     continue
                 path = "/inference" if k.startswith("mosec") else "/v2/models/digits/infer"
-                runs[k].append(loadgen(args, DIGITS / "sample.json", 64, port=servers[k], path=path))
+                runs[k].append(measured_cpu(pids[k], lambda: loadgen(args, DIGITS / "sample.json", 64, port=servers[k], path=path)))
             log(f"TCP round {rnd + 1}: " + ", ".join(f"{k} {runs[k][-1]['throughput']:.0f}" for k in names) + " req/s")
     finally:
         d.stop()
@@ -288,6 +330,9 @@ def bench_tcp(args, results: dict) -> None:
     for k in names[1:]:
         if k.startswith("mosec"):
             out[f"ratio_2_daemons_vs_{k}"] = round(out["edge_agent_2_daemons"]["throughput"] / out[k]["throughput"], 3)
+    for k in names:
+        log(f"TCP CPU per request, {k} (its median round): "
+            + ", ".join(f"{where} {us} µs" for where, us in out[k]["cpu_us"].items()))
     log("TCP medians: " + ", ".join(f"{k} {out[k]['throughput']:.0f}" for k in names) + " req/s; "
         + ", ".join(f"edge-agent/{k} {out['ratio_vs_' + k]:.2f}x" for k in names if k.startswith("mosec")))
     results["tcp"] = out
@@ -530,7 +575,8 @@ def print_table(results: dict) -> None:
         p("\nloopback TCP, concurrency 64     req/s       p50 ms    p99 ms")
         for k, r in results["tcp"].items():
             if isinstance(r, dict):
-                p(f"  {k:<28}{r['throughput']:>10,.0f}  {r['p50_ms']:>9.3f} {r['p99_ms']:>9.3f}")
+                cpu = ", ".join(f"{where} {us}" for where, us in r.get("cpu_us", {}).items())
+                p(f"  {k:<28}{r['throughput']:>10,.0f}  {r['p50_ms']:>9.3f} {r['p99_ms']:>9.3f}   CPU µs/request: {cpu}")
         for k, v in results["tcp"].items():
             if k.startswith("ratio_vs"):
                 p(f"  edge-agent / {k[9:]}: {v:.2f}x (medians; per round {results['tcp'].get('ratio_per_round_vs_' + k[9:])})")
