@@ -94,8 +94,7 @@ class InferenceService:
 
     def start(self, req: InferRequest, transport: str = "socket") -> InferResponse | Pending:
         """``infer`` without a coroutine, for transports that answer from a
-        callback (the HTTP server: a task and three coroutine frames per
-        request cost ~11 % of its throughput, docs/BENCHMARKS.md).
+        callback (the HTTP server), with no task or coroutine per request.
 
         Returns the response when it is known at once (a cache hit), else a
         ``Pending`` whose ``work`` (a future, or a coroutine that the caller

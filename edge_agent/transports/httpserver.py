@@ -23,8 +23,7 @@ An optional ``fast(req)`` is tried first, from the parser's callback, for a
 connection with nothing else in flight. It returns the answer tuple, or a
 ``Later`` (a future, and how to turn it into the answer once done), or None
 to use ``handler``. A request answered this way costs no task and no
-coroutine: on the inference path that is ~11 % of the server's throughput
-(docs/BENCHMARKS.md).
+coroutine (docs/BENCHMARKS.md: an A/B read +3.5 % throughput).
 """
 
 from __future__ import annotations
