@@ -45,6 +45,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--smooth-nodes", nargs="*", default=["*"], metavar="GLOB", help="MatMul node names (fnmatch globs) to smooth (default: all)")
     p.add_argument("--disable-optimizers", nargs="*", default=[], metavar="NAME",
                    help="ONNX Runtime graph optimizers to turn off for this version (written to model.yaml session:)")
+    p.add_argument("--dynamic-weights", choices=["int8", "uint8"], default="int8",
+                   help="dynamic mode: int8 weights (U8S8 kernels, fastest with VNNI or Arm dot product; saturate on x86 AVX2 "
+                        "without VNNI) or uint8 (U8U8 kernels, exact on every CPU)")
     p.add_argument("--no-per-channel", dest="per_channel", action="store_false", help="per-tensor weight scales")
     p.add_argument("--asymmetric-activations", dest="symmetric", action="store_false", help="QDQ activations with zero points (not for TensorRT)")
     p.add_argument("--min-cosine", type=float, default=DEFAULT_MIN_MEAN_COSINE, help="embedding gate: minimum mean cosine")
@@ -72,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
             args.version_dir, args.out, args.mode, eval_source=args.eval_source, calibration=args.calibration,
             task=args.task, thresholds=th, per_channel=args.per_channel, calibrate_method=args.calibrate_method,
             op_types_to_quantize=args.op_types or None, exclude_op_types=args.exclude_op_types, exclude_nodes=args.exclude_nodes,
-            symmetric_activations=args.symmetric, smooth_alpha=args.smooth_alpha, smooth_nodes=args.smooth_nodes,
+            symmetric_activations=args.symmetric, dynamic_weights=args.dynamic_weights, smooth_alpha=args.smooth_alpha, smooth_nodes=args.smooth_nodes,
             disabled_optimizers=args.disable_optimizers, output=args.output, progress=args.progress,
         )
     except AccuracyGateFailed as e:

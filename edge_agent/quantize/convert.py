@@ -27,6 +27,7 @@ from .smooth import smooth
 log = logging.getLogger(__name__)
 
 Mode = Literal["qdq", "dynamic", "fp16"]
+DynamicWeights = Literal["int8", "uint8"]
 PRECISION = {"qdq": "int8-qdq", "dynamic": "int8-dynamic", "fp16": "fp16"}
 CALIBRATE_METHODS = {"MinMax": CalibrationMethod.MinMax, "Entropy": CalibrationMethod.Entropy, "Percentile": CalibrationMethod.Percentile}
 
@@ -66,6 +67,7 @@ def quantize(
     exclude_nodes: Sequence[str] = (),
     symmetric_activations: bool = True,
     reduce_range: bool = False,
+    dynamic_weights: DynamicWeights = "int8",
     smooth_alpha: float | None = None,
     smooth_nodes: Sequence[str] = ("*",),
     text_pipeline=None,
@@ -75,7 +77,12 @@ def quantize(
 
     ``symmetric_activations`` (QDQ only) keeps activation zero points at 0,
     the form TensorRT's explicit INT8 requires. ``reduce_range`` uses 7-bit
-    weights, which avoids int16 saturation on x86 CPUs without VNNI.
+    weights, which lessens int16 saturation on x86 CPUs without VNNI.
+    ``dynamic_weights`` (dynamic only): ``int8`` runs ONNX Runtime's U8S8
+    kernels, fastest where the CPU has VNNI (x86) or dot-product
+    instructions (Arm); on x86 AVX2 without VNNI they sum pairs of products
+    in int16 and saturate, so the same model loses accuracy there.
+    ``uint8`` runs the U8U8 kernels, exact on every CPU.
     ``smooth_alpha`` applies SmoothQuant (smooth.py) to the MatMuls named by
     ``smooth_nodes`` first; it needs calibration data in every INT8 mode.
     """
@@ -84,6 +91,8 @@ def quantize(
         raise QuantizationError(f"unknown mode {mode!r}; one of {sorted(PRECISION)}")
     if calibrate_method not in CALIBRATE_METHODS:
         raise QuantizationError(f"unknown calibrate method {calibrate_method!r}; one of {sorted(CALIBRATE_METHODS)}")
+    if dynamic_weights not in ("int8", "uint8"):
+        raise QuantizationError(f"unknown dynamic weight type {dynamic_weights!r}; int8 or uint8")
     if smooth_alpha is not None and (mode == "fp16" or calibration is None):
         raise QuantizationError("smoothing needs calibration data and an INT8 mode")
     recipe: dict = {"mode": mode}
@@ -115,7 +124,9 @@ def quantize(
                     recipe["op_types_to_quantize"] = list(op_types_to_quantize)
                 if mode == "dynamic":
                     with _in_dir(tmp):
-                        quantize_dynamic(str(pre), str(result), per_channel=per_channel, reduce_range=reduce_range, weight_type=QuantType.QInt8,
+                        recipe["weight_type"] = dynamic_weights
+                        quantize_dynamic(str(pre), str(result), per_channel=per_channel, reduce_range=reduce_range,
+                                         weight_type=QuantType.QUInt8 if dynamic_weights == "uint8" else QuantType.QInt8,
                                          op_types_to_quantize=op_types_to_quantize, nodes_to_exclude=excluded)
                 else:
                     if calibration is None:

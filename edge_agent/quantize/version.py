@@ -61,6 +61,7 @@ def quantize_version(
     exclude_op_types: Sequence[str] = (),
     exclude_nodes: Sequence[str] = (),
     symmetric_activations: bool = True,
+    dynamic_weights: str = "int8",
     smooth_alpha: float | None = None,
     smooth_nodes: Sequence[str] = ("*",),
     disabled_optimizers: Sequence[str] = (),
@@ -85,7 +86,7 @@ def quantize_version(
     try:
         recipe = quantize(src_model, tmp / "model.onnx", mode, calibration, per_channel=per_channel,
                           calibrate_method=calibrate_method, op_types_to_quantize=op_types_to_quantize, exclude_op_types=exclude_op_types,
-                          exclude_nodes=exclude_nodes, symmetric_activations=symmetric_activations,
+                          exclude_nodes=exclude_nodes, symmetric_activations=symmetric_activations, dynamic_weights=dynamic_weights,
                           smooth_alpha=smooth_alpha, smooth_nodes=smooth_nodes, text_pipeline=text, progress=progress)
         report = evaluate(src_model, tmp / "model.onnx", eval_source, task, thresholds, output=output,
                           postprocess=text.pool if text is not None and output is None else None,

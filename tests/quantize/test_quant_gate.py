@@ -15,7 +15,7 @@ import yaml
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_agent.quantize import cli as qcli
-from edge_agent.quantize.convert import CALIBRATE_METHODS, PRECISION
+from edge_agent.quantize.convert import CALIBRATE_METHODS, PRECISION, QuantizationError, quantize
 from edge_agent.digests import sha256_file
 from edge_agent.quantize.gate import AccuracyGateFailed, GateThresholds
 from edge_agent.quantize.version import quantize_version
@@ -156,6 +156,23 @@ def test_dynamic_and_fp16_embedding_gate_from_data_reader(workdir, monkeypatch):
     m = onnx.load(str(workdir["root"] / "models" / "tiny" / "5" / "model.onnx"))
     assert m.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT  # IO kept FP32
     assert any(i.data_type == TensorProto.FLOAT16 for i in m.graph.initializer)
+
+
+@pytest.mark.parametrize("weights, dtype", [("int8", TensorProto.INT8), ("uint8", TensorProto.UINT8)])
+def test_dynamic_weight_type_is_chosen_and_recorded(workdir, weights, dtype):
+    out = workdir["root"] / "models" / "tiny" / f"w{weights}"
+    rc = run_cli(["quantize", str(workdir["src"]), "--mode", "dynamic", "--dynamic-weights", weights,
+                  "--eval", str(workdir["eval"]), "--out", str(out), "--no-progress"])
+    assert rc == qcli.EXIT_OK
+    m = onnx.load(str(out / "model.onnx"))
+    quantized = [i for i in m.graph.initializer if i.name.startswith(("w1", "w2")) and i.name.endswith("_quantized")]
+    assert len(quantized) == 2 and {i.data_type for i in quantized} == {dtype}
+    assert load_model_spec(out / "model.yaml").lineage["recipe"]["weight_type"] == weights
+
+
+def test_unknown_dynamic_weight_type_is_refused(workdir):
+    with pytest.raises(QuantizationError, match="dynamic weight type"):
+        quantize(workdir["src"] / "model.onnx", workdir["root"] / "x.onnx", "dynamic", dynamic_weights="int4")
 
 
 def test_existing_version_is_not_overwritten(workdir):
