@@ -25,6 +25,8 @@ setup(
         "trt": ["tensorrt==10.13.3.9"],
         # Model building: quantization, export of the demo models.
         "build": ["onnx==1.23.2", "scikit-learn==1.9.1", "matplotlib==3.11.2"],
+        # The benchmarks' comparison server (scripts/mosec_digits.py) and plots.
+        "bench": ["mosec==0.9.8", "matplotlib==3.11.2"],
         "dev": [
             "onnx==1.23.2",
             "scikit-learn==1.9.1",

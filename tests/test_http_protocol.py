@@ -627,3 +627,33 @@ def test_idle_connections_are_swept_busy_ones_are_not(monkeypatch):
         assert status == 200 and "connection" not in headers
     finally:
         srv.stop()
+
+
+def test_tcp_port_is_shared_only_with_reuse_port():
+    """Two servers on one TCP port (as several serving processes would share
+    it, SO_REUSEPORT) both answer; without reuse_port the second bind fails."""
+
+    async def handle(req):
+        return 200, CT_JSON, orjson.dumps({"path": req.path})
+
+    loop = uvloop.new_event_loop()
+    servers = [HttpServer(handle, 1024) for _ in range(3)]
+    try:
+        port = loop.run_until_complete(servers[0].listen_tcp("127.0.0.1", 0, reuse_port=True))
+        assert loop.run_until_complete(servers[1].listen_tcp("127.0.0.1", port, reuse_port=True)) == port
+        with pytest.raises(OSError):
+            loop.run_until_complete(servers[2].listen_tcp("127.0.0.1", port))
+        servers[0].close_listeners()  # the port stays served by the other
+        loop.run_until_complete(servers[0].shutdown(0.1))
+
+        def ask():
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(get("/still-there"))
+                return Reader(s).response()
+
+        status, _, body = loop.run_until_complete(loop.run_in_executor(None, ask))
+        assert status == 200 and orjson.loads(body) == {"path": "/still-there"}
+    finally:
+        for s in servers[1:]:
+            loop.run_until_complete(s.shutdown(0.1))
+        loop.close()

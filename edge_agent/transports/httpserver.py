@@ -126,9 +126,12 @@ class HttpServer:
         self.listeners.append(await self.loop.create_unix_server(self._factory, path, backlog=1024))
         self._arm_sweeper()
 
-    async def listen_tcp(self, host: str, port: int) -> int:
+    async def listen_tcp(self, host: str, port: int, reuse_port: bool = False) -> int:
+        """``reuse_port``: several processes may listen on the port
+        (SO_REUSEPORT; the kernel shares connections out among them)."""
         self.loop = asyncio.get_running_loop()
-        srv = await self.loop.create_server(self._factory, host, port, backlog=1024, reuse_address=True)
+        srv = await self.loop.create_server(self._factory, host, port, backlog=1024, reuse_address=True,
+                                            reuse_port=reuse_port or None)
         self.listeners.append(srv)
         self._arm_sweeper()
         return srv.sockets[0].getsockname()[1]
