@@ -282,11 +282,7 @@ def bench_tcp(args, results: dict) -> None:
             # 64 at 64 clients a batch fills before either runs out.
             for wait_ms in (10, 1):
                 mport = free_port()
-                env = {**os.environ, "MOSEC_WAIT_MS": str(wait_ms)}
-                procs.append(subprocess.Popen([PY, str(REPO / "scripts" / "mosec_digits.py"), "--port", str(mport), "--address", "127.0.0.1",
-                                               "--log-level", "error"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                                              start_new_session=True))
-                _wait_http(mport)
+                procs.append(start_mosec(mport, wait_ms))
                 servers[f"mosec_wait_{wait_ms}ms"] = mport
                 pids[f"mosec_wait_{wait_ms}ms"] = [procs[-1].pid]
         # Same work: every server must give the sample byte for byte the same answer.
@@ -349,6 +345,16 @@ def _post(port: int, path: str, body: bytes) -> bytes:
 
     with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}{path}", body), timeout=10) as r:
         return r.read()
+
+
+def start_mosec(port: int, wait_ms: int) -> subprocess.Popen:
+    """scripts/mosec_digits.py on 127.0.0.1:port (its own session, so a
+    killpg stops its Rust front and Python worker too), once it listens."""
+    proc = subprocess.Popen([PY, str(REPO / "scripts" / "mosec_digits.py"), "--port", str(port), "--address", "127.0.0.1",
+                             "--log-level", "error"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "MOSEC_WAIT_MS": str(wait_ms)}, start_new_session=True)
+    _wait_http(port)
+    return proc
 
 
 def _wait_http(port: int, timeout: float = 60) -> None:

@@ -46,9 +46,6 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 
-def bench_log(msg: str) -> None:
-    print(f"[ceiling] {msg}", file=sys.stderr, flush=True)
-
 # --- one prototype server process ------------------------------------------------------
 
 
@@ -148,18 +145,15 @@ def compare(args) -> dict:
     pids: dict[str, list[int]] = {}
     procs: list[subprocess.Popen] = []
     daemon = None
+    if shutil.which("mosec") is None and not bench._has_module("mosec"):
+        sys.exit("mosec is not installed (pip install -e '.[bench]'): nothing to compare against")
     try:
         port = bench.free_port()
         daemon = bench.Daemon(bench.digits_models_dir(tmp), {"cache": {"enabled": False},
                                                              "server": {"tcp": {"enabled": True, "port": port}}}, "ceiling")
         servers["edge_agent"], pids["edge_agent"] = port, [daemon.proc.pid]
-        if shutil.which("mosec") is None and not bench._has_module("mosec"):
-            sys.exit("mosec is not installed (pip install mosec): nothing to compare against")
         port = bench.free_port()
-        procs.append(subprocess.Popen([bench.PY, str(REPO / "scripts" / "mosec_digits.py"), "--port", str(port), "--address", "127.0.0.1",
-                                       "--log-level", "error"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                      env={**os.environ, "MOSEC_WAIT_MS": "10"}, start_new_session=True))
-        bench._wait_http(port)
+        procs.append(bench.start_mosec(port, 10))
         servers["mosec"], pids["mosec"] = port, [procs[-1].pid]
         for where in ("loop", "thread"):
             for n in (1, 2):
@@ -222,13 +216,15 @@ def print_table(out: dict) -> None:
 
 
 def plot(out: dict, path: Path) -> None:
+    import bench
+
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        bench_log("matplotlib not installed: no plot")
+        bench.log("matplotlib not installed: no plot")
         return
     names = list(out["servers"])
     vals = [out["servers"][k]["throughput"] for k in names]
@@ -246,7 +242,7 @@ def plot(out: dict, path: Path) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    bench_log(f"plot: {path}")
+    bench.log(f"plot: {path}")
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from ..errors import EdgeError
 # tests check they match convert.py / gate.py.
 MODES = ("dynamic", "fp16", "qdq")
 CALIBRATE_METHODS = ("Entropy", "MinMax", "Percentile")
+DYNAMIC_WEIGHTS = ("int8", "uint8")
 DEFAULT_MIN_MEAN_COSINE, DEFAULT_MIN_MIN_COSINE, DEFAULT_MAX_TOP1_DROP_PP = 0.99, 0.98, 3.0
 
 EXIT_OK, EXIT_ERROR, EXIT_GATE_FAILED = 0, 2, 3
@@ -45,7 +46,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--smooth-nodes", nargs="*", default=["*"], metavar="GLOB", help="MatMul node names (fnmatch globs) to smooth (default: all)")
     p.add_argument("--disable-optimizers", nargs="*", default=[], metavar="NAME",
                    help="ONNX Runtime graph optimizers to turn off for this version (written to model.yaml session:)")
-    p.add_argument("--dynamic-weights", choices=["int8", "uint8"], default="int8",
+    p.add_argument("--dynamic-weights", choices=DYNAMIC_WEIGHTS, default="int8",
                    help="dynamic mode: int8 weights (U8S8 kernels, fastest with VNNI or Arm dot product; saturate on x86 AVX2 "
                         "without VNNI) or uint8 (U8U8 kernels, exact on every CPU)")
     p.add_argument("--no-per-channel", dest="per_channel", action="store_false", help="per-tensor weight scales")

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import onnx
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_dynamic, quantize_static
@@ -91,8 +91,8 @@ def quantize(
         raise QuantizationError(f"unknown mode {mode!r}; one of {sorted(PRECISION)}")
     if calibrate_method not in CALIBRATE_METHODS:
         raise QuantizationError(f"unknown calibrate method {calibrate_method!r}; one of {sorted(CALIBRATE_METHODS)}")
-    if dynamic_weights not in ("int8", "uint8"):
-        raise QuantizationError(f"unknown dynamic weight type {dynamic_weights!r}; int8 or uint8")
+    if dynamic_weights not in get_args(DynamicWeights):
+        raise QuantizationError(f"unknown dynamic weight type {dynamic_weights!r}; one of {list(get_args(DynamicWeights))}")
     if smooth_alpha is not None and (mode == "fp16" or calibration is None):
         raise QuantizationError("smoothing needs calibration data and an INT8 mode")
     recipe: dict = {"mode": mode}

@@ -6,6 +6,7 @@ import argparse
 import json
 import tempfile
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import onnx
@@ -15,7 +16,7 @@ import yaml
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_agent.quantize import cli as qcli
-from edge_agent.quantize.convert import CALIBRATE_METHODS, PRECISION, QuantizationError, quantize
+from edge_agent.quantize.convert import CALIBRATE_METHODS, PRECISION, DynamicWeights, QuantizationError, quantize
 from edge_agent.digests import sha256_file
 from edge_agent.quantize.gate import AccuracyGateFailed, GateThresholds
 from edge_agent.quantize.version import quantize_version
@@ -186,6 +187,7 @@ def test_existing_version_is_not_overwritten(workdir):
 def test_cli_choices_match_implementation():
     assert set(qcli.MODES) == set(PRECISION)
     assert set(qcli.CALIBRATE_METHODS) == set(CALIBRATE_METHODS)
+    assert set(qcli.DYNAMIC_WEIGHTS) == set(get_args(DynamicWeights))
     th = GateThresholds()
     assert (qcli.DEFAULT_MIN_MEAN_COSINE, qcli.DEFAULT_MIN_MIN_COSINE, qcli.DEFAULT_MAX_TOP1_DROP_PP) == (
         th.min_mean_cosine, th.min_min_cosine, th.max_top1_drop_pp)
