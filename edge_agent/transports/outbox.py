@@ -148,16 +148,16 @@ class Outbox:
         """Oldest unexpired messages with seq > after_seq, in order."""
         now = time.time() if now is None else now
         rows = self._db.execute(
-            "SELECT seq, kind, topic, payload, qos, retain, props, created, expires FROM outbox "
+            "SELECT seq, kind, topic, payload, qos, retain, props, created, expires, dedup FROM outbox "
             "WHERE seq > ? AND expires > ? ORDER BY seq LIMIT ?",
             (after_seq, now, limit),
         ).fetchall()
         return [
             OutMessage(
                 topic=t, payload=bytes(p), qos=q, retain=bool(r), kind=k,
-                props=orjson.loads(pr) if pr else None, expires=e, seq=s, created=c,
+                props=orjson.loads(pr) if pr else None, expires=e, seq=s, created=c, dedup=d,
             )
-            for s, k, t, p, q, r, pr, c, e in rows
+            for s, k, t, p, q, r, pr, c, e, d in rows
         ]
 
     def dedup_keys(self) -> list[str]:
