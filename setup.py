@@ -34,6 +34,7 @@ setup(
             "pytest==9.2.0",
             "pytest-asyncio==1.5.0",
             "pytest-timeout==2.4.0",
+            "hypothesis==6.151.9",
             "tritonclient[http]==2.73.0",
         ],
     },
