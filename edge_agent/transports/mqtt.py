@@ -91,18 +91,34 @@ class _Reply:
     expires: float | None  # wall clock, from the request's Message Expiry Interval
     dedup: str | None = None
     running: bool = False  # registered in _running: redeliveries wait for this run
+    gen: int = 0  # connection generation the request arrived on
+    digest: int | None = None  # hash of the request's payload
+
+
+class _Run:
+    """A request being run, for a redelivery of it that arrives meanwhile."""
+
+    __slots__ = ("gen", "digest", "waiters")
+
+    def __init__(self, gen: int, digest: int | None) -> None:
+        self.gen = gen
+        self.digest = digest
+        self.waiters: list[tuple[int, int, int]] = []  # (mid, qos, generation) to acknowledge
 
 
 class _Answered:
     """A recent answer, for a redelivery of its request. ``confirmed``: the connection
-    generation on which the broker took it (None while paho or the outbox hold it)."""
+    generation on which the broker took it (None while paho or the outbox hold it);
+    ``gen``/``digest``: the request's arrival generation and payload hash."""
 
-    __slots__ = ("msg", "confirmed", "size")
+    __slots__ = ("msg", "confirmed", "size", "gen", "digest")
 
-    def __init__(self, msg: OutMessage | None, size: int) -> None:
+    def __init__(self, msg: OutMessage | None, size: int, gen: int, digest: int | None) -> None:
         self.msg = msg
         self.confirmed: int | None = None
         self.size = size
+        self.gen = gen
+        self.digest = digest
 
 
 def _user_props(props) -> dict[str, str]:
@@ -157,8 +173,8 @@ class MqttTransport:
         self._limiter = TokenBuckets(cfg.rate_limit.rate, cfg.rate_limit.burst)
         self._reply_topics = self._make_reply_topics()
         self._controllers = frozenset(cfg.controllers)
-        # dedup key -> acks (mid, qos, generation) of redeliveries waiting for the running request.
-        self._running: dict[str, list[tuple[int, int, int]]] = {}
+        # dedup key -> the request running under it (and redeliveries waiting for its answer).
+        self._running: dict[str, _Run] = {}
         self._answered: OrderedDict[str, _Answered] = OrderedDict()
         self._answered_bytes = 0
         self._answers_sent = 0  # lets _on_request tell whether a failing request was answered
@@ -220,7 +236,7 @@ class MqttTransport:
         self._draining = len(self._outbox) > 0
         # Answers waiting from the last run: their requests, redelivered, are not run again.
         for key in self._outbox.dedup_keys():
-            self._remember(key, None)
+            self._remember(key, None, 0, None)
         will = (self.status_topic, self._status_payload("offline", reason="lost"), 1, True)
         self._bridge = PahoBridge(
             self._settings(), on_connect=self._on_connect, on_disconnect=self._on_disconnect,
@@ -519,11 +535,12 @@ class MqttTransport:
         )
         if msg.qos > 0 and (correlation is not None or rid is not None):
             key = f"{topic}\0" + (f"c:{correlation.hex()}" if correlation is not None else f"i:{rid}")
-            if msg.dup:
-                owned = self._redelivered(key, msg, gen)
+            digest = hash(payload if type(payload) is bytes else bytes(payload))
+            if key in self._running or key in self._answered:
+                owned = self._redelivered(key, msg, gen, digest)
                 if owned is not None:
                     return owned
-            reply.dedup = key
+            reply.dedup, reply.gen, reply.digest = key, gen, digest
         # The namespace, not an identity the client states: see docs/MQTT.md "Rate limit".
         client = f"reply:{namespace}"
         if not self._limiter.allow(client):
@@ -546,7 +563,7 @@ class MqttTransport:
         if not reply.v5:
             req.binary_outputs = frozenset()  # 3.1.1 has no user property to carry the header length
         if reply.dedup is not None and reply.dedup not in self._running:
-            self._running[reply.dedup] = []
+            self._running[reply.dedup] = _Run(gen, reply.digest)
             reply.running = True
         task = self._loop.create_task(self._run(req, reply, msg.mid, msg.qos, gen, t0))
         self._tasks.add(task)
@@ -564,23 +581,27 @@ class MqttTransport:
         log.exception("mqtt: decoding a request on %r failed unexpectedly", topic)
         return EdgeError(f"internal error while decoding the request: {type(e).__name__}")
 
-    def _redelivered(self, key: str, msg, gen: int) -> bool | None:
-        """A broker redelivery (DUP) of a request seen before is never run twice.
+    def _redelivered(self, key: str, msg, gen: int, digest: int) -> bool | None:
+        """A broker redelivery of a request seen before is never run twice.
 
+        A redelivery is a message the broker flags DUP, or -- because a broker restored from
+        its persistence file after a crash may send again, unflagged, what it had sent before
+        -- the same bytes under the same key arriving on a later connection than the first.
         Still running: acknowledged with the original's answer (True: the run owns the ack).
         Answered: acknowledged now (False); the answer is published again only if the broker
         took it on an earlier connection than this one (a broker that crashed since may have
         lost it); while paho or the outbox still hold it, or the broker took it on this very
-        connection, it reaches the requester anyway. None: not a request seen here (its
-        first delivery never arrived, or its answer left the LRU): run as new.
+        connection, it reaches the requester anyway. None: a new request (run it).
         """
-        waiters = self._running.get(key)
-        if waiters is not None:
-            waiters.append((msg.mid, msg.qos, gen))
+        run = self._running.get(key)
+        if run is not None:
+            if not (msg.dup or (run.gen != gen and run.digest == digest)):
+                return None
+            run.waiters.append((msg.mid, msg.qos, gen))
             MESSAGES.labels("duplicate").inc()
             return True
         e = self._answered.get(key)
-        if e is None:
+        if e is None or not (msg.dup or (e.gen != gen and e.digest == digest)):
             return None
         MESSAGES.labels("duplicate").inc()
         m = e.msg
@@ -588,21 +609,20 @@ class MqttTransport:
             if m.expires is None or m.expires > time.time():
                 log.info("mqtt: request redelivered on %r after its answer went out on an earlier connection: answer sent again", msg.topic)
                 again = OutMessage(m.topic, m.payload, m.qos, props=m.props, expires=m.expires, dedup=key)
-                self._remember(key, again)
+                self._remember(key, again, e.gen, e.digest)
                 self._send(again)
         else:
             log.debug("mqtt: redelivered request on %r answered already", msg.topic)
         return False
 
-    def _remember(self, key: str, m: OutMessage | None) -> None:
+    def _remember(self, key: str, m: OutMessage | None, gen: int, digest: int | None) -> None:
         old = self._answered.pop(key, None)
         if old is not None:
             self._answered_bytes -= old.size
         size = 64 + (len(m.payload) + len(m.topic) if m is not None else 0)
         if size > _ANSWER_KEEP_MAX:
             m, size = None, 64
-        e = _Answered(m, size)
-        self._answered[key] = e
+        self._answered[key] = _Answered(m, size, gen, digest)
         self._answered_bytes += size
         while len(self._answered) > _DEDUP_SIZE or self._answered_bytes > _ANSWERS_MAX_BYTES:
             _, gone = self._answered.popitem(last=False)
@@ -614,7 +634,7 @@ class MqttTransport:
         if e is None or e.confirmed is not None:
             return
         if e.msg is None and e.size == 64:
-            self._remember(m.dedup, m)  # an answer from the outbox of the last run: keep it now
+            self._remember(m.dedup, m, e.gen, e.digest)  # an answer from the outbox of the last run: keep it now
             e = self._answered[m.dedup]
         elif e.msg is not m and (m.seq is None or e.msg.seq != m.seq):
             return  # a newer answer for the same key is still on its way
@@ -666,7 +686,8 @@ class MqttTransport:
             self._counts["requests"] += 1
         finally:
             if reply.running:
-                waiters = self._running.pop(reply.dedup, None)
+                run = self._running.pop(reply.dedup, None)
+                waiters = run.waiters if run is not None else None
         # Not reached when cancelled at stop: the broker redelivers to the next run.
         self._ack(mid, qos, gen)
         for w in waiters or ():
@@ -682,7 +703,7 @@ class MqttTransport:
         self._answers_sent += 1
         m = self._out(reply, body, user)
         if reply.dedup is not None:
-            self._remember(reply.dedup, m)
+            self._remember(reply.dedup, m, reply.gen, reply.digest)
         self._send(m)
 
     def _answer_error(self, reply: _Reply, err: EdgeError) -> None:

@@ -142,10 +142,7 @@ async def test_hostile_requests_each_get_one_coded_answer_and_the_ack(broker, pr
     }
     for name, (payload, user, _) in cases.items():
         client.send("tiny", payload, correlation=name, user_properties=user)
-    answers = {}
-    for name in cases:
-        fut = client._futures.get(name.encode())  # noqa: SLF001
-        answers[name] = fut if fut is not None else None
+    answers = {name: client._futures[name.encode()] for name in cases}  # noqa: SLF001
     await wait_for(lambda: all(client.answers[n.encode()] == 1 for n in cases), what="an answer to each")
     await asyncio.sleep(0.2)
     for name, (_, _, code) in cases.items():
