@@ -77,6 +77,9 @@ _ANSWER_KEEP_MAX = 256 * 1024
 # Decoding a hostile body may raise these from numpy/struct/recursion rather than an
 # EdgeError: answered as malformed_request (MemoryError as payload_too_large).
 _DECODE_ERRORS = (RecursionError, ValueError, TypeError, OverflowError, KeyError, IndexError, AttributeError, struct.error)
+# After a reconnect, the same bytes under a known key are a broker's resend this long
+# (a broker restored after a crash, and clients re-sending to it, do so at once).
+_REDELIVERY_WINDOW_S = 60.0
 # Unacknowledged outbox messages on the wire at once while flushing.
 _FLUSH_WINDOW = 128
 
@@ -91,17 +94,15 @@ class _Reply:
     expires: float | None  # wall clock, from the request's Message Expiry Interval
     dedup: str | None = None
     running: bool = False  # registered in _running: redeliveries wait for this run
-    gen: int = 0  # connection generation the request arrived on
     digest: int | None = None  # hash of the request's payload
 
 
 class _Run:
     """A request being run, for a redelivery of it that arrives meanwhile."""
 
-    __slots__ = ("gen", "digest", "waiters")
+    __slots__ = ("digest", "waiters")
 
-    def __init__(self, gen: int, digest: int | None) -> None:
-        self.gen = gen
+    def __init__(self, digest: int | None) -> None:
         self.digest = digest
         self.waiters: list[tuple[int, int, int]] = []  # (mid, qos, generation) to acknowledge
 
@@ -109,15 +110,14 @@ class _Run:
 class _Answered:
     """A recent answer, for a redelivery of its request. ``confirmed``: the connection
     generation on which the broker took it (None while paho or the outbox hold it);
-    ``gen``/``digest``: the request's arrival generation and payload hash."""
+    ``digest``: the request's payload hash (None: not known, from the last run's outbox)."""
 
-    __slots__ = ("msg", "confirmed", "size", "gen", "digest")
+    __slots__ = ("msg", "confirmed", "size", "digest")
 
-    def __init__(self, msg: OutMessage | None, size: int, gen: int, digest: int | None) -> None:
+    def __init__(self, msg: OutMessage | None, size: int, digest: int | None) -> None:
         self.msg = msg
         self.confirmed: int | None = None
         self.size = size
-        self.gen = gen
         self.digest = digest
 
 
@@ -178,6 +178,7 @@ class MqttTransport:
         self._answered: OrderedDict[str, _Answered] = OrderedDict()
         self._answered_bytes = 0
         self._answers_sent = 0  # lets _on_request tell whether a failing request was answered
+        self._connected_at = 0.0  # monotonic time of the current connection's CONNACK
         self._tasks: set[asyncio.Task] = set()
         # mid -> message paho has not yet confirmed (PUBACK for QoS 1).
         self._pending: dict[int, OutMessage] = {}
@@ -236,7 +237,7 @@ class MqttTransport:
         self._draining = len(self._outbox) > 0
         # Answers waiting from the last run: their requests, redelivered, are not run again.
         for key in self._outbox.dedup_keys():
-            self._remember(key, None, 0, None)
+            self._remember(key, None, None)
         will = (self.status_topic, self._status_payload("offline", reason="lost"), 1, True)
         self._bridge = PahoBridge(
             self._settings(), on_connect=self._on_connect, on_disconnect=self._on_disconnect,
@@ -292,6 +293,7 @@ class MqttTransport:
     # --- connection events ---------------------------------------------------
 
     def _on_connect(self, session_present: bool) -> None:
+        self._connected_at = time.monotonic()
         qos = self.cfg.qos
         self._bridge.subscribe([(f"{self.infer_prefix}#", qos), (self.ota_topic, qos), (self.fleet_ota_topic, qos)])
         if self.offload_reply_topic is not None:
@@ -540,7 +542,7 @@ class MqttTransport:
                 owned = self._redelivered(key, msg, gen, digest)
                 if owned is not None:
                     return owned
-            reply.dedup, reply.gen, reply.digest = key, gen, digest
+            reply.dedup, reply.digest = key, digest
         # The namespace, not an identity the client states: see docs/MQTT.md "Rate limit".
         client = f"reply:{namespace}"
         if not self._limiter.allow(client):
@@ -563,7 +565,7 @@ class MqttTransport:
         if not reply.v5:
             req.binary_outputs = frozenset()  # 3.1.1 has no user property to carry the header length
         if reply.dedup is not None and reply.dedup not in self._running:
-            self._running[reply.dedup] = _Run(gen, reply.digest)
+            self._running[reply.dedup] = _Run(reply.digest)
             reply.running = True
         task = self._loop.create_task(self._run(req, reply, msg.mid, msg.qos, gen, t0))
         self._tasks.add(task)
@@ -584,24 +586,27 @@ class MqttTransport:
     def _redelivered(self, key: str, msg, gen: int, digest: int) -> bool | None:
         """A broker redelivery of a request seen before is never run twice.
 
-        A redelivery is a message the broker flags DUP, or -- because a broker restored from
-        its persistence file after a crash may send again, unflagged, what it had sent before
-        -- the same bytes under the same key arriving on a later connection than the first.
+        A redelivery is a message the broker flags DUP, or the same bytes under the same key
+        within _REDELIVERY_WINDOW_S of a reconnect: a broker restored from its persistence file
+        after a crash sends again, unflagged, what the file had not recorded as sent, and
+        forwards as new the requests clients re-send to it. Elsewhere the same key is a new
+        request (a client reusing a correlation).
         Still running: acknowledged with the original's answer (True: the run owns the ack).
         Answered: acknowledged now (False); the answer is published again only if the broker
         took it on an earlier connection than this one (a broker that crashed since may have
         lost it); while paho or the outbox still hold it, or the broker took it on this very
         connection, it reaches the requester anyway. None: a new request (run it).
         """
+        resend_window = gen > 1 and time.monotonic() - self._connected_at < _REDELIVERY_WINDOW_S
         run = self._running.get(key)
         if run is not None:
-            if not (msg.dup or (run.gen != gen and run.digest == digest)):
+            if not (msg.dup or (resend_window and run.digest == digest)):
                 return None
             run.waiters.append((msg.mid, msg.qos, gen))
             MESSAGES.labels("duplicate").inc()
             return True
         e = self._answered.get(key)
-        if e is None or not (msg.dup or (e.gen != gen and e.digest == digest)):
+        if e is None or not (msg.dup or (resend_window and e.digest == digest)):
             return None
         MESSAGES.labels("duplicate").inc()
         m = e.msg
@@ -609,20 +614,20 @@ class MqttTransport:
             if m.expires is None or m.expires > time.time():
                 log.info("mqtt: request redelivered on %r after its answer went out on an earlier connection: answer sent again", msg.topic)
                 again = OutMessage(m.topic, m.payload, m.qos, props=m.props, expires=m.expires, dedup=key)
-                self._remember(key, again, e.gen, e.digest)
+                self._remember(key, again, e.digest)
                 self._send(again)
         else:
             log.debug("mqtt: redelivered request on %r answered already", msg.topic)
         return False
 
-    def _remember(self, key: str, m: OutMessage | None, gen: int, digest: int | None) -> None:
+    def _remember(self, key: str, m: OutMessage | None, digest: int | None) -> None:
         old = self._answered.pop(key, None)
         if old is not None:
             self._answered_bytes -= old.size
         size = 64 + (len(m.payload) + len(m.topic) if m is not None else 0)
         if size > _ANSWER_KEEP_MAX:
             m, size = None, 64
-        self._answered[key] = _Answered(m, size, gen, digest)
+        self._answered[key] = _Answered(m, size, digest)
         self._answered_bytes += size
         while len(self._answered) > _DEDUP_SIZE or self._answered_bytes > _ANSWERS_MAX_BYTES:
             _, gone = self._answered.popitem(last=False)
@@ -634,7 +639,7 @@ class MqttTransport:
         if e is None or e.confirmed is not None:
             return
         if e.msg is None and e.size == 64:
-            self._remember(m.dedup, m, e.gen, e.digest)  # an answer from the outbox of the last run: keep it now
+            self._remember(m.dedup, m, e.digest)  # an answer from the outbox of the last run: keep it now
             e = self._answered[m.dedup]
         elif e.msg is not m and (m.seq is None or e.msg.seq != m.seq):
             return  # a newer answer for the same key is still on its way
@@ -703,7 +708,7 @@ class MqttTransport:
         self._answers_sent += 1
         m = self._out(reply, body, user)
         if reply.dedup is not None:
-            self._remember(reply.dedup, m, reply.gen, reply.digest)
+            self._remember(reply.dedup, m, reply.digest)
         self._send(m)
 
     def _answer_error(self, reply: _Reply, err: EdgeError) -> None:

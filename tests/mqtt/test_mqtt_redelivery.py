@@ -106,22 +106,23 @@ async def test_redelivery_while_the_answer_is_still_queued_is_only_acknowledged(
     assert gated.calls == 1 and client.answers[b"q-1"] == 1
 
 
-async def test_same_bytes_again_on_a_later_connection_is_a_redelivery_other_bytes_are_new(
+async def test_same_bytes_soon_after_a_reconnect_are_a_redelivery_other_bytes_are_new(
         broker, prefix, make_transport, make_client, service):
-    # A broker restored after kill -9 sends again, without DUP, what its persistence file had
-    # not recorded as sent (seen in test_mqtt_resilience's sigkill case): the same bytes under
-    # the same key on a later connection. Without the flag it must still not run twice.
+    # After kill -9 a broker restored from its file sends again, without DUP, what the file had
+    # not recorded as sent, and forwards as new the requests clients re-send to it (both seen in
+    # test_mqtt_resilience's sigkill case: 152 runs of 150 requests on DUP alone). So right after
+    # a reconnect the same bytes under the same key are taken for a redelivery.
     t = await make_transport(mqtt_cfg(broker, prefix))
     client = await make_client("5")
     await client.infer("tiny", body(ROWS), correlation="same-1", qos=1, timeout=10)
     await wait_for(lambda: not t._pending, what="the answer's PUBACK")  # noqa: SLF001
     calls, before = service.calls, duplicates()
-    client.send("tiny", body(ROWS), correlation="same-1", qos=1)  # same connection: a new request
+    client.send("tiny", body(ROWS), correlation="same-1", qos=1)  # first connection: a new request
     await wait_for(lambda: client.answers[b"same-1"] == 2, what="its answer")
     assert service.calls == calls + 1 and duplicates() == before
     await wait_for(lambda: not t._pending, what="the answer's PUBACK")  # noqa: SLF001
     await reconnect(t)
-    client.send("tiny", body(ROWS), correlation="same-1", qos=1)  # same bytes, later connection
+    client.send("tiny", body(ROWS), correlation="same-1", qos=1)  # same bytes, just after a reconnect
     await wait_for(lambda: client.answers[b"same-1"] == 3, what="the remembered answer sent again")
     assert service.calls == calls + 1 and duplicates() == before + 1
     other = client.send("tiny", body([[4, 3, 2, 1]]), correlation="same-1", qos=1)  # other bytes: new
