@@ -97,16 +97,6 @@ class _Reply:
     digest: int | None = None  # hash of the request's payload
 
 
-class _Run:
-    """A request being run, for a redelivery of it that arrives meanwhile."""
-
-    __slots__ = ("digest", "waiters")
-
-    def __init__(self, digest: int | None) -> None:
-        self.digest = digest
-        self.waiters: list[tuple[int, int, int]] = []  # (mid, qos, generation) to acknowledge
-
-
 class _Answered:
     """A recent answer, for a redelivery of its request. ``confirmed``: the connection
     generation on which the broker took it (None while paho or the outbox hold it);
@@ -173,8 +163,10 @@ class MqttTransport:
         self._limiter = TokenBuckets(cfg.rate_limit.rate, cfg.rate_limit.burst)
         self._reply_topics = self._make_reply_topics()
         self._controllers = frozenset(cfg.controllers)
-        # dedup key -> the request running under it (and redeliveries waiting for its answer).
-        self._running: dict[str, _Run] = {}
+        # dedup key -> payload hash of the request running under it; and the acks (mid, qos,
+        # generation) of its redeliveries, sent with its answer (allocated only for those).
+        self._running: dict[str, int | None] = {}
+        self._waiting: dict[str, list[tuple[int, int, int]]] = {}
         self._answered: OrderedDict[str, _Answered] = OrderedDict()
         self._answered_bytes = 0
         self._answers_sent = 0  # lets _on_request tell whether a failing request was answered
@@ -565,7 +557,7 @@ class MqttTransport:
         if not reply.v5:
             req.binary_outputs = frozenset()  # 3.1.1 has no user property to carry the header length
         if reply.dedup is not None and reply.dedup not in self._running:
-            self._running[reply.dedup] = _Run(reply.digest)
+            self._running[reply.dedup] = reply.digest
             reply.running = True
         task = self._loop.create_task(self._run(req, reply, msg.mid, msg.qos, gen, t0))
         self._tasks.add(task)
@@ -598,11 +590,10 @@ class MqttTransport:
         connection, it reaches the requester anyway. None: a new request (run it).
         """
         resend_window = gen > 1 and time.monotonic() - self._connected_at < _REDELIVERY_WINDOW_S
-        run = self._running.get(key)
-        if run is not None:
-            if not (msg.dup or (resend_window and run.digest == digest)):
+        if key in self._running:
+            if not (msg.dup or (resend_window and self._running[key] == digest)):
                 return None
-            run.waiters.append((msg.mid, msg.qos, gen))
+            self._waiting.setdefault(key, []).append((msg.mid, msg.qos, gen))
             MESSAGES.labels("duplicate").inc()
             return True
         e = self._answered.get(key)
@@ -691,8 +682,8 @@ class MqttTransport:
             self._counts["requests"] += 1
         finally:
             if reply.running:
-                run = self._running.pop(reply.dedup, None)
-                waiters = run.waiters if run is not None else None
+                del self._running[reply.dedup]
+                waiters = self._waiting.pop(reply.dedup, None) if self._waiting else None
         # Not reached when cancelled at stop: the broker redelivers to the next run.
         self._ack(mid, qos, gen)
         for w in waiters or ():

@@ -406,7 +406,7 @@ def test_inbound_fuzz(tmp_path, broker_less_cfg, service, error_logs):
     assert error_logs.records == []
     assert rss2 - rss1 < 32 << 20
     # Every per-request structure is empty or at its bound.
-    assert not t._tasks and not t._running and not t._pending  # noqa: SLF001
+    assert not t._tasks and not t._running and not t._waiting and not t._pending  # noqa: SLF001
     assert len(t._answered) <= 4096 and t._answered_bytes <= 4 << 20  # noqa: SLF001
     assert len(t._reply_topics._cache) <= 1024 and len(t._limiter) <= 10_000  # noqa: SLF001
 
