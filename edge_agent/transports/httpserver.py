@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from http import HTTPStatus
 from urllib.parse import unquote_to_bytes
@@ -70,11 +71,12 @@ def status_line(status: int) -> bytes:
 class Request:
     """One parsed request. ``headers`` maps lower-case header names to raw
     values (bytes). ``error`` is set when the body was refused (too large);
-    handlers that read the body raise it."""
+    handlers that read the body raise it. ``arrived``: time.monotonic() when
+    its first byte was parsed (deadlines count from there)."""
 
-    __slots__ = ("method", "path", "query", "headers", "body", "keep_alive", "error")
+    __slots__ = ("method", "path", "query", "headers", "body", "keep_alive", "error", "arrived")
 
-    def __init__(self, method, path, query, headers, body, keep_alive, error) -> None:
+    def __init__(self, method, path, query, headers, body, keep_alive, error, arrived: float | None = None) -> None:
         self.method: str = method
         self.path: str = path
         self.query: bytes = query
@@ -82,6 +84,7 @@ class Request:
         self.body: bytes = body
         self.keep_alive: bool = keep_alive
         self.error: EdgeError | None = error
+        self.arrived = arrived
 
 
 class Later:
@@ -194,6 +197,7 @@ class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "server", "parser", "transport", "queue", "task", "later", "cut", "drained", "read_paused",
         "seen", "seen_at_sweep", "url", "headers", "header_bytes", "body", "body_size", "error", "discard",
+        "arrived",
     )
 
     def __init__(self, server: HttpServer) -> None:
@@ -212,6 +216,7 @@ class HttpProtocol(asyncio.Protocol):
         self.read_paused = False
         self.seen = 0  # data_received calls, for the idle sweep
         self.seen_at_sweep = -1
+        self.arrived: float | None = None  # when the current request's first byte was parsed
         self._reset()
 
     def _reset(self) -> None:
@@ -270,6 +275,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._reset()
+        self.arrived = time.monotonic()
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -338,7 +344,7 @@ class HttpProtocol(asyncio.Protocol):
         method = self.parser.get_method()
         # b"".join returns the chunk itself when the body came in one piece.
         return Request(_METHODS.get(method) or method.decode(), path, query, self.headers,
-                       b"".join(self.body), keep_alive, self.error)
+                       b"".join(self.body), keep_alive, self.error, self.arrived)
 
     def _dispatch(self, req: Request) -> None:
         if self.task is not None:
