@@ -83,6 +83,32 @@ def test_endless_header_value_is_refused_before_its_line_ends(stop_after):
     assert isinstance(srv.errors[0], HeaderTooLarge)
 
 
+def test_endless_chunked_trailer_is_refused_before_its_line_ends(stop_after):
+    """Trailers after the last chunk are header lines, buffered the same way."""
+    srv = limited(max_head_bytes=16 * 1024)
+    stop_after(srv)
+    s = connect(srv.path)
+    head = b"POST /echo/t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-Trailer: "
+    sent = stream_until_refused(s, head, b"a" * 4096, bound=8 << 20)
+    status, _, data = Reader(s).response()
+    assert (status, orjson.loads(data)["code"]) == (431, "header_too_large")
+    assert sent < 2 << 20
+    assert "/echo/t" not in srv.calls
+
+
+def test_chunked_body_in_many_small_chunks_is_served(stop_after):
+    srv = limited(max_head_bytes=1024)
+    stop_after(srv)
+    s = connect(srv.path)
+    s.sendall(b"POST /echo/c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for _ in range(500):  # 500 chunks, 2.5 kB of size lines: more than the head limit in all
+        s.sendall(b"1\r\nx\r\n")
+    s.sendall(b"0\r\nX-T: 1\r\n\r\n")
+    status, _, data = Reader(s).response()
+    assert status == 200 and orjson.loads(data)["len"] == 500
+    s.close()
+
+
 def test_heads_under_the_limit_are_served_however_they_are_cut(stop_after):
     """No false refusals: a head just under the limit, trickled in small
     pieces; and many pipelined requests in one write far larger than the

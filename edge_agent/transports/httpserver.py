@@ -65,9 +65,11 @@ MAX_PIPELINED = 16
 SWEEP_S = 1.0
 
 # Where a connection's parser is: between requests, inside a request head,
-# inside a body. Set from the parser callbacks; the sweep and the head-size
-# check read it.
-_IDLE, _HEAD, _BODY = 0, 1, 2
+# inside a body, at a chunk's size line or the last chunk's trailers (which
+# httptools buffers like headers: counted as a head, timed as the body). Set
+# from the parser callbacks; the sweep and the head-size check (odd phases)
+# read it.
+_IDLE, _HEAD, _BODY, _CHUNK = 0, 1, 2, 3
 
 CT_JSON = b"Content-Type: application/json\r\n"
 _STATUS = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
@@ -283,7 +285,7 @@ class HttpServer:
             if phase == _HEAD:
                 if now - conn.mark_at > lim.header_timeout_s:
                     conn.refuse(RequestTimeout(f"request head not complete within {lim.header_timeout_s:g}s"))
-            elif phase == _BODY:
+            elif phase >= _BODY:
                 if now - conn.mark_at >= lim.body_timeout_s:
                     if conn.fed - conn.mark_fed < max(1, lim.body_min_bytes_per_s * (now - conn.mark_at)):
                         conn.refuse(RequestTimeout(f"request body slower than {lim.body_min_bytes_per_s} bytes/s "
@@ -430,7 +432,7 @@ class HttpProtocol(asyncio.Protocol):
         # httptools hands a header over only once its line is complete, and
         # buffers it by concatenation meanwhile: refuse an endless head here,
         # at most one read past the limit, before the parser holds more.
-        if self.phase == _HEAD and fed - self.head_from > self.server.max_head and not self.cut:
+        if self.phase & 1 and fed - self.head_from > self.server.max_head and not self.cut:
             self.refuse(HeaderTooLarge(f"request head exceeds {self.server.max_head} bytes"))
 
     def eof_received(self) -> bool | None:
@@ -497,7 +499,15 @@ class HttpProtocol(asyncio.Protocol):
             # client that gets no 100 sends the body after a short wait anyway.
             self.transport.write(_CONTINUE)
 
+    def on_chunk_header(self) -> None:
+        # Chunked bodies only. The last chunk's trailers are buffered by
+        # httptools until their line ends: counted against max_head from
+        # here until body bytes follow.
+        self.phase = _CHUNK
+        self.head_from = self.fed
+
     def on_body(self, chunk: bytes) -> None:
+        self.phase = _BODY
         if self.discard or self.cut:
             return
         self.body_size += len(chunk)
