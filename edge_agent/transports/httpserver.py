@@ -169,7 +169,9 @@ class HttpServer:
     """Listeners and connections sharing one handler.
 
     ``on_error(err)`` is told about requests refused before any handler ran
-    (malformed HTTP), so they are logged and counted like other bad input."""
+    (malformed HTTP, a limit, a timeout, the connection cap), so they are
+    logged and counted like other bad input. ``limits``: an ``HttpLimits``
+    or the ``server.limits`` config section (same attributes)."""
 
     def __init__(self, handler, max_body: int, on_error=None, fast=None, limits=None) -> None:
         self.handler = handler
