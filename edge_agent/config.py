@@ -45,6 +45,20 @@ def _octal(v):
     return v
 
 
+class ServerLimitsConfig(Section):
+    """What one HTTP connection may hold, and for how long (docs/PROTOCOL.md "Limits")."""
+
+    max_url_bytes: int = Field(8 * 1024, gt=0, description="Longest request URL (path and query); longer is refused with uri_too_long (414) as its bytes arrive, then the connection closes.")
+    max_head_bytes: int = Field(64 * 1024, gt=0, description="Largest request head (request line and headers); larger is refused with header_too_large (431) as its bytes arrive (within one socket read), then the connection closes.")
+    header_timeout_s: float = Field(10.0, gt=0, description="A request head must be complete this long after its first byte; else request_timeout (408) and close.")
+    body_timeout_s: float = Field(10.0, gt=0, description="Window over which a request body must progress by at least body_min_bytes_per_s; else request_timeout (408) and close.")
+    body_min_bytes_per_s: int = Field(1024, ge=0, description="Slowest accepted request body, averaged over body_timeout_s (0: only a body that stalls completely times out).")
+    idle_timeout_s: float = Field(60.0, gt=0, description="A connection with no request in progress and no answer pending is closed after this long (keep-alive idle, or nothing sent since connecting).")
+    send_timeout_s: float = Field(30.0, gt=0, description="A client that lets answers pile up (write buffer above its high-water mark) without draining them for this long is cut.")
+    max_connections: int = Field(4096, gt=0, description="Most open HTTP connections (socket and TCP together); never more than the descriptor limit minus reserved_fds. At the cap, the connection waiting longest on its client (idle, or in a request head) is closed to make room (a head gets overloaded, 503); with every connection busy, the new one is answered overloaded and closed.")
+    reserved_fds: int = Field(128, ge=0, description="Descriptors kept out of the connection cap for models, the cache's SQLite files, MQTT, logs and reloads.")
+
+
 class ServerConfig(Section):
     socket: Path = Field(Path("/run/edge-agent/agent.sock"), description="Unix socket serving the KServe v2 HTTP API.")
     socket_mode: int = Field(0o660, description="Permission bits of the socket file, e.g. 0660 (octal, as a string or YAML octal).")
@@ -52,6 +66,7 @@ class ServerConfig(Section):
     tcp: TcpConfig = Field(default_factory=TcpConfig, description="Optional loopback TCP listener.")
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0, description="Largest request body accepted; larger gets payload_too_large.")
     drain_timeout_s: float = Field(10.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish.")
+    limits: ServerLimitsConfig = Field(default_factory=ServerLimitsConfig, description="Per-connection limits and timeouts of the HTTP server, and the connection cap.")
 
     _mode = field_validator("socket_mode", mode="before")(_octal)
 

@@ -14,6 +14,7 @@ import asyncio
 import gc
 import logging
 import os
+import resource
 import signal
 import time
 from pathlib import Path
@@ -61,6 +62,28 @@ def apply_overrides(cfg: Config, overrides: dict) -> Config:
             obj = getattr(obj, p)
         setattr(obj, last, value)
     return cfg
+
+
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise the soft descriptor limit to the hard one (an unprivileged
+    process may). The soft default (1,024) is what a thousand slow clients
+    used to exhaust; the HTTP connection cap is set below whatever this
+    leaves (server.limits), so models, SQLite and MQTT keep descriptors.
+    Returns (soft, hard) as in force afterwards."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # RLIM_INFINITY cannot be a soft NOFILE limit (the kernel caps it at
+    # fs.nr_open): ask for 2^20 then, the usual nr_open.
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            log.info("descriptor limit raised from %d to %d (RLIMIT_NOFILE hard limit)", soft, target)
+            soft = target
+        except (ValueError, OSError) as e:
+            log.warning("cannot raise the descriptor limit from %d to %d: %s", soft, target, e)
+    else:
+        log.info("descriptor limit %d", soft)
+    return soft, hard
 
 
 class Daemon:
@@ -119,6 +142,7 @@ class Daemon:
 
     async def startup(self) -> None:
         cfg = self.cfg
+        raise_nofile_limit()
         register_process_collector()
         for d in (cfg.paths.state_dir, cfg.paths.cache_dir):
             d.mkdir(parents=True, exist_ok=True)
@@ -139,7 +163,8 @@ class Daemon:
         if not self.repo.models:
             log.warning("no model loaded from %s", cfg.paths.models_dir)
         tcp = (cfg.server.tcp.host, cfg.server.tcp.port) if cfg.server.tcp.enabled else None
-        self.http = HttpTransport(self, cfg.server.socket, cfg.server.socket_mode, cfg.server.socket_group, tcp, cfg.server.max_body_bytes)
+        self.http = HttpTransport(self, cfg.server.socket, cfg.server.socket_mode, cfg.server.socket_group, tcp, cfg.server.max_body_bytes,
+                                  cfg.server.limits)
         await self.http.start()
         for comp in self._make_extras():
             await comp.start()

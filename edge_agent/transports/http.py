@@ -125,7 +125,7 @@ class HttpTransport:
     """
 
     def __init__(self, app, socket_path: Path | None, socket_mode: int, socket_group: str | None,
-                 tcp: tuple[str, int] | None, max_body: int) -> None:
+                 tcp: tuple[str, int] | None, max_body: int, limits=None) -> None:
         self.app = app
         self.socket_path = socket_path
         self.socket_mode = socket_mode
@@ -133,7 +133,8 @@ class HttpTransport:
         self.tcp = tcp
         self.max_body = max_body
         self.errlog = ErrorLog(log)
-        self._server = HttpServer(self._handle, max_body, self._protocol_error, self._fast)
+        # limits: server.limits (HttpLimits' attributes); None: HttpLimits' defaults
+        self._server = HttpServer(self._handle, max_body, self._protocol_error, self._fast, limits)
         self.tcp_port: int | None = None
         self.draining = False
         self._socket_id: tuple[int, int] | None = None
