@@ -176,7 +176,8 @@ def cmd_models(args) -> int:
     print(f"{'MODEL':<16} {'VERSION':<8} {'STATE':<12} {'PROVIDER':<9} {'PRECISION':<13} DEFAULT")
     for m in index:
         print(f"{m['name']:<16} {m['version']:<8} {m['state']:<12} {m.get('provider', '-'):<9} {m.get('precision', '-'):<13} "
-              f"{'*' if m.get('default') else ''}{' canary' if m.get('canary') else ''}{' ' + m['reason'] if m.get('reason') else ''}")
+              f"{'*' if m.get('default') else ''}{' canary' if m.get('canary') else ''}{' ' + m['reason'] if m.get('reason') else ''}"
+              + "".join(f" FALLBACK {f['wanted']}->{f['bound']} ({f['reason']})" for f in m.get("provider_fallback") or ()))
     return 0
 
 
