@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_opts(p)
     p.set_defaults(func=cmd_ctl)
 
-    for mod in ("edge_agent.ota.cli", "edge_agent.quantize.cli"):
+    for mod in ("edge_agent.ota.cli", "edge_agent.quantize.cli", "edge_agent.ops.doctor"):
         try:
             module = __import__(mod, fromlist=["register"])
         except ImportError:
