@@ -236,3 +236,13 @@ def test_no_systemctl_is_a_warning(tmp_path):
     d = D.Doctor(Config(), "test", None, D.Host(Path("/"), str(tmp_path), 2.0))  # PATH without systemctl
     c = d.check_systemd()
     assert c.status == "warn" and "systemctl not found" in c.detail
+
+
+def test_docs_show_every_check():
+    """docs/DOCTOR.md's sample output and table name exactly the checks the code runs."""
+    text = (REPO / "docs" / "DOCTOR.md").read_text()
+    sample = json.loads(text.split("```json\n", 1)[1].split("\n```", 1)[0])
+    names = [c.name for c in D.Doctor(Config(), "x", None, D.Host(Path("/nonexistent"), "", 1.0)).run()]
+    assert [c["name"] for c in sample["checks"]] == names
+    for name in names:
+        assert f"`{name}`" in text, name

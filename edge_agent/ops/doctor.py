@@ -298,7 +298,7 @@ class Doctor:
                          "set runtime.tensorrt.dla_core to an existing core or remove it (GPU)", value)
         if cores:
             return Check("dla", PASS, f"DLA cores {', '.join(map(str, cores))}" + (f"; models use core {want}" if want is not None else "; unused (runtime.tensorrt.dla_core)"), value=value)
-        return Check("dla", PASS, "no DLA" + (" (Xavier and Orin AGX/NX have two)" if self.jetson else ""), value=value)
+        return Check("dla", PASS, "no DLA" + (" (an AGX Xavier has two)" if self.jetson else ""), value=value)
 
     def check_cpu_int8(self) -> Check:
         text = self.host.read("/proc/cpuinfo") or ""
@@ -321,7 +321,7 @@ class Doctor:
         if "avx2" in have:
             return Check("cpu_int8", PASS, f"{cpu}: {', '.join(have)} without VNNI: INT8 needs uint8 weights (u8s8) to gain", value=value)
         return Check("cpu_int8", WARN, f"{cpu}: no INT8 dot-product instructions ({'asimddp/i8mm' if arm else 'VNNI/AVX2'} absent): "
-                     "an INT8 model on the CPU provider is no faster than FP32",
+                     "CPU INT8 kernels run without them; expect little or no gain over FP32 on the CPU provider",
                      "serve INT8 through TensorRT (precision: int8-qdq) or FP32 on the CPU", value)
 
     def check_systemd(self) -> Check:
