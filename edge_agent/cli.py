@@ -176,7 +176,8 @@ def cmd_models(args) -> int:
     print(f"{'MODEL':<16} {'VERSION':<8} {'STATE':<12} {'PROVIDER':<9} {'PRECISION':<13} DEFAULT")
     for m in index:
         print(f"{m['name']:<16} {m['version']:<8} {m['state']:<12} {m.get('provider', '-'):<9} {m.get('precision', '-'):<13} "
-              f"{'*' if m.get('default') else ''}{' canary' if m.get('canary') else ''}{' ' + m['reason'] if m.get('reason') else ''}")
+              f"{'*' if m.get('default') else ''}{' canary' if m.get('canary') else ''}{' ' + m['reason'] if m.get('reason') else ''}"
+              + "".join(f" FALLBACK {f['wanted']}->{f['bound']} ({f['reason']})" for f in m.get("provider_fallback") or ()))
     return 0
 
 
@@ -267,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_opts(p)
     p.set_defaults(func=cmd_ctl)
 
-    for mod in ("edge_agent.ota.cli", "edge_agent.quantize.cli"):
+    for mod in ("edge_agent.ota.cli", "edge_agent.quantize.cli", "edge_agent.ops.doctor"):
         try:
             module = __import__(mod, fromlist=["register"])
         except ImportError:
