@@ -137,7 +137,7 @@ class MqttConfig(Section):
 class CacheConfig(Section):
     enabled: bool = Field(True, description="Response cache on/off for all models (model.yaml can turn it off per model).")
     memory_max_bytes: int = Field(64 * 1024 * 1024, ge=0, description="Bound of the in-memory LRU tier.")
-    disk_max_bytes: int = Field(512 * 1024 * 1024, ge=0, description="Bound of the SQLite tier; 0 disables the disk tier.")
+    disk_max_bytes: int = Field(512 * 1024 * 1024, ge=0, description="Bound of the SQLite tier, on its rows and on its files on disk (database + WAL + WAL index, which may exceed it by 64 KiB: an empty store's pages); past it the least recently used rows are evicted and the file shrinks. 0 disables the disk tier.")
     default_ttl_s: float = Field(24 * 3600.0, gt=0, description="Time to live of an entry unless model.yaml says otherwise.")
     sample_below_hit_ratio: float = Field(
         0.01, ge=0, le=1,
