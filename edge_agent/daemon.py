@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import grp
 import logging
 import os
 import signal
@@ -33,6 +34,47 @@ log = logging.getLogger("edge_agent.daemon")
 EXIT_OK = 0
 EXIT_STARTUP_FAILED = 3
 EXIT_FORCED = 130
+
+# The unit's UMask= (systemd/edge-agent.service), set by the daemon itself so
+# that run by hand from a shell with umask 000 it still creates nothing other
+# users may write (or read: the cache holds answers, the state dir the update
+# history): directories 0750, files 0640.
+DAEMON_UMASK = 0o027
+DIR_MODE = 0o750
+
+
+def make_private_dir(path: Path, group: str | None = None) -> None:
+    """Create ``path`` and its missing parents with DIR_MODE, whatever the
+    umask (mkdir's mode is filtered through it); ``group`` owns what is created.
+    An existing directory is left as the operator made it, with a warning if
+    every user may write to it."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    if not missing:
+        mode = path.stat().st_mode
+        if mode & 0o002 and not mode & 0o1000:
+            log.warning("%s is writable by every user (mode %04o): chmod o-w it", path, mode & 0o7777)
+        return
+    gid = -1
+    if group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            log.warning("group %s does not exist: %s keeps the daemon's group", group, path)
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue  # made meanwhile by someone else: theirs
+        os.chmod(d, DIR_MODE)
+        if gid != -1:
+            try:
+                os.chown(d, -1, gid)
+            except PermissionError as e:
+                log.warning("cannot give %s to group %s: %s", d, group, e)
 
 
 # What a running daemon cannot change (sockets, threads, files and connections
@@ -121,7 +163,11 @@ class Daemon:
         cfg = self.cfg
         register_process_collector()
         for d in (cfg.paths.state_dir, cfg.paths.cache_dir):
-            d.mkdir(parents=True, exist_ok=True)
+            make_private_dir(d)
+        if cfg.mqtt.enabled:
+            make_private_dir(cfg.paths.outbox_dir)
+        # The socket's directory is as reachable as the socket itself: its group too.
+        make_private_dir(cfg.server.socket.parent, cfg.server.socket_group)
         for d in (cfg.paths.state_dir, cfg.paths.models_dir):
             if d.is_dir():
                 sweep_stale_temp_files(d)
@@ -328,6 +374,7 @@ class Daemon:
 
 
 def run_daemon(cfg: Config, config_path: Path | None, overrides: dict) -> int:
+    os.umask(DAEMON_UMASK)
     try:
         import uvloop
 
