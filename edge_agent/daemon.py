@@ -19,6 +19,8 @@ import signal
 import time
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from . import __version__
 from .atomic import sweep_stale_temp_files
 from .config import Config, load_config
@@ -93,7 +95,11 @@ def restart_only_changes(running: Config, new: Config) -> list[str]:
 
 
 def apply_overrides(cfg: Config, overrides: dict) -> Config:
-    """Command-line overrides win over the file (so the daemon runs unprivileged anywhere)."""
+    """Command-line overrides win over the file (so the daemon runs unprivileged anywhere).
+
+    Each is validated like the file (sections validate on assignment, their
+    cross-field rules too: ``--tcp 0.0.0.0:PORT`` without TLS and a token is
+    refused); a refusal is a ConfigError naming the override."""
     for dotted, value in overrides.items():
         if value is None:
             continue
@@ -101,7 +107,11 @@ def apply_overrides(cfg: Config, overrides: dict) -> Config:
         *parents, last = dotted.split(".")
         for p in parents:
             obj = getattr(obj, p)
-        setattr(obj, last, value)
+        try:
+            setattr(obj, last, value)
+        except ValidationError as e:
+            why = "; ".join(err["msg"].replace("Value error, ", "", 1) for err in e.errors())
+            raise ConfigError(f"command-line override {dotted}={value}: {why}") from None
     return cfg
 
 
@@ -185,7 +195,8 @@ class Daemon:
         if not self.repo.models:
             log.warning("no model loaded from %s", cfg.paths.models_dir)
         tcp = (cfg.server.tcp.host, cfg.server.tcp.port) if cfg.server.tcp.enabled else None
-        self.http = HttpTransport(self, cfg.server.socket, cfg.server.socket_mode, cfg.server.socket_group, tcp, cfg.server.max_body_bytes)
+        self.http = HttpTransport(self, cfg.server.socket, cfg.server.socket_mode, cfg.server.socket_group, tcp,
+                                  cfg.server.max_body_bytes, *self._control_security(tcp is not None))
         await self.http.start()
         for comp in self._make_extras():
             await comp.start()
@@ -201,6 +212,17 @@ class Daemon:
         models = ", ".join(f"{m['name']}/{m['version']}" for m in self.repo.index() if m["state"] == "READY")
         self.notifier.ready(f"serving {models or 'no models'}")
         log.info("edge-agent %s ready (%s mode): %s", __version__, cfg.mode, models or "no models")
+
+    def _control_security(self, tcp: bool) -> tuple:
+        """Who may use control endpoints (ControlAuthority) and the TCP
+        listener's TLS context; ConfigError (exit 3) for an unreadable or
+        short token file, unloadable certificates."""
+        from .transports.authority import ControlAuthority, load_token, tls_context
+
+        t = self.cfg.server.tcp
+        token = load_token(t) if tcp else None
+        ssl_ctx = tls_context(t.tls) if tcp and t.tls is not None else None
+        return ControlAuthority(self.cfg.server.admin_group, token), ssl_ctx
 
     def _make_cache(self):
         c = self.cfg.cache
