@@ -22,6 +22,8 @@ import pytest
 from certs import make_certs
 from daemon_proc import REPO, copy_digits, digits_body
 from edge_agent.client import AgentClient
+from edge_agent.errors import Forbidden, Unauthorized
+from edge_agent.transports.authority import ControlAuthority, process_groups
 
 NOBODY = 65534
 USERS_GID = 100  # the "users" group: an admin group nobody is not in by default
@@ -89,6 +91,33 @@ def run_with(a, *args) -> None:
 def cli(*args, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "edge_agent.cli", *args], capture_output=True, text=True,
                           cwd=REPO, env={**os.environ, **(env or {})}, timeout=120)
+
+
+# -- the rules, without a daemon ---------------------------------------------------------------
+
+
+def test_the_bearer_header_is_parsed_strictly_and_compared_whole():
+    auth = ControlAuthority(None, TOKEN.encode())
+    peer = ("192.0.2.7", 40000)
+    assert auth._check_token(b"Bearer " + TOKEN.encode(), peer) == "tcp peer 192.0.2.7"
+    assert auth._check_token(b"  bearer   " + TOKEN.encode() + b" ", peer)
+    for bad in (b"", b"Bearer", b"Bearer ", b"Bearer " + TOKEN.encode()[:-1], b"Bearer " + TOKEN.encode() + b"x",
+                b"Basic " + TOKEN.encode(), TOKEN.encode()):
+        with pytest.raises(Unauthorized):
+            auth._check_token(bad, peer)
+    with pytest.raises(Forbidden, match="no server.tcp.token_file"):
+        ControlAuthority(None, None)._check_token(b"Bearer " + TOKEN.encode(), peer)
+
+
+def test_groups_are_read_from_proc_only_while_the_pid_is_still_that_users():
+    assert process_groups(os.getpid(), os.geteuid()) == {os.getegid(), *os.getgroups()}
+    assert process_groups(os.getpid(), os.geteuid() + 1) is None  # pid reused by someone else: not trusted
+    assert process_groups(2 ** 22 + 12345, 0) is None  # gone
+    auth = ControlAuthority("users", None, own_uid=4242)
+    with pytest.raises(Forbidden, match="uid 65534 pid 0: needs root, the daemon's user or membership of group users"):
+        auth._check_local(0, NOBODY, NOBODY)  # no pid (another namespace): the user database says no
+    assert auth._check_local(0, 4242, 4242) == "uid 4242 pid 0"
+    assert auth._check_local(0, NOBODY, USERS_GID).endswith("(group users)")
 
 
 # -- the socket: SO_PEERCRED ----------------------------------------------------------------------

@@ -131,10 +131,12 @@ class HttpServer:
     async def listen_tcp(self, host: str, port: int, reuse_port: bool = False, ssl=None) -> int:
         """``reuse_port``: several processes may listen on the port
         (SO_REUSEPORT; the kernel shares connections out among them).
-        ``ssl``: an SSLContext to serve TLS."""
+        ``ssl``: an SSLContext to serve TLS (a handshake gets 10 s: until it
+        is done the connection is not ours to sweep)."""
         self.loop = asyncio.get_running_loop()
+        tls = {"ssl": ssl, "ssl_handshake_timeout": 10.0} if ssl is not None else {}
         srv = await self.loop.create_server(self._factory, host, port, backlog=1024, reuse_address=True,
-                                            reuse_port=reuse_port or None, ssl=ssl)
+                                            reuse_port=reuse_port or None, **tls)
         self.listeners.append(srv)
         self._arm_sweeper()
         return srv.sockets[0].getsockname()[1]
