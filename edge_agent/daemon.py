@@ -178,6 +178,9 @@ class Daemon:
             make_private_dir(cfg.paths.outbox_dir)
         # The socket's directory is as reachable as the socket itself: its group too.
         make_private_dir(cfg.server.socket.parent, cfg.server.socket_group)
+        tcp = (cfg.server.tcp.host, cfg.server.tcp.port) if cfg.server.tcp.enabled else None
+        # Before loading models (minutes, with a TensorRT build): a bad token or certificate fails fast.
+        control = self._control_security(tcp is not None)
         for d in (cfg.paths.state_dir, cfg.paths.models_dir):
             if d.is_dir():
                 sweep_stale_temp_files(d)
@@ -194,9 +197,8 @@ class Daemon:
         await self.repo.sync()
         if not self.repo.models:
             log.warning("no model loaded from %s", cfg.paths.models_dir)
-        tcp = (cfg.server.tcp.host, cfg.server.tcp.port) if cfg.server.tcp.enabled else None
         self.http = HttpTransport(self, cfg.server.socket, cfg.server.socket_mode, cfg.server.socket_group, tcp,
-                                  cfg.server.max_body_bytes, *self._control_security(tcp is not None))
+                                  cfg.server.max_body_bytes, *control)
         await self.http.start()
         for comp in self._make_extras():
             await comp.start()
