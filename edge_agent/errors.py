@@ -158,3 +158,18 @@ class ModelLoadError(EdgeError):
 
     code = "model_load_failed"
     http_status = 500
+
+
+class Unauthorized(EdgeError):
+    """A control endpoint was asked without a valid credential (TCP: no or a wrong bearer token)."""
+
+    code = "unauthorized"
+    http_status = 401
+
+
+class Forbidden(EdgeError):
+    """The caller is known but may not use control endpoints (socket: not root, the daemon's user or
+    in server.admin_group; TCP: no server.tcp.token_file configured)."""
+
+    code = "forbidden"
+    http_status = 403

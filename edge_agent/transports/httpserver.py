@@ -93,11 +93,12 @@ def status_line(status: int) -> bytes:
 class Request:
     """One parsed request. ``headers`` maps lower-case header names to raw
     values (bytes). ``error`` is set when the body was refused (too large);
-    handlers that read the body raise it."""
+    handlers that read the body raise it. ``transport``: the connection's,
+    for who is asking (peer credentials or address; transports/authority.py)."""
 
-    __slots__ = ("method", "path", "query", "headers", "body", "keep_alive", "error")
+    __slots__ = ("method", "path", "query", "headers", "body", "keep_alive", "error", "transport")
 
-    def __init__(self, method, path, query, headers, body, keep_alive, error) -> None:
+    def __init__(self, method, path, query, headers, body, keep_alive, error, transport=None) -> None:
         self.method: str = method
         self.path: str = path
         self.query: bytes = query
@@ -105,6 +106,7 @@ class Request:
         self.body: bytes = body
         self.keep_alive: bool = keep_alive
         self.error: EdgeError | None = error
+        self.transport = transport
 
 
 class HttpLimits:
@@ -208,12 +210,15 @@ class HttpServer:
         self.listeners.append(await self.loop.create_unix_server(self._factory, path, backlog=1024))
         self._started()
 
-    async def listen_tcp(self, host: str, port: int, reuse_port: bool = False) -> int:
+    async def listen_tcp(self, host: str, port: int, reuse_port: bool = False, ssl=None) -> int:
         """``reuse_port``: several processes may listen on the port
-        (SO_REUSEPORT; the kernel shares connections out among them)."""
+        (SO_REUSEPORT; the kernel shares connections out among them).
+        ``ssl``: an SSLContext to serve TLS (a handshake gets 10 s: until it
+        is done the connection is not ours to sweep)."""
         self.loop = asyncio.get_running_loop()
+        tls = {"ssl": ssl, "ssl_handshake_timeout": 10.0} if ssl is not None else {}
         srv = await self.loop.create_server(self._factory, host, port, backlog=1024, reuse_address=True,
-                                            reuse_port=reuse_port or None)
+                                            reuse_port=reuse_port or None, **tls)
         self.listeners.append(srv)
         self._started()
         return srv.sockets[0].getsockname()[1]
@@ -549,7 +554,7 @@ class HttpProtocol(asyncio.Protocol):
         method = self.parser.get_method()
         # b"".join returns the chunk itself when the body came in one piece.
         return Request(_METHODS.get(method) or method.decode(), path, query, self.headers,
-                       b"".join(self.body), keep_alive, self.error)
+                       b"".join(self.body), keep_alive, self.error, self.transport)
 
     def _dispatch(self, req: Request) -> None:
         if self.task is not None:
