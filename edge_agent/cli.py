@@ -56,7 +56,8 @@ def cmd_run(args) -> int:
     }
     if args.tcp:
         host, port = args.tcp
-        overrides.update({"server.tcp.enabled": True, "server.tcp.host": host, "server.tcp.port": port})
+        # Address first, then enabled: the section's rules judge the address it will serve on.
+        overrides.update({"server.tcp.host": host, "server.tcp.port": port, "server.tcp.enabled": True})
     if args.mqtt:
         host, port = args.mqtt
         overrides.update({"mqtt.enabled": True, "mqtt.host": host, "mqtt.port": port})
@@ -64,7 +65,11 @@ def cmd_run(args) -> int:
         overrides["mqtt.enabled"] = False
     from .daemon import apply_overrides
 
-    cfg = apply_overrides(cfg, overrides)
+    try:
+        cfg = apply_overrides(cfg, overrides)
+    except ConfigError as e:
+        print(f"edge-agent: {e.message}", file=sys.stderr)
+        return 3
     setup_logging(cfg.logging.level, cfg.logging.json_format)
     return run_daemon(cfg, Path(args.config) if args.config else None, overrides)
 
@@ -87,11 +92,35 @@ def cmd_check_config(args) -> int:
 def _client(args):
     from .client import AgentClient
 
+    url = getattr(args, "url", None) or os.environ.get("EDGE_AGENT_URL")
+    token = _token(args)
+    if url:
+        ctx = None
+        cafile = getattr(args, "cafile", None) or os.environ.get("EDGE_AGENT_CAFILE")
+        if cafile:
+            import ssl
+
+            ctx = ssl.create_default_context(cafile=cafile)
+        return AgentClient(url, timeout=args.timeout, token=token, ssl_context=ctx)
     path = _socket_path(args)
     if not os.path.exists(path):
         print(f"edge-agent: no daemon socket at {path} (is the daemon running? --socket / $EDGE_AGENT_SOCKET)", file=sys.stderr)
         raise SystemExit(1)
-    return AgentClient(path, timeout=args.timeout)
+    return AgentClient(path, timeout=args.timeout, token=token)
+
+
+def _token(args) -> str | None:
+    """The bearer token for control over TCP: --token-file or $EDGE_AGENT_TOKEN_FILE
+    (a path, or a systemd credential name under $CREDENTIALS_DIRECTORY)."""
+    from .config import read_secret
+
+    file = getattr(args, "token_file", None) or os.environ.get("EDGE_AGENT_TOKEN_FILE")
+    try:
+        token = read_secret(file, "--token-file")
+    except ConfigError as e:
+        print(f"edge-agent: {e.message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return token.strip() if token else None
 
 
 def _request_body(args, client) -> dict:
@@ -176,7 +205,8 @@ def cmd_models(args) -> int:
     print(f"{'MODEL':<16} {'VERSION':<8} {'STATE':<12} {'PROVIDER':<9} {'PRECISION':<13} DEFAULT")
     for m in index:
         print(f"{m['name']:<16} {m['version']:<8} {m['state']:<12} {m.get('provider', '-'):<9} {m.get('precision', '-'):<13} "
-              f"{'*' if m.get('default') else ''}{' canary' if m.get('canary') else ''}{' ' + m['reason'] if m.get('reason') else ''}")
+              f"{'*' if m.get('default') else ''}{' canary' if m.get('canary') else ''}{' ' + m['reason'] if m.get('reason') else ''}"
+              + "".join(f" FALLBACK {f['wanted']}->{f['bound']} ({f['reason']})" for f in m.get("provider_fallback") or ()))
     return 0
 
 
@@ -213,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", help="override paths.state_dir (cache and outbox go beneath it unless set)")
     p.add_argument("--models-dir", help="override paths.models_dir")
     p.add_argument("--cache-dir", help="override paths.cache_dir")
-    p.add_argument("--tcp", type=_host_port, metavar="HOST:PORT", help="also serve HTTP on this TCP address")
+    p.add_argument("--tcp", type=_host_port, metavar="HOST:PORT",
+                   help="also serve HTTP on this TCP address (beyond loopback only with server.tcp.tls and token_file)")
     p.add_argument("--mqtt", type=_host_port, metavar="HOST:PORT", help="enable MQTT with this broker")
     p.add_argument("--no-mqtt", action="store_true", help="disable MQTT whatever the config says")
     p.add_argument("--device-id", help="override device_id")
@@ -227,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def client_opts(p):
         p.add_argument("--socket", help=f"daemon socket (default $EDGE_AGENT_SOCKET or {DEFAULT_SOCKET})")
+        p.add_argument("--url", help="talk to the TCP listener instead, http(s)://HOST:PORT (default $EDGE_AGENT_URL)")
+        p.add_argument("--token-file", help="bearer token for control over TCP (reload, ctl): a file or a systemd "
+                                            "credential name (default $EDGE_AGENT_TOKEN_FILE)")
+        p.add_argument("--cafile", help="CA certificate to verify an https --url (default $EDGE_AGENT_CAFILE, else the system's)")
         p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the daemon")
 
     p = sub.add_parser("infer", help="send one inference request and print the answer")
@@ -267,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_opts(p)
     p.set_defaults(func=cmd_ctl)
 
-    for mod in ("edge_agent.ota.cli", "edge_agent.quantize.cli"):
+    for mod in ("edge_agent.ota.cli", "edge_agent.quantize.cli", "edge_agent.ops.doctor"):
         try:
             module = __import__(mod, fromlist=["register"])
         except ImportError:

@@ -8,13 +8,14 @@ reference written from them).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -30,10 +31,37 @@ class PathsConfig(Section):
     outbox_dir: Path = Field(Path("/var/lib/edge-agent/outbox"), description="MQTT messages not yet acknowledged by the broker.")
 
 
+class TcpTlsConfig(Section):
+    cert_file: Path = Field(description="PEM certificate (chain) the TCP listener presents.")
+    key_file: Path = Field(description="PEM private key of cert_file.")
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine reaches (127.0.0.0/8, ::1, "localhost").
+    A name other than localhost is not resolved here (check-config may run on another
+    machine), so it counts as reachable from outside."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class TcpConfig(Section):
     enabled: bool = Field(False, description="Serve the HTTP API on a TCP port as well as the socket. Off by default on edge units.")
-    host: str = Field("127.0.0.1", description="Address to bind; keep loopback unless a firewall protects the port.")
+    host: str = Field("127.0.0.1", description="Address to bind. Anything but loopback (127.0.0.0/8, ::1, localhost) is refused unless tls and token_file are both set.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one).")
+    token_file: Optional[Path] = Field(None, description="File holding the bearer token (at least 16 characters) that control endpoints over TCP need (`Authorization: Bearer <token>`), or a systemd credential name under $CREDENTIALS_DIRECTORY. None: control over TCP is refused (403); reads and inference stay open. Read at start; never logged.")
+    tls: Optional[TcpTlsConfig] = Field(None, description="Serve TCP over TLS with this certificate and key; None for plain HTTP (loopback only).")
+
+    @model_validator(mode="after")
+    def _outside_needs_tls_and_token(self) -> "TcpConfig":
+        # Checked on assignment too (validate_assignment), so a --tcp override is held to it.
+        if self.enabled and not is_loopback(self.host) and (self.tls is None or self.token_file is None):
+            raise ValueError(f"host {self.host!r} is not loopback: serving TCP beyond this machine needs "
+                             "both server.tcp.tls and server.tcp.token_file")
+        return self
 
 
 def _octal(v):
@@ -45,13 +73,29 @@ def _octal(v):
     return v
 
 
+class ServerLimitsConfig(Section):
+    """What one HTTP connection may hold, and for how long (docs/PROTOCOL.md "Limits")."""
+
+    max_url_bytes: int = Field(8 * 1024, gt=0, description="Longest request URL (path and query); longer is refused with uri_too_long (414) as its bytes arrive, then the connection closes.")
+    max_head_bytes: int = Field(64 * 1024, gt=0, description="Largest request head (request line and headers); larger is refused with header_too_large (431) as its bytes arrive (within one socket read), then the connection closes.")
+    header_timeout_s: float = Field(10.0, gt=0, description="A request head must be complete this long after its first byte; else request_timeout (408) and close.")
+    body_timeout_s: float = Field(10.0, gt=0, description="Window over which a request body must progress by at least body_min_bytes_per_s; else request_timeout (408) and close.")
+    body_min_bytes_per_s: int = Field(1024, ge=0, description="Slowest accepted request body, averaged over body_timeout_s (0: only a body that stalls completely times out).")
+    idle_timeout_s: float = Field(60.0, gt=0, description="A connection with no request in progress and no answer pending is closed after this long (keep-alive idle, or nothing sent since connecting).")
+    send_timeout_s: float = Field(30.0, gt=0, description="A client that lets answers pile up (write buffer above its high-water mark) without draining them for this long is cut.")
+    max_connections: int = Field(4096, gt=0, description="Most open HTTP connections (socket and TCP together); never more than the descriptor limit minus reserved_fds. At the cap, the connection waiting longest on its client (idle, or in a request head) is closed to make room (a head gets overloaded, 503); with every connection busy, the new one is answered overloaded and closed.")
+    reserved_fds: int = Field(128, ge=0, description="Descriptors kept out of the connection cap for models, the cache's SQLite files, MQTT, logs and reloads.")
+
+
 class ServerConfig(Section):
     socket: Path = Field(Path("/run/edge-agent/agent.sock"), description="Unix socket serving the KServe v2 HTTP API.")
     socket_mode: int = Field(0o660, description="Permission bits of the socket file, e.g. 0660 (octal, as a string or YAML octal).")
     socket_group: str | None = Field(None, description="Group owning the socket (e.g. edge-agent); None keeps the process group.")
-    tcp: TcpConfig = Field(default_factory=TcpConfig, description="Optional loopback TCP listener.")
+    admin_group: Optional[str] = Field("edge-agent-admin", description="Group whose members (primary or supplementary group of the connecting process) may use the control endpoints over the socket: reload, promote, rollback. Root and the daemon's own user always may; None: only they. Everyone who reaches the socket may read and infer.")
+    tcp: TcpConfig = Field(default_factory=TcpConfig, description="Optional TCP listener (loopback, or TLS + token).")
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0, description="Largest request body accepted; larger gets payload_too_large.")
     drain_timeout_s: float = Field(10.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish.")
+    limits: ServerLimitsConfig = Field(default_factory=ServerLimitsConfig, description="Per-connection limits and timeouts of the HTTP server, and the connection cap.")
 
     _mode = field_validator("socket_mode", mode="before")(_octal)
 
@@ -154,7 +198,7 @@ class MqttConfig(Section):
 class CacheConfig(Section):
     enabled: bool = Field(True, description="Response cache on/off for all models (model.yaml can turn it off per model).")
     memory_max_bytes: int = Field(64 * 1024 * 1024, ge=0, description="Bound of the in-memory LRU tier.")
-    disk_max_bytes: int = Field(512 * 1024 * 1024, ge=0, description="Bound of the SQLite tier; 0 disables the disk tier.")
+    disk_max_bytes: int = Field(512 * 1024 * 1024, ge=0, description="Bound of the SQLite tier, on its rows and on its files on disk (database + WAL + WAL index, which may exceed it by 64 KiB: an empty store's pages); past it the least recently used rows are evicted and the file shrinks. 0 disables the disk tier.")
     default_ttl_s: float = Field(24 * 3600.0, gt=0, description="Time to live of an entry unless model.yaml says otherwise.")
     sample_below_hit_ratio: float = Field(
         0.01, ge=0, le=1,
@@ -310,3 +354,20 @@ def load_config(path: str | os.PathLike | None) -> Config:
         raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
     data, lines = load_yaml_with_lines(text, str(p))
     return validate_with_lines(Config, data, lines, str(p))
+
+
+def read_secret(file: str | os.PathLike | None, key: str) -> str | None:
+    """A secret (password, token) from a file, or from a systemd credential:
+    a relative name is looked up under $CREDENTIALS_DIRECTORY (LoadCredential=).
+
+    The value is never logged; errors name the config ``key`` and the file only."""
+    if file is None:
+        return None
+    path = Path(file)
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not path.is_absolute() and creds:
+        path = Path(creds) / path
+    try:
+        return path.read_text().rstrip("\r\n")
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot read {path}: {e.strerror}") from None

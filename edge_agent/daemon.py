@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import grp
 import logging
 import os
+import resource
 import signal
 import time
 from pathlib import Path
+
+from pydantic import ValidationError
 
 from . import __version__
 from .atomic import sweep_stale_temp_files
@@ -33,6 +37,47 @@ log = logging.getLogger("edge_agent.daemon")
 EXIT_OK = 0
 EXIT_STARTUP_FAILED = 3
 EXIT_FORCED = 130
+
+# The unit's UMask= (systemd/edge-agent.service), set by the daemon itself so
+# that run by hand from a shell with umask 000 it still creates nothing other
+# users may write (or read: the cache holds answers, the state dir the update
+# history): directories 0750, files 0640.
+DAEMON_UMASK = 0o027
+DIR_MODE = 0o750
+
+
+def make_private_dir(path: Path, group: str | None = None) -> None:
+    """Create ``path`` and its missing parents with DIR_MODE, whatever the
+    umask (mkdir's mode is filtered through it); ``group`` owns what is created.
+    An existing directory is left as the operator made it, with a warning if
+    every user may write to it."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    if not missing:
+        mode = path.stat().st_mode
+        if mode & 0o002 and not mode & 0o1000:
+            log.warning("%s is writable by every user (mode %04o): chmod o-w it", path, mode & 0o7777)
+        return
+    gid = -1
+    if group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            log.warning("group %s does not exist: %s keeps the daemon's group", group, path)
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue  # made meanwhile by someone else: theirs
+        os.chmod(d, DIR_MODE)
+        if gid != -1:
+            try:
+                os.chown(d, -1, gid)
+            except PermissionError as e:
+                log.warning("cannot give %s to group %s: %s", d, group, e)
 
 
 # What a running daemon cannot change (sockets, threads, files and connections
@@ -51,7 +96,11 @@ def restart_only_changes(running: Config, new: Config) -> list[str]:
 
 
 def apply_overrides(cfg: Config, overrides: dict) -> Config:
-    """Command-line overrides win over the file (so the daemon runs unprivileged anywhere)."""
+    """Command-line overrides win over the file (so the daemon runs unprivileged anywhere).
+
+    Each is validated like the file (sections validate on assignment, their
+    cross-field rules too: ``--tcp 0.0.0.0:PORT`` without TLS and a token is
+    refused); a refusal is a ConfigError naming the override."""
     for dotted, value in overrides.items():
         if value is None:
             continue
@@ -59,8 +108,34 @@ def apply_overrides(cfg: Config, overrides: dict) -> Config:
         *parents, last = dotted.split(".")
         for p in parents:
             obj = getattr(obj, p)
-        setattr(obj, last, value)
+        try:
+            setattr(obj, last, value)
+        except ValidationError as e:
+            why = "; ".join(err["msg"].replace("Value error, ", "", 1) for err in e.errors())
+            raise ConfigError(f"command-line override {dotted}={value}: {why}") from None
     return cfg
+
+
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise the soft descriptor limit to the hard one (an unprivileged
+    process may). The soft default (1,024) is what a thousand slow clients
+    used to exhaust; the HTTP connection cap is set below whatever this
+    leaves (server.limits), so models, SQLite and MQTT keep descriptors.
+    Returns (soft, hard) as in force afterwards."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # RLIM_INFINITY cannot be a soft NOFILE limit (the kernel caps it at
+    # fs.nr_open): ask for 2^20 then, the usual nr_open.
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            log.info("descriptor limit raised from %d to %d (RLIMIT_NOFILE hard limit)", soft, target)
+            soft = target
+        except (ValueError, OSError) as e:
+            log.warning("cannot raise the descriptor limit from %d to %d: %s", soft, target, e)
+    else:
+        log.info("descriptor limit %d", soft)
+    return soft, hard
 
 
 class Daemon:
@@ -119,9 +194,17 @@ class Daemon:
 
     async def startup(self) -> None:
         cfg = self.cfg
+        raise_nofile_limit()
         register_process_collector()
         for d in (cfg.paths.state_dir, cfg.paths.cache_dir):
-            d.mkdir(parents=True, exist_ok=True)
+            make_private_dir(d)
+        if cfg.mqtt.enabled:
+            make_private_dir(cfg.paths.outbox_dir)
+        # The socket's directory is as reachable as the socket itself: its group too.
+        make_private_dir(cfg.server.socket.parent, cfg.server.socket_group)
+        tcp = (cfg.server.tcp.host, cfg.server.tcp.port) if cfg.server.tcp.enabled else None
+        # Before loading models (minutes, with a TensorRT build): a bad token or certificate fails fast.
+        control = self._control_security(tcp is not None)
         for d in (cfg.paths.state_dir, cfg.paths.models_dir):
             if d.is_dir():
                 sweep_stale_temp_files(d)
@@ -138,8 +221,8 @@ class Daemon:
         await self.repo.sync()
         if not self.repo.models:
             log.warning("no model loaded from %s", cfg.paths.models_dir)
-        tcp = (cfg.server.tcp.host, cfg.server.tcp.port) if cfg.server.tcp.enabled else None
-        self.http = HttpTransport(self, cfg.server.socket, cfg.server.socket_mode, cfg.server.socket_group, tcp, cfg.server.max_body_bytes)
+        self.http = HttpTransport(self, cfg.server.socket, cfg.server.socket_mode, cfg.server.socket_group, tcp,
+                                  cfg.server.max_body_bytes, *control, limits=cfg.server.limits)
         await self.http.start()
         for comp in self._make_extras():
             await comp.start()
@@ -155,6 +238,17 @@ class Daemon:
         models = ", ".join(f"{m['name']}/{m['version']}" for m in self.repo.index() if m["state"] == "READY")
         self.notifier.ready(f"serving {models or 'no models'}")
         log.info("edge-agent %s ready (%s mode): %s", __version__, cfg.mode, models or "no models")
+
+    def _control_security(self, tcp: bool) -> tuple:
+        """Who may use control endpoints (ControlAuthority) and the TCP
+        listener's TLS context; ConfigError (exit 3) for an unreadable or
+        short token file, unloadable certificates."""
+        from .transports.authority import ControlAuthority, load_token, tls_context
+
+        t = self.cfg.server.tcp
+        token = load_token(t) if tcp else None
+        ssl_ctx = tls_context(t.tls) if tcp and t.tls is not None else None
+        return ControlAuthority(self.cfg.server.admin_group, token), ssl_ctx
 
     def _make_cache(self):
         c = self.cfg.cache
@@ -328,6 +422,7 @@ class Daemon:
 
 
 def run_daemon(cfg: Config, config_path: Path | None, overrides: dict) -> int:
+    os.umask(DAEMON_UMASK)
     try:
         import uvloop
 

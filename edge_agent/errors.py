@@ -48,6 +48,27 @@ class PayloadTooLarge(EdgeError):
     http_status = 413
 
 
+class UriTooLong(EdgeError):
+    """The request line's URL is over server.limits.max_url_bytes; refused as its bytes arrive."""
+
+    code = "uri_too_long"
+    http_status = 414
+
+
+class HeaderTooLarge(EdgeError):
+    """The request head (request line and headers) is over server.limits.max_head_bytes."""
+
+    code = "header_too_large"
+    http_status = 431
+
+
+class RequestTimeout(EdgeError):
+    """The client sent its request too slowly (head not complete in time, or a stalled body)."""
+
+    code = "request_timeout"
+    http_status = 408
+
+
 class UnknownModel(EdgeError):
     """No model of that name is served."""
 
@@ -144,3 +165,18 @@ class ModelLoadError(EdgeError):
 
     code = "model_load_failed"
     http_status = 500
+
+
+class Unauthorized(EdgeError):
+    """A control endpoint was asked without a valid credential (TCP: no or a wrong bearer token)."""
+
+    code = "unauthorized"
+    http_status = 401
+
+
+class Forbidden(EdgeError):
+    """The caller is known but may not use control endpoints (socket: not root, the daemon's user or
+    in server.admin_group; TCP: no server.tcp.token_file configured)."""
+
+    code = "forbidden"
+    http_status = 403

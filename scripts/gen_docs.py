@@ -80,7 +80,7 @@ def config_md() -> str:
         "## Daemon configuration (`/etc/edge-agent/config.yaml`)",
         "",
         "Command-line overrides of `edge-agent run`: `--socket` (server.socket), `--state-dir` (paths.state_dir, and",
-        "cache/outbox beneath it), `--models-dir`, `--cache-dir`, `--tcp HOST:PORT`, `--mqtt HOST:PORT` / `--no-mqtt`,",
+        "cache/outbox beneath it), `--models-dir`, `--cache-dir`, `--tcp HOST:PORT` (held to server.tcp's rules: beyond loopback only with tls and token_file), `--mqtt HOST:PORT` / `--no-mqtt`,",
         "`--device-id`, `--log-level`. SIGHUP (or `edge-agent reload`) re-reads the file and applies `runtime`, `batching` (to versions loaded from then on; the default deadlines at once) and `logging.level`; changes to `mode`, `device_id`, `paths`, `server`, `mqtt`, `cache`, `ota`, `offload` and `logging.json_format` are kept as running until a restart, logged, and listed as `restart_needed` in the reload result and in `edge-agent status`.",
         "",
         "| key | type | default | meaning |",

@@ -1,5 +1,13 @@
 """The on-disk tier: one SQLite file in WAL mode, bounded in bytes, LRU + TTL.
 
+Bounds. ``max_bytes`` bounds the rows (key + value + ROW_OVERHEAD each) AND
+the files on disk: database + ``-wal`` + ``-shm`` stay within ``max_bytes +
+FILE_SLACK`` after every write batch (the slack is what an empty store takes:
+schema pages and the 32 KiB WAL index). The WAL is checkpointed and truncated
+whenever it passes ``max_bytes / 8`` (at most WAL_MAX), and the database is
+created with incremental auto-vacuum so evicting rows really shrinks the file.
+Within a batch the WAL may briefly hold that batch's pages on top.
+
 Threads. Every write (put, delete, the last-access touch of a hit, eviction)
 goes through a queue to ONE writer thread that applies it in batched
 transactions, so the request path never waits on the disk or on a lock held
@@ -53,6 +61,14 @@ ROW_OVERHEAD = 96
 # The smallest row we expect (key, a few small tensors, overhead): sizes the
 # key filter for a full store.
 TYPICAL_MIN_ROW = 200
+# The files may exceed max_bytes by this much: an empty store's pages (schema,
+# table and index roots, the auto-vacuum pointer map: 24 KiB) and the WAL
+# index (-shm: 32 KiB while the WAL holds fewer than ~4,000 frames).
+FILE_SLACK = 64 * 1024
+# The WAL is checkpointed into the database and truncated once it passes
+# max_bytes / 8, and never later than at this size.
+WAL_MAX = 4 * 1024 * 1024
+_SUFFIXES = ("", "-wal", "-shm")
 
 # sqlite3 primary result codes -> our fault kinds.
 _CORRUPT = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
@@ -127,6 +143,10 @@ class SQLiteTier:
         self._last_check = -recheck_interval_s
         self._bytes = 0
         self._count = 0
+        self._file_bound = max_bytes + FILE_SLACK
+        self._wal_limit = min(max_bytes // 8, WAL_MAX)
+        self._disk_bytes = 0  # db + wal + shm, measured after each batch
+        self._page_size = 4096
         self.evictions = {"size": 0, "ttl": 0, "corrupt": 0}
         self.errors: dict[str, int] = {}
         self.rebuilds = 0
@@ -156,6 +176,14 @@ class SQLiteTier:
         size = self.path.stat().st_size if self.path.exists() else 0
         conn = self._connect(query_only=False)
         try:
+            if size and not self._shrinkable(conn):
+                conn.close()
+                self._discard_files("it predates file-size accounting (no incremental auto-vacuum)")
+                size = 0
+                conn = self._connect(query_only=False)
+            # Before WAL mode and the tables, or it has no effect: evicted rows
+            # then give their pages back to the file system (_shrink).
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
                 raise sqlite3.OperationalError("cannot switch to WAL")
             # quick_check reads every page: ~0.1 s for a 16 MB file, over a
@@ -166,6 +194,10 @@ class SQLiteTier:
             else:
                 self._check_pending = True
             conn.execute("PRAGMA synchronous = NORMAL")  # a lost last write costs a miss only
+            self._page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            # SQLite's own checkpoints keep to the same WAL bound as ours (_bound_wal).
+            conn.execute(f"PRAGMA wal_autocheckpoint = {max(1, self._wal_limit // self._page_size)}")
+            conn.execute(f"PRAGMA journal_size_limit = {self._wal_limit}")
             conn.executescript(_SCHEMA)
             # Leaves the header in the main file, so the header probe is meaningful.
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -177,6 +209,7 @@ class SQLiteTier:
         self._wconn = conn
         self._count, self._bytes = count, int(total)
         self._inode = inode
+        self._disk_bytes = self._measure_files()
         # An empty store needs no scan; otherwise the writer builds the filter
         # before its first batch, and lookups go to SQLite until then.
         self._filter = KeyFilter(self._filter_capacity()) if count == 0 else None
@@ -186,6 +219,32 @@ class SQLiteTier:
             self._fault_kind = None
         metrics.AVAILABLE.labels(self.name).set(1)
         self._publish()
+
+    @staticmethod
+    def _shrinkable(conn: sqlite3.Connection) -> bool:
+        """False for a store made before the files were bounded: without
+        incremental auto-vacuum its file never shrinks, and converting it
+        (VACUUM) would need twice its size on disk for a while."""
+        try:
+            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            return not tables or conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+        except sqlite3.DatabaseError:
+            return True  # not ours to judge: the corruption checks that follow handle it
+
+    def _discard_files(self, why: str) -> None:
+        """Start empty: the store is a cache, so losing it costs misses only."""
+        log.info("disk cache: starting an empty store at %s: %s", self.path, why)
+        for suffix in _SUFFIXES:
+            Path(str(self.path) + suffix).unlink(missing_ok=True)
+
+    def _measure_files(self) -> int:
+        total = 0
+        for suffix in _SUFFIXES:
+            try:
+                total += os.stat(str(self.path) + suffix).st_size
+            except FileNotFoundError:
+                pass
+        return total
 
     def _filter_capacity(self) -> int:
         return min(self.max_bytes // TYPICAL_MIN_ROW, 1 << 24)
@@ -454,6 +513,7 @@ class SQLiteTier:
             "entries": self._count,
             "bytes": self._bytes,
             "max_bytes": self.max_bytes,
+            "file_bytes": self._disk_bytes,
             "evictions": dict(self.evictions),
             "errors": dict(self.errors),
             "rebuilds": self.rebuilds,
@@ -509,7 +569,8 @@ class SQLiteTier:
             try:
                 self._probe()
                 self._transaction(writes)
-                if sweep or self._bytes > self.max_bytes:
+                self._bound_wal()
+                if sweep or self._bytes > self.max_bytes or self._disk_bytes > self._file_bound:
                     self._evict()
                 return
             except _Replaced as exc:
@@ -589,6 +650,23 @@ class SQLiteTier:
             self._encode_errors.inc()
             return None
 
+    def _bound_wal(self) -> None:
+        """Fold the WAL back into the database (and truncate it) once it has
+        grown past its share of the bound, then measure the files."""
+        try:
+            wal = os.stat(str(self.path) + "-wal").st_size
+        except FileNotFoundError:
+            wal = 0
+        if wal > self._wal_limit:
+            self._checkpoint()
+        self._disk_bytes = self._measure_files()
+
+    def _checkpoint(self) -> None:
+        # Readers hold their snapshot for one point read only, so TRUNCATE
+        # waits (busy_timeout) a moment at most; if it still cannot finish,
+        # the next batch tries again.
+        self._wconn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
     def _evict(self) -> None:
         conn = self._wconn
         now = self._clock()
@@ -596,10 +674,27 @@ class SQLiteTier:
         if n:
             conn.execute("DELETE FROM entries WHERE expires_at <= ?", (now,))
             self._note_evicted("ttl", n, int(freed))
-        if self._bytes <= self.max_bytes:
-            return
-        # Down to 90 % so a full store does not evict on every write.
-        excess = self._bytes - int(self.max_bytes * 0.9)
+            self._shrink()
+        # Down to 90 % so a full store does not evict on every write. Rows
+        # cost more on disk than their sizes say (pages, indexes): the files'
+        # excess is converted at the measured ratio, and measured again.
+        for _ in range(4):
+            excess = self._bytes - int(self.max_bytes * 0.9)
+            file_excess = self._disk_bytes - (int(self.max_bytes * 0.9) + FILE_SLACK)
+            if self._disk_bytes > self._file_bound and file_excess > 0 and self._bytes > 0:
+                db = max(1, self._disk_bytes - FILE_SLACK)
+                excess = max(excess, int(file_excess * min(1.0, self._bytes / db)) + 1)
+            elif self._bytes <= self.max_bytes:
+                return
+            if excess <= 0 or not self._evict_lru(excess):
+                return
+            self._shrink()
+            if self._disk_bytes <= self._file_bound and self._bytes <= self.max_bytes:
+                return
+
+    def _evict_lru(self, excess: int) -> bool:
+        """Delete least recently used rows worth ``excess`` bytes; False when none are left."""
+        conn = self._wconn
         victims, freed = [], 0
         cur = conn.execute("SELECT key, size FROM entries ORDER BY last_access")
         for key, size in cur:
@@ -608,10 +703,21 @@ class SQLiteTier:
             if freed >= excess:
                 break
         cur.close()
+        if not victims:
+            return False
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany("DELETE FROM entries WHERE key = ?", victims)
         conn.execute("COMMIT")
         self._note_evicted("size", len(victims), freed)
+        return True
+
+    def _shrink(self) -> None:
+        """Give freed pages back to the file system: vacuum them to the end
+        of the file, then a checkpoint truncates the database (and the WAL)."""
+        # executescript: sqlite3's execute() steps this pragma once, freeing one page.
+        self._wconn.executescript("PRAGMA incremental_vacuum;")
+        self._checkpoint()
+        self._disk_bytes = self._measure_files()
 
     def _note_evicted(self, reason: str, n: int, freed: int) -> None:
         self._count -= n

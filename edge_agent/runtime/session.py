@@ -22,7 +22,7 @@ from ..digests import sha256_file
 from ..errors import InferenceFailed, InvalidInput, ModelLoadError
 from ..types import V2_TO_NP, InferRequest
 from .model_spec import ModelSpec, TensorSpec, load_model_spec
-from .providers import build_providers
+from .providers import build_providers, create_session
 
 log = logging.getLogger("edge_agent.runtime")
 
@@ -118,24 +118,16 @@ class LoadedModel:
         providers = build_providers(runtime, available, state_dir, self.digest, self.spec.precision)
         disabled = list(self.spec.session.disabled_optimizers)
         try:
-            sess = ort.InferenceSession(
-                str(path), so, providers=[p for p, _ in providers], provider_options=[o for _, o in providers], disabled_optimizers=disabled
-            )
+            # TensorRT -> CUDA -> CPU: create_session drops a GPU provider ORT refuses, and reports
+            # (log, metric, self.provider_fallback) every offered GPU provider that did not bind.
+            sess, fallbacks = create_session(path, so, providers, disabled_optimizers=disabled, model=self.name, version=self.version)
         except Exception as e:  # noqa: BLE001 - ORT raises its own untyped errors
-            if len(providers) > 1:
-                # A GPU provider can be compiled in yet fail to initialise (no
-                # device, driver mismatch): the CPU provider is the floor.
-                log.warning("model %s/%s: session with %s failed (%s); retrying on CPU", self.name, self.version, [p for p, _ in providers], e)
-                try:
-                    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
-                except Exception as e2:  # noqa: BLE001
-                    raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {e2}") from None
-            else:
-                raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {e}") from None
+            raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {e}") from None
+        self.provider_fallback = [f.as_dict() for f in fallbacks]
         bound = sess.get_providers()
         provider = _PROVIDER_SHORT.get(bound[0], bound[0])
         wanted = [p for p in runtime.providers]
-        if wanted and wanted[0] != provider:
+        if wanted and wanted[0] != provider and not fallbacks:
             log.warning(
                 "model %s/%s: preferred provider %s unavailable (have %s); running on %s",
                 self.name, self.version, wanted[0], available, provider,
@@ -356,6 +348,7 @@ class LoadedModel:
             "parameters": {
                 "provider": self.provider,
                 "providers": self.session.get_providers(),
+                "provider_fallback": self.provider_fallback,
                 "max_batch_size": self.max_batch,
                 "precision": self.spec.precision,
                 "digest": self.digest,

@@ -260,6 +260,7 @@ class ModelRepository:
                     "default": v == entry.default,
                     "canary": bool(entry.canary and entry.canary.version == v),
                     "provider": mv.model.provider,
+                    "provider_fallback": mv.model.provider_fallback,
                     "precision": mv.model.spec.precision,
                     "queue_depth": mv.batcher.queued,
                 })

@@ -25,6 +25,7 @@ from ..errors import EdgeError, MalformedRequest, NotFound
 from ..serving.codec import HEADER_LENGTH, decode_request, encode_error, encode_response
 from ..serving.service import Pending
 from ..types import InferRequest, InferResponse
+from .authority import ControlAuthority
 from .httpserver import CT_JSON, HttpServer, Later, Request
 
 log = logging.getLogger("edge_agent.http")
@@ -33,6 +34,7 @@ _EXTENSIONS = ["binary_tensor_data", "model_repository", "edge_agent"]
 _HL_KEY = HEADER_LENGTH.lower().encode()
 _CT_BINARY = b"Content-Type: application/octet-stream\r\n" + HEADER_LENGTH.encode() + b": %d\r\n"
 _CT_METRICS = b"Content-Type: " + CONTENT_TYPE_LATEST.encode() + b"\r\n"
+_BEARER = b'WWW-Authenticate: Bearer realm="edge-agent control"\r\n'
 
 
 class ErrorLog:
@@ -125,15 +127,21 @@ class HttpTransport:
     """
 
     def __init__(self, app, socket_path: Path | None, socket_mode: int, socket_group: str | None,
-                 tcp: tuple[str, int] | None, max_body: int) -> None:
+                 tcp: tuple[str, int] | None, max_body: int, authority: ControlAuthority | None = None,
+                 tcp_ssl=None, limits=None) -> None:
         self.app = app
+        # Control endpoints need authority (transports/authority.py); the
+        # default allows root and this process's user only, and no TCP peer.
+        self.authority = authority or ControlAuthority(None, None)
+        self.tcp_ssl = tcp_ssl
         self.socket_path = socket_path
         self.socket_mode = socket_mode
         self.socket_group = socket_group
         self.tcp = tcp
         self.max_body = max_body
         self.errlog = ErrorLog(log)
-        self._server = HttpServer(self._handle, max_body, self._protocol_error, self._fast)
+        # limits: server.limits (HttpLimits' attributes); None: HttpLimits' defaults
+        self._server = HttpServer(self._handle, max_body, self._protocol_error, self._fast, limits)
         self.tcp_port: int | None = None
         self.draining = False
         self._socket_id: tuple[int, int] | None = None
@@ -163,8 +171,9 @@ class HttpTransport:
             self._socket_id = _file_id(path)
             log.info("serving KServe v2 on unix:%s", path)
         if self.tcp is not None:
-            self.tcp_port = await self._server.listen_tcp(self.tcp[0], self.tcp[1])
-            log.info("serving KServe v2 on http://%s:%d", self.tcp[0], self.tcp_port)
+            self.tcp_port = await self._server.listen_tcp(self.tcp[0], self.tcp[1], ssl=self.tcp_ssl)
+            log.info("serving KServe v2 on %s://%s:%d (control over TCP: %s)", "https" if self.tcp_ssl else "http",
+                     self.tcp[0], self.tcp_port, "bearer token" if self.authority.token else "off")
 
     def stop_listening(self) -> None:
         """Stop accepting connections; open ones get their answers with
@@ -228,6 +237,9 @@ class HttpTransport:
             if method == "POST":
                 if path == "/v2/repository/index":
                     return _json(self.app.repo.index())
+                if path.startswith("/edge/"):  # control: every POST here changes state
+                    who = self.authority.check(req.transport, req.headers)
+                    log.info("control: %s %s by %s", method, path, who)
                 if path == "/edge/reload":
                     return _json(await self.app.reload())
                 if path.startswith("/edge/models/"):
@@ -242,6 +254,8 @@ class HttpTransport:
             raise NotFound(f"no route {method} {path}")
         except EdgeError as e:
             self.errlog(f"{method} {path}", e)
+            if e.http_status == 401:
+                return 401, CT_JSON + _BEARER, encode_error(e)
             return _error(e)
 
     def _fast(self, req: Request):
