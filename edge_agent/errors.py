@@ -98,7 +98,7 @@ class ModelNotReady(EdgeError):
 
 
 class Overloaded(EdgeError):
-    """The daemon cannot take the request now (the model's queue is full, or the event loop lags, or the request arrived too late to make its deadline); it was rejected at once, not run."""
+    """The daemon cannot take the request now (a model's queue is full, the event loop lags, the request arrived too late to make its deadline, or too many connections are open); it was refused at once, not run."""
 
     code = "overloaded"
     http_status = 503
