@@ -138,6 +138,23 @@ class BatchingConfig(Section):
     stuck_after_s: float = Field(60.0, gt=0, description="A batch running longer than this marks the batcher stuck: the systemd watchdog is no longer fed.")
 
 
+class AdmissionConfig(Section):
+    """Load shedding in front of the models (serving/admission.py). The
+    daemon's event loop reads, decodes and answers every request; when it
+    falls behind, every request waits longer before the daemon even sees it,
+    so a full model queue is no longer the first sign of overload."""
+
+    shed_loop_lag_ms: float = Field(
+        50.0, ge=0,
+        description="While a request read now may have waited longer than this for the event loop (its previous turn plus the current one so far, edge_agent_event_loop_lag_seconds), refuse new inference requests with overloaded (reason loop_lag), in proportion: at twice this lag every other one, at four times three in four. 0 never sheds on lag (the wait still counts against deadlines).",
+    )
+    loop_lag_interval_ms: float = Field(25.0, gt=0, le=1000, description="How often a timer checks an idle or lightly loaded event loop for lag (how late it fires); once it fires over 1 ms late, every turn of the loop is timed until the turns are short again.")
+    shed_age_fraction: float = Field(
+        0.5, gt=0, le=1,
+        description="Refuse with overloaded (reason late) a request that reaches the service after more than this share of its deadline budget has gone since it arrived (read behind other requests): it would most likely miss its deadline, and refusing it at once leaves the time to requests that can still make theirs. 1 refuses only when the budget is spent.",
+    )
+
+
 class RateLimitConfig(Section):
     rate: float = Field(10.0, gt=0, description="Requests per second per client (token refill rate).")
     burst: int = Field(20, gt=0, description="Bucket size: requests a client may send at once.")
@@ -253,6 +270,7 @@ class Config(Section):
     server: ServerConfig = Field(default_factory=ServerConfig, description="Local socket and optional TCP listener.")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="ONNX Runtime session options.")
     batching: BatchingConfig = Field(default_factory=BatchingConfig, description="Dynamic batcher defaults.")
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig, description="Load shedding in front of the models: when the event loop lags, or a request arrives too late to make its deadline.")
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="MQTT transport.")
     cache: CacheConfig = Field(default_factory=CacheConfig, description="Response cache.")
     ota: OtaConfig = Field(default_factory=OtaConfig, description="Over-the-air model updates.")

@@ -98,10 +98,17 @@ class ModelNotReady(EdgeError):
 
 
 class Overloaded(EdgeError):
-    """The model's queue is full; the request was rejected at once."""
+    """The daemon cannot take the request now (a model's queue is full, the event loop lags, the request arrived too late to make its deadline, or too many connections are open); it was refused at once, not run."""
 
     code = "overloaded"
     http_status = 503
+    # Why, for the metrics (edge_agent_request_errors_total{reason}): queue_full, loop_lag, late.
+    reason = ""
+
+    def __init__(self, message: str, reason: str | None = None, **details: object) -> None:
+        super().__init__(message, **details)
+        if reason is not None:
+            self.reason = reason
 
 
 class DeadlineExceeded(EdgeError):

@@ -74,6 +74,11 @@ class InferRequest:
     parameters: dict = field(default_factory=dict)
     # Client identity for rate limiting and logs (MQTT client id, socket peer).
     client: str | None = None
+    # time.monotonic() when the request arrived (HTTP: its first byte was
+    # parsed; MQTT: the message was received). Deadlines count from here,
+    # not from decoding, so time spent behind other work on the event loop
+    # is part of the budget. None: the service counts from when it sees it.
+    arrived: float | None = None
 
 
 @dataclass(slots=True)

@@ -1,12 +1,24 @@
-"""The transport-independent core: validate -> route -> cache -> batch -> respond.
+"""The transport-independent core: admit -> route -> cache -> batch -> respond.
 
 Every transport calls ``InferenceService.infer`` with an ``InferRequest`` and
 gets an ``InferResponse`` or an ``EdgeError`` (with its stable code). Nothing
 here knows about HTTP or MQTT.
+
+A request's deadline counts from its arrival (``InferRequest.arrived``: the
+first byte of an HTTP request, the receipt of an MQTT message), not from when
+the service sees it: time spent waiting for the event loop is part of the
+budget the client gave. Admission comes first, before the cache and the
+batcher, and costs a few float comparisons: a request whose deadline has
+passed, or is nearer than its model's usual batch time, gets
+``deadline_exceeded``; while the event loop lags (serving/admission.py), or
+when a request has used most of its budget before reaching the service, it
+gets ``overloaded``. No answer is sent after its deadline: an answer that
+is ready only after it is replaced by ``deadline_exceeded``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -16,9 +28,10 @@ from ..cache import SingleFlight, request_key
 from ..cache.governor import Governor
 from ..cache.keys import input_fingerprint, memo_key
 from ..config import Config
-from ..errors import EdgeError, ModelNotReady, ShuttingDown, UnknownModel, UnknownVersion
+from ..errors import DeadlineExceeded, EdgeError, ModelNotReady, Overloaded, ShuttingDown, UnknownModel, UnknownVersion
 from ..ops.metrics import REQUEST_ERRORS
 from ..types import PRIORITY_HIGH, InferRequest, InferResponse
+from .admission import LoopLag
 from .repository import ModelRepository, ModelVersion
 
 log = logging.getLogger("edge_agent.service")
@@ -32,15 +45,17 @@ class Pending:
     it ends with the outputs, or with the whole response when ``whole``
     (offloaded work)."""
 
-    __slots__ = ("work", "is_future", "req", "mv", "t0", "whole")
+    __slots__ = ("work", "is_future", "req", "mv", "t0", "whole", "deadline")
 
-    def __init__(self, work, is_future: bool, req: InferRequest, mv: ModelVersion | None, t0: float, whole: bool) -> None:
+    def __init__(self, work, is_future: bool, req: InferRequest, mv: ModelVersion | None, t0: float, whole: bool,
+                 deadline: float = float("inf")) -> None:
         self.work = work
         self.is_future = is_future
         self.req = req
         self.mv = mv
         self.t0 = t0
         self.whole = whole
+        self.deadline = deadline
 
 
 class InferenceService:
@@ -60,6 +75,18 @@ class InferenceService:
         self.count_err = 0
         # Recent end-to-end latencies (seconds) for telemetry percentiles.
         self.recent = deque(maxlen=4096)
+        # Refusal counters by (transport, code, reason), bound once: under
+        # load shedding they count thousands of refusals a second.
+        self._refusals: dict[tuple[str, str, str], object] = {}
+        self._admit_credit = 0.0  # loop_lag shedding: admit a request each time this reaches 1
+        # How late the event loop runs. Measured from here, the one object
+        # every transport goes through, on the loop the service is built on
+        # (none: never sheds on lag, e.g. a service built outside a loop).
+        self.loop_lag = LoopLag(cfg.admission.loop_lag_interval_ms / 1000.0)
+        try:
+            self.loop_lag.start(asyncio.get_running_loop())
+        except RuntimeError:
+            pass
         self.configure(cfg)
         # Observers of finished requests, e.g. the OTA canary judge:
         # fn(model_version, ok: bool, seconds: float). They see what says
@@ -70,10 +97,19 @@ class InferenceService:
         self.offloader = None
 
     def configure(self, cfg: Config) -> None:
-        """Take a (re)loaded configuration: default deadlines per priority."""
+        """Take a (re)loaded configuration: default deadlines per priority,
+        and the admission thresholds."""
         self.cfg = cfg
         self._deadline = {PRIORITY_HIGH: cfg.batching.deadline_high_s}
         self._deadline_normal = cfg.batching.deadline_normal_s
+        a = cfg.admission
+        self._shed_lag = a.shed_loop_lag_ms / 1000.0 if a.shed_loop_lag_ms > 0 else float("inf")
+        self._shed_age = a.shed_age_fraction
+        self.loop_lag.interval = a.loop_lag_interval_ms / 1000.0
+
+    def close(self) -> None:
+        """Stop measuring the event loop's lag."""
+        self.loop_lag.stop()
 
     async def infer(self, req: InferRequest, transport: str = "socket") -> InferResponse:
         """The answer to ``req``; raises an ``EdgeError`` (counted and observed)."""
@@ -82,6 +118,8 @@ class InferenceService:
             return r
         try:
             value = await r.work
+            if _now() > r.deadline:
+                raise _late(r)
         except EdgeError as e:
             self.inflight -= 1
             self._failed(r.mv, e, r.t0, transport)
@@ -106,13 +144,51 @@ class InferenceService:
         try:
             if not self.accepting:
                 raise ShuttingDown("the daemon is shutting down")
+            # Admission, before routing, the cache and the batcher: a few
+            # float operations (the clock was read above). ``late``: how long
+            # the request's bytes may have waited for the loop before the
+            # transport saw them (admission.py), counted as part of its age,
+            # so no answer reaches a client after the deadline it set though
+            # a lagging loop hid that wait.
+            lag = self.loop_lag
+            late = t0 - lag.since
+            if late < lag.floor:
+                late = lag.floor
+            arrived = req.arrived
+            if arrived is None or arrived > t0:
+                arrived = t0
+            arrived -= late
+            deadline = req.deadline
+            if deadline is None:
+                limit = self._deadline.get(req.priority, self._deadline_normal)
+                if req.timeout_s is not None and req.timeout_s < limit:
+                    limit = req.timeout_s
+                deadline = req.deadline = arrived + limit
+            if deadline <= t0:
+                raise DeadlineExceeded(f"deadline passed {(t0 - deadline) * 1000:.1f} ms before the request reached the "
+                                       f"service (event loop {late * 1000:.1f} ms late); it was not run")
+            if late > self._shed_lag:
+                # Refuse in proportion to the lag (at twice the threshold,
+                # every other request), not all: when refusing alone keeps
+                # the loop this busy, refusing all would answer nobody.
+                self._admit_credit += self._shed_lag / late
+                if self._admit_credit < 1.0:
+                    raise Overloaded(f"the daemon's event loop runs {late * 1000:.0f} ms late (admission.shed_loop_lag_ms "
+                                     f"{self._shed_lag * 1000:.0f}); refused at once", reason="loop_lag")
+                self._admit_credit -= 1.0
+            if t0 - arrived > self._shed_age * (deadline - arrived):
+                raise Overloaded(f"the request reached the service {(t0 - arrived) * 1000:.1f} ms after it arrived, more than "
+                                 f"{self._shed_age:g} of its {(deadline - arrived) * 1000:.1f} ms budget; refused at once", reason="late")
             try:
                 mv = self.repo.route(req.model, req.version)
             except (UnknownModel, UnknownVersion, ModelNotReady) as e:
                 if self.offloader is None or not self.offloader.wants_unavailable(req.model):
                     raise
-                return Pending(self._offload_unavailable(req, e, t0), False, req, None, t0, True)
+                return Pending(self._offload_unavailable(req, e, t0), False, req, None, t0, True, deadline)
             model = mv.model
+            if deadline - t0 < mv.batcher.expected_run:
+                raise DeadlineExceeded(f"{(deadline - t0) * 1000:.1f} ms left before the deadline, model '{model.name}' needs "
+                                       f"about {mv.batcher.expected_run * 1000:.1f} ms; the request was not run")
             prepared = model.prepare(req)
             cache = self.cache
             key = None
@@ -139,15 +215,11 @@ class InferenceService:
                         resp = self._finish(req, mv, hit, t0, cached=True)
                         resp.cache_key = key
                         return resp
-            limit = self._deadline.get(req.priority, self._deadline_normal)
-            if req.timeout_s is not None and req.timeout_s < limit:
-                limit = req.timeout_s
-            deadline = req.deadline if req.deadline is not None else t0 + limit
             if self.offloader is not None and self.offloader.wants(mv):
-                return Pending(self._offload_first(req, mv, prepared, deadline, key, t0), False, req, mv, t0, True)
+                return Pending(self._offload_first(req, mv, prepared, deadline, key, t0), False, req, mv, t0, True, deadline)
             if key is not None:
-                return Pending(self._submit_shared(mv, prepared, req.priority, deadline, key), False, req, mv, t0, False)
-            return Pending(mv.batcher.submit(prepared, req.priority, deadline), True, req, mv, t0, False)
+                return Pending(self._submit_shared(mv, prepared, req.priority, deadline, key), False, req, mv, t0, False, deadline)
+            return Pending(mv.batcher.submit(prepared, req.priority, deadline), True, req, mv, t0, False, deadline)
         except EdgeError as e:
             self.inflight -= 1
             self._failed(mv, e, t0, transport)
@@ -162,6 +234,8 @@ class InferenceService:
         self.inflight -= 1
         try:
             value = done.result()
+            if _now() > r.deadline:
+                raise _late(r)
         except EdgeError as e:
             self._failed(r.mv, e, r.t0, transport)
             raise
@@ -199,8 +273,17 @@ class InferenceService:
             if e.http_status >= 500:
                 for fn in self.observers:
                     fn(mv, False, _now() - t0)
+            if e.__class__ is Overloaded:  # queue full: counted with the other refusals too, by reason
+                self._refused(transport, e)
         else:
-            REQUEST_ERRORS.labels(transport, e.code).inc()
+            self._refused(transport, e)
+
+    def _refused(self, transport: str, e: EdgeError) -> None:
+        key = (transport, e.code, getattr(e, "reason", ""))
+        c = self._refusals.get(key)
+        if c is None:
+            c = self._refusals[key] = REQUEST_ERRORS.labels(*key)
+        c.inc()
 
     # --- the memo of encoded answers (cache/response_cache.py) --------------
 
@@ -271,7 +354,7 @@ class InferenceService:
     def refused(self, transport: str, err: EdgeError) -> None:
         """Count an error raised by a transport before the request reached us."""
         self.count_err += 1
-        REQUEST_ERRORS.labels(transport, err.code).inc()
+        self._refused(transport, err)
 
     def stats(self) -> dict:
         lat = sorted(self.recent)
@@ -286,4 +369,11 @@ class InferenceService:
             "inflight": self.inflight,
             "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99)},
             "queue_depth": sum(mv.batcher.queued for mv in self.repo.all_versions()),
+            "event_loop_lag_ms": round(self.loop_lag.recent_max() * 1000, 1),
         }
+
+
+def _late(r: Pending) -> DeadlineExceeded:
+    """An answer ready only after its deadline is not sent: the client was
+    promised none after it (and has most likely given up waiting)."""
+    return DeadlineExceeded(f"the answer was ready {(_now() - r.deadline) * 1000:.1f} ms after the deadline; not sent")

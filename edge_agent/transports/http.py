@@ -318,6 +318,7 @@ class HttpTransport:
             return _error(e), None, None
         if pin is not None:
             ireq.version = pin[1]
+        ireq.arrived = req.arrived
         return None, ireq, pin
 
     def _encode(self, ireq: InferRequest, resp: InferResponse, pin) -> tuple[int, bytes, bytes]:

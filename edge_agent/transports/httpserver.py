@@ -94,11 +94,14 @@ class Request:
     """One parsed request. ``headers`` maps lower-case header names to raw
     values (bytes). ``error`` is set when the body was refused (too large);
     handlers that read the body raise it. ``transport``: the connection's,
-    for who is asking (peer credentials or address; transports/authority.py)."""
+    for who is asking (peer credentials or address; transports/authority.py).
+    ``arrived``: loop time of the read that brought its first byte
+    (deadlines count from there)."""
 
-    __slots__ = ("method", "path", "query", "headers", "body", "keep_alive", "error", "transport")
+    __slots__ = ("method", "path", "query", "headers", "body", "keep_alive", "error", "transport", "arrived")
 
-    def __init__(self, method, path, query, headers, body, keep_alive, error, transport=None) -> None:
+    def __init__(self, method, path, query, headers, body, keep_alive, error, transport=None,
+                 arrived: float | None = None) -> None:
         self.method: str = method
         self.path: str = path
         self.query: bytes = query
@@ -107,6 +110,7 @@ class Request:
         self.keep_alive: bool = keep_alive
         self.error: EdgeError | None = error
         self.transport = transport
+        self.arrived = arrived
 
 
 class HttpLimits:
@@ -554,7 +558,7 @@ class HttpProtocol(asyncio.Protocol):
         method = self.parser.get_method()
         # b"".join returns the chunk itself when the body came in one piece.
         return Request(_METHODS.get(method) or method.decode(), path, query, self.headers,
-                       b"".join(self.body), keep_alive, self.error, self.transport)
+                       b"".join(self.body), keep_alive, self.error, self.transport, self.began)
 
     def _dispatch(self, req: Request) -> None:
         if self.task is not None:

@@ -95,7 +95,7 @@ def test_mqtt5_and_311_answer_like_the_socket(agent_factory, broker):
     _, _, m = a.client().request("GET", "/metrics")
     errors = {ln.split("{", 1)[1].split("}", 1)[0]: float(ln.rsplit(" ", 1)[1]) for ln in m.decode().splitlines()
               if ln.startswith("edge_agent_request_errors_total{")}
-    assert errors == {'code="unknown_model",transport="mqtt"': 1.0}, errors
+    assert errors == {'code="unknown_model",reason="",transport="mqtt"': 1.0}, errors
 
 
 def test_requests_waiting_at_the_broker_are_served_after_a_daemon_restart(agent_factory, broker):
