@@ -150,6 +150,7 @@ class Daemon:
         self.ready = False
         self.restart_needed: list[str] = []
         self.repo: ModelRepository | None = None
+        self.routing = None  # with OTA: the routing rule installed on repo (ota/routing.py)
         self.service: InferenceService | None = None
         self.http: HttpTransport | None = None
         self.extras: list = []  # optional components with start()/stop()/status()
@@ -211,11 +212,12 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self.repo = ModelRepository(cfg, loop)
         if cfg.ota.enabled:
-            from .ota.agent import startup_admit
+            from .ota.routing import RoutingRule
 
-            # Refused and unvalidated versions stay unloaded from the first scan on
-            # (the agent installs its own hook when it starts).
-            self.repo.admit = startup_admit(cfg.paths.state_dir, cfg.ota.models)
+            # Installed once, before the first scan: refused and unvalidated versions
+            # are never loaded, and the OTA agent feeds it its records when it starts.
+            self.routing = RoutingRule(cfg.paths.state_dir, cfg.paths.models_dir, cfg.ota.models)
+            self.repo.admit = self.routing
         self.service = InferenceService(cfg, self.repo, cache=self._make_cache())
         self.notifier.status("loading models")
         await self.repo.sync()
@@ -276,7 +278,7 @@ class Daemon:
         if self.cfg.ota.enabled:
             from .ota.agent import OtaAgent
 
-            ota = OtaAgent(self)
+            ota = OtaAgent(self, self.routing)
             if mqtt is not None:
                 mqtt.on_ota_command(lambda topic, command: ota.command(command))
                 ota.add_state_listener(mqtt.publish_ota_state)
