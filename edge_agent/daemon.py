@@ -20,8 +20,6 @@ import signal
 import time
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from . import __version__
 from .atomic import sweep_stale_temp_files
 from .config import Config, load_config
@@ -95,27 +93,6 @@ def restart_only_changes(running: Config, new: Config) -> list[str]:
     return changed
 
 
-def apply_overrides(cfg: Config, overrides: dict) -> Config:
-    """Command-line overrides win over the file (so the daemon runs unprivileged anywhere).
-
-    Each is validated like the file (sections validate on assignment, their
-    cross-field rules too: ``--tcp 0.0.0.0:PORT`` without TLS and a token is
-    refused); a refusal is a ConfigError naming the override."""
-    for dotted, value in overrides.items():
-        if value is None:
-            continue
-        obj = cfg
-        *parents, last = dotted.split(".")
-        for p in parents:
-            obj = getattr(obj, p)
-        try:
-            setattr(obj, last, value)
-        except ValidationError as e:
-            why = "; ".join(err["msg"].replace("Value error, ", "", 1) for err in e.errors())
-            raise ConfigError(f"command-line override {dotted}={value}: {why}") from None
-    return cfg
-
-
 def raise_nofile_limit() -> tuple[int, int]:
     """Raise the soft descriptor limit to the hard one (an unprivileged
     process may). The soft default (1,024) is what a thousand slow clients
@@ -142,7 +119,7 @@ class Daemon:
     def __init__(self, cfg: Config, config_path: Path | None = None, overrides: dict | None = None) -> None:
         self.cfg = cfg
         self.config_path = config_path
-        self.overrides = overrides or {}
+        self.overrides = overrides or {}  # the command line's, nested like the file: laid over it on reload
         self.notifier = Notifier()
         self.should_exit = False
         self.force_exit = False
@@ -273,8 +250,6 @@ class Daemon:
             mqtt = MqttTransport(self.cfg.mqtt, self.cfg.device_id, self.service, self.cfg.paths.outbox_dir, self.status, __version__)
             extras.append(mqtt)
             self._wire_offload(mqtt)
-        elif self.cfg.offload.enabled:
-            log.warning("offload.enabled needs mqtt.enabled: requests are not offloaded")
         if self.cfg.ota.enabled:
             from .ota.agent import OtaAgent
 
@@ -286,14 +261,12 @@ class Daemon:
         return extras
 
     def _wire_offload(self, mqtt) -> None:
-        """Companion: take offloaded requests for the served models. Edge: offload to companions."""
+        """Companion: take offloaded requests for the served models. Edge: offload to companions
+        (the config model guarantees MQTT 5 for both)."""
         o = self.cfg.offload
         if self.cfg.mode == "companion":
             mqtt.serve_offload(o.group, o.prefix, lambda: list(self.repo.models))
         elif o.enabled:
-            if self.cfg.mqtt.protocol != "5":
-                log.warning("offload needs mqtt.protocol 5 (ResponseTopic + CorrelationData): requests are not offloaded")
-                return
             from .transports.offload import Offloader
 
             self.service.offloader = Offloader(o, mqtt)
@@ -340,14 +313,16 @@ class Daemon:
             result: dict = {}
             if self.config_path is not None:
                 try:
-                    new = apply_overrides(load_config(self.config_path), self.overrides)
+                    new = load_config(self.config_path, self.overrides)
                     running = self.cfg
                     self.restart_needed = restart_only_changes(running, new)
                     if self.restart_needed:
                         log.warning("reload: %s changed; kept as running until the next restart",
                                     ", ".join(self.restart_needed))
-                    for key in RESTART_ONLY:
-                        setattr(new, key, getattr(running, key))
+                    # Not one by one (setattr): the rules between sections would judge a mix
+                    # of both. Running's sections together are valid, and no rule spans them
+                    # and the rest.
+                    new = new.model_copy(update={key: getattr(running, key) for key in RESTART_ONLY})
                     new.logging.json_format = running.logging.json_format
                     if new.logging.level != running.logging.level:
                         logging.getLogger().setLevel(new.logging.level)
