@@ -148,7 +148,9 @@ class Updater:
     # -- running -------------------------------------------------------------------------
 
     def take_intents(self) -> list[Intent]:
-        """What the serving side must do now, in order (``intents.py``); the caller carries it out."""
+        """What the serving side must do now, in order (``intents.py``); the caller carries it out.
+        Any call that moves the machine may queue some (``proceed``, ``canary_started``, ``decide``,
+        ``resume``, ``promote``, ``rollback``, ``abandon_active``); none calls the daemon."""
         intents, self._intents = self._intents, []
         return intents
 
