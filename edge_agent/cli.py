@@ -36,37 +36,44 @@ def _host_port(value: str) -> tuple[str, int]:
 # --- run ------------------------------------------------------------------------
 
 
+def run_overrides(args) -> dict:
+    """What the command line sets, nested as the config file would hold it: laid over the
+    file's data and validated with it (config.load_config), so it meets every rule the file
+    must (``--tcp 0.0.0.0:PORT`` needs server.tcp.tls and token_file, as it would there)."""
+    paths: dict = {}
+    if args.state_dir:
+        state = Path(args.state_dir)  # cache and outbox go beneath it unless set
+        paths.update(state_dir=state, cache_dir=state / "cache", outbox_dir=state / "outbox")
+    if args.models_dir:
+        paths["models_dir"] = Path(args.models_dir)
+    if args.cache_dir:
+        paths["cache_dir"] = Path(args.cache_dir)
+    server: dict = {}
+    if args.socket:
+        server["socket"] = Path(args.socket)
+    if args.tcp:
+        host, port = args.tcp
+        server["tcp"] = {"host": host, "port": port, "enabled": True}
+    mqtt: dict = {}
+    offload: dict = {}
+    if args.mqtt:
+        host, port = args.mqtt
+        mqtt.update(enabled=True, host=host, port=port)
+    if args.no_mqtt:
+        mqtt["enabled"] = False
+        offload["enabled"] = False  # offloading travels over MQTT: off with it
+    out = {"paths": paths, "server": server, "mqtt": mqtt, "offload": offload,
+           "logging": {"level": args.log_level} if args.log_level else {}, "device_id": args.device_id}
+    return {key: value for key, value in out.items() if value not in (None, {})}
+
+
 def cmd_run(args) -> int:
     from .daemon import run_daemon
     from .ops.logsetup import setup_logging
 
+    overrides = run_overrides(args)
     try:
-        cfg = load_config(args.config)
-    except ConfigError as e:
-        print(f"edge-agent: {e.message}", file=sys.stderr)
-        return 3
-    overrides = {
-        "server.socket": Path(args.socket) if args.socket else None,
-        "paths.state_dir": Path(args.state_dir) if args.state_dir else None,
-        "paths.models_dir": Path(args.models_dir) if args.models_dir else None,
-        "paths.cache_dir": Path(args.cache_dir) if args.cache_dir else (Path(args.state_dir) / "cache" if args.state_dir else None),
-        "paths.outbox_dir": Path(args.state_dir) / "outbox" if args.state_dir else None,
-        "logging.level": args.log_level,
-        "device_id": args.device_id,
-    }
-    if args.tcp:
-        host, port = args.tcp
-        # Address first, then enabled: the section's rules judge the address it will serve on.
-        overrides.update({"server.tcp.host": host, "server.tcp.port": port, "server.tcp.enabled": True})
-    if args.mqtt:
-        host, port = args.mqtt
-        overrides.update({"mqtt.enabled": True, "mqtt.host": host, "mqtt.port": port})
-    if args.no_mqtt:
-        overrides["mqtt.enabled"] = False
-    from .daemon import apply_overrides
-
-    try:
-        cfg = apply_overrides(cfg, overrides)
+        cfg = load_config(args.config, overrides)
     except ConfigError as e:
         print(f"edge-agent: {e.message}", file=sys.stderr)
         return 3
@@ -246,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tcp", type=_host_port, metavar="HOST:PORT",
                    help="also serve HTTP on this TCP address (beyond loopback only with server.tcp.tls and token_file)")
     p.add_argument("--mqtt", type=_host_port, metavar="HOST:PORT", help="enable MQTT with this broker")
-    p.add_argument("--no-mqtt", action="store_true", help="disable MQTT whatever the config says")
+    p.add_argument("--no-mqtt", action="store_true",
+                   help="disable MQTT whatever the config says (and offloading, which travels over it)")
     p.add_argument("--device-id", help="override device_id")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=cmd_run)

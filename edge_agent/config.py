@@ -4,6 +4,15 @@ YAML is loaded with line numbers kept per key path, then validated by pydantic
 models that forbid unknown keys; every error names the key path and the line.
 One class per section; every field has a description (docs/CONFIG.md is the
 reference written from them).
+
+Rules between fields are ``model_validator(mode="after")`` methods: on the
+section that holds all their keys (TLS certificate and key together, OTA's
+registry and keys), else on ``Config`` (offload needs MQTT 5), whose messages
+name every key they involve. So ``edge-agent check-config`` refuses what the
+daemon could not run, before it starts; files it cannot see (certificates,
+token and password files) are read and checked at start. Command-line
+overrides are merged into the file's data and validated with it, by the same
+model (``load_config(path, overrides)``).
 """
 
 from __future__ import annotations
@@ -12,7 +21,7 @@ import ipaddress
 import os
 import socket
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Dict, List, Literal, Mapping, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -57,7 +66,7 @@ class TcpConfig(Section):
 
     @model_validator(mode="after")
     def _outside_needs_tls_and_token(self) -> "TcpConfig":
-        # Checked on assignment too (validate_assignment), so a --tcp override is held to it.
+        # A --tcp override is merged into the file's data first, so it is held to this too.
         if self.enabled and not is_loopback(self.host) and (self.tls is None or self.token_file is None):
             raise ValueError(f"host {self.host!r} is not loopback: serving TCP beyond this machine needs "
                              "both server.tcp.tls and server.tcp.token_file")
@@ -166,6 +175,12 @@ class MqttTlsConfig(Section):
     key_file: Path | None = Field(None, description="Client private key for mutual TLS.")
     insecure: bool = Field(False, description="Skip hostname verification (testing only).")
 
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> "MqttTlsConfig":
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together")
+        return self
+
 
 class OutboxConfig(Section):
     max_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Disk bound of the outbox; telemetry is dropped before responses.")
@@ -231,6 +246,14 @@ class OtaConfig(Section):
     max_attempts: int = Field(5, ge=1, description="Attempts per step before the update is marked failed.")
     canary: CanaryConfig = Field(default_factory=CanaryConfig, description="Live-traffic trial of a staged version.")
 
+    @model_validator(mode="after")
+    def _enabled_needs_registry_and_keys(self) -> "OtaConfig":
+        if self.enabled and not self.registry_url:
+            raise ValueError("ota.enabled needs ota.registry_url")
+        if self.enabled and not self.public_keys:
+            raise ValueError("ota.enabled needs at least one pinned key in ota.public_keys")
+        return self
+
 
 class OffloadConfig(Section):
     enabled: bool = Field(False, description="Edge: send some requests to companion hosts over MQTT instead of running them here (needs mqtt.enabled, MQTT 5).")
@@ -284,6 +307,20 @@ class Config(Section):
             raise ValueError("must be non-empty and contain none of / + #")
         return v
 
+    @model_validator(mode="after")
+    def _offload_needs_mqtt_5(self) -> "Config":
+        # Offloaded requests travel over MQTT and their answers come back by ResponseTopic +
+        # CorrelationData, which only MQTT 5 has.
+        if self.offload.enabled and not self.mqtt.enabled:
+            raise ValueError("offload.enabled needs mqtt.enabled (offloaded requests travel over MQTT)")
+        if self.offload.enabled and self.mqtt.protocol != "5":
+            raise ValueError('offload.enabled needs mqtt.protocol "5" (answers come back by ResponseTopic '
+                             "and CorrelationData)")
+        if self.mode == "companion" and self.mqtt.enabled and self.mqtt.protocol != "5":
+            raise ValueError('mode companion with mqtt.enabled needs mqtt.protocol "5" to take offloaded requests (it answers '
+                             "to their ResponseTopic)")
+        return self
+
 
 # --- YAML with line numbers -------------------------------------------------
 
@@ -325,35 +362,80 @@ def load_yaml_with_lines(text: str, source: str) -> tuple[object, dict[tuple, in
     return data, lines
 
 
-def validate_with_lines(model_cls: type[BaseModel], data: object, lines: dict[tuple, int], source: str):
-    """Validate ``data``; on failure raise ConfigError naming each key path and line."""
+def merge_overrides(data: object, overrides: Mapping) -> object:
+    """``data`` as the YAML file holds it, with ``overrides`` (nested the same way) laid over it."""
+    if not isinstance(data, dict):
+        return data  # not a mapping: validation says so
+    out = dict(data)
+    for key, value in overrides.items():
+        below = out.get(key)
+        out[key] = merge_overrides(below, value) if isinstance(value, Mapping) and isinstance(below, dict) else value
+    return out
+
+
+def _flatten(overrides: Mapping, prefix: tuple = ()) -> Dict[tuple, object]:
+    out: Dict[tuple, object] = {}
+    for key, value in overrides.items():
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, prefix + (key,)))
+        else:
+            out[prefix + (key,)] = value
+    return out
+
+
+def _named(loc: tuple, msg: str, paths) -> List[tuple]:
+    """The key paths an error is about: at, under or above its location; for a rule over the
+    whole configuration (location: top level), the keys its message names."""
+    if loc:
+        return [p for p in paths if p[:len(loc)] == loc or loc[:len(p)] == p]
+    return sorted((p for p in paths if _fmt(p) in msg), key=lambda p: msg.index(_fmt(p)))
+
+
+def validate_with_lines(model_cls: type[BaseModel], data: object, lines: Dict[tuple, int], source: str,
+                        overrides: Optional[Mapping] = None):
+    """Validate ``data``; on failure raise ConfigError naming each key path and its line, or the
+    command-line overrides (already merged into ``data``) the error is about."""
     try:
         return model_cls.model_validate(data if data is not None else {})
     except ValidationError as e:
+        given = _flatten(overrides or {})
         msgs = []
         for err in e.errors():
             loc = tuple(err["loc"])
-            line = None
-            for n in range(len(loc), -1, -1):
-                if loc[:n] in lines:
-                    line = lines[loc[:n]]
-                    break
             kind = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            named = _named(loc, kind, given)
+            if named:
+                said = ", ".join(f"{_fmt(p)}={given[p]}" for p in named)
+                msgs.append(f"command-line override {said}: {_fmt(loc)}: {kind.replace('Value error, ', '', 1)}")
+                continue
+            line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
+            if line is None:  # a rule over the whole file: the line of the first key it names
+                line = next((lines[p] for p in _named(loc, kind, lines) if p), lines.get(()))
             msgs.append(f"{source}:{line or '?'}: {_fmt(loc)}: {kind}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(msgs)) from None
 
 
-def load_config(path: str | os.PathLike | None) -> Config:
-    """Load and validate; ``None`` gives the embedded defaults."""
+def load_config(path: str | os.PathLike | None, overrides: Optional[Mapping] = None) -> Config:
+    """Load and validate; ``None`` gives the embedded defaults.
+
+    ``overrides`` (the command line's, nested like the file: ``{"server": {"socket": ...}}``)
+    are laid over the file's data and validated with it, so they are held to every rule the
+    file is, and a file may rely on them (``offload`` with ``--mqtt HOST:PORT``)."""
     if path is None:
-        return Config()
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
-    data, lines = load_yaml_with_lines(text, str(p))
-    return validate_with_lines(Config, data, lines, str(p))
+        if not overrides:
+            return Config()
+        data, lines, source = {}, {}, "(defaults)"
+    else:
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as e:
+            raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
+        source = str(p)
+        data, lines = load_yaml_with_lines(text, source)
+    if overrides:
+        data = merge_overrides({} if data is None else data, overrides)
+    return validate_with_lines(Config, data, lines, source, overrides)
 
 
 def read_secret(file: str | os.PathLike | None, key: str) -> str | None:

@@ -12,20 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import grp
 import logging
 import os
-import resource
 import signal
 import time
 from pathlib import Path
-
-from pydantic import ValidationError
 
 from . import __version__
 from .atomic import sweep_stale_temp_files
 from .config import Config, load_config
 from .errors import ConfigError, EdgeError, UnknownModel
+from .ops.host import DAEMON_UMASK, make_private_dir, raise_nofile_limit
 from .ops.metrics import READY, register_process_collector
 from .ops.sdnotify import Notifier
 from .serving.repository import ModelRepository
@@ -37,48 +34,6 @@ log = logging.getLogger("edge_agent.daemon")
 EXIT_OK = 0
 EXIT_STARTUP_FAILED = 3
 EXIT_FORCED = 130
-
-# The unit's UMask= (systemd/edge-agent.service), set by the daemon itself so
-# that run by hand from a shell with umask 000 it still creates nothing other
-# users may write (or read: the cache holds answers, the state dir the update
-# history): directories 0750, files 0640.
-DAEMON_UMASK = 0o027
-DIR_MODE = 0o750
-
-
-def make_private_dir(path: Path, group: str | None = None) -> None:
-    """Create ``path`` and its missing parents with DIR_MODE, whatever the
-    umask (mkdir's mode is filtered through it); ``group`` owns what is created.
-    An existing directory is left as the operator made it, with a warning if
-    every user may write to it."""
-    missing = []
-    p = path
-    while not p.exists():
-        missing.append(p)
-        p = p.parent
-    if not missing:
-        mode = path.stat().st_mode
-        if mode & 0o002 and not mode & 0o1000:
-            log.warning("%s is writable by every user (mode %04o): chmod o-w it", path, mode & 0o7777)
-        return
-    gid = -1
-    if group:
-        try:
-            gid = grp.getgrnam(group).gr_gid
-        except KeyError:
-            log.warning("group %s does not exist: %s keeps the daemon's group", group, path)
-    for d in reversed(missing):
-        try:
-            d.mkdir(mode=DIR_MODE)
-        except FileExistsError:
-            continue  # made meanwhile by someone else: theirs
-        os.chmod(d, DIR_MODE)
-        if gid != -1:
-            try:
-                os.chown(d, -1, gid)
-            except PermissionError as e:
-                log.warning("cannot give %s to group %s: %s", d, group, e)
-
 
 # What a running daemon cannot change (sockets, threads, files and connections
 # are built from it at start-up): a reload keeps the running values, says which
@@ -95,54 +50,11 @@ def restart_only_changes(running: Config, new: Config) -> list[str]:
     return changed
 
 
-def apply_overrides(cfg: Config, overrides: dict) -> Config:
-    """Command-line overrides win over the file (so the daemon runs unprivileged anywhere).
-
-    Each is validated like the file (sections validate on assignment, their
-    cross-field rules too: ``--tcp 0.0.0.0:PORT`` without TLS and a token is
-    refused); a refusal is a ConfigError naming the override."""
-    for dotted, value in overrides.items():
-        if value is None:
-            continue
-        obj = cfg
-        *parents, last = dotted.split(".")
-        for p in parents:
-            obj = getattr(obj, p)
-        try:
-            setattr(obj, last, value)
-        except ValidationError as e:
-            why = "; ".join(err["msg"].replace("Value error, ", "", 1) for err in e.errors())
-            raise ConfigError(f"command-line override {dotted}={value}: {why}") from None
-    return cfg
-
-
-def raise_nofile_limit() -> tuple[int, int]:
-    """Raise the soft descriptor limit to the hard one (an unprivileged
-    process may). The soft default (1,024) is what a thousand slow clients
-    used to exhaust; the HTTP connection cap is set below whatever this
-    leaves (server.limits), so models, SQLite and MQTT keep descriptors.
-    Returns (soft, hard) as in force afterwards."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    # RLIM_INFINITY cannot be a soft NOFILE limit (the kernel caps it at
-    # fs.nr_open): ask for 2^20 then, the usual nr_open.
-    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            log.info("descriptor limit raised from %d to %d (RLIMIT_NOFILE hard limit)", soft, target)
-            soft = target
-        except (ValueError, OSError) as e:
-            log.warning("cannot raise the descriptor limit from %d to %d: %s", soft, target, e)
-    else:
-        log.info("descriptor limit %d", soft)
-    return soft, hard
-
-
 class Daemon:
     def __init__(self, cfg: Config, config_path: Path | None = None, overrides: dict | None = None) -> None:
         self.cfg = cfg
         self.config_path = config_path
-        self.overrides = overrides or {}
+        self.overrides = overrides or {}  # the command line's, nested like the file: laid over it on reload
         self.notifier = Notifier()
         self.should_exit = False
         self.force_exit = False
@@ -150,6 +62,7 @@ class Daemon:
         self.ready = False
         self.restart_needed: list[str] = []
         self.repo: ModelRepository | None = None
+        self.routing = None  # with OTA: the routing rule installed on repo (ota/routing.py)
         self.service: InferenceService | None = None
         self.http: HttpTransport | None = None
         self.extras: list = []  # optional components with start()/stop()/status()
@@ -211,11 +124,12 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self.repo = ModelRepository(cfg, loop)
         if cfg.ota.enabled:
-            from .ota.agent import startup_admit
+            from .ota.routing import RoutingRule
 
-            # Refused and unvalidated versions stay unloaded from the first scan on
-            # (the agent installs its own hook when it starts).
-            self.repo.admit = startup_admit(cfg.paths.state_dir, cfg.ota.models)
+            # Installed once, before the first scan: refused and unvalidated versions
+            # are never loaded, and the OTA agent feeds it its records when it starts.
+            self.routing = RoutingRule(cfg.paths.state_dir, cfg.paths.models_dir, cfg.ota.models)
+            self.repo.admit = self.routing
         self.service = InferenceService(cfg, self.repo, cache=self._make_cache())
         self.notifier.status("loading models")
         await self.repo.sync()
@@ -271,12 +185,10 @@ class Daemon:
             mqtt = MqttTransport(self.cfg.mqtt, self.cfg.device_id, self.service, self.cfg.paths.outbox_dir, self.status, __version__)
             extras.append(mqtt)
             self._wire_offload(mqtt)
-        elif self.cfg.offload.enabled:
-            log.warning("offload.enabled needs mqtt.enabled: requests are not offloaded")
         if self.cfg.ota.enabled:
             from .ota.agent import OtaAgent
 
-            ota = OtaAgent(self)
+            ota = OtaAgent(self, self.routing)
             if mqtt is not None:
                 mqtt.on_ota_command(lambda topic, command: ota.command(command))
                 ota.add_state_listener(mqtt.publish_ota_state)
@@ -284,14 +196,12 @@ class Daemon:
         return extras
 
     def _wire_offload(self, mqtt) -> None:
-        """Companion: take offloaded requests for the served models. Edge: offload to companions."""
+        """Companion: take offloaded requests for the served models. Edge: offload to companions
+        (the config model guarantees MQTT 5 for both)."""
         o = self.cfg.offload
         if self.cfg.mode == "companion":
             mqtt.serve_offload(o.group, o.prefix, lambda: list(self.repo.models))
         elif o.enabled:
-            if self.cfg.mqtt.protocol != "5":
-                log.warning("offload needs mqtt.protocol 5 (ResponseTopic + CorrelationData): requests are not offloaded")
-                return
             from .transports.offload import Offloader
 
             self.service.offloader = Offloader(o, mqtt)
@@ -338,14 +248,16 @@ class Daemon:
             result: dict = {}
             if self.config_path is not None:
                 try:
-                    new = apply_overrides(load_config(self.config_path), self.overrides)
+                    new = load_config(self.config_path, self.overrides)
                     running = self.cfg
                     self.restart_needed = restart_only_changes(running, new)
                     if self.restart_needed:
                         log.warning("reload: %s changed; kept as running until the next restart",
                                     ", ".join(self.restart_needed))
-                    for key in RESTART_ONLY:
-                        setattr(new, key, getattr(running, key))
+                    # Not one by one (setattr): the rules between sections would judge a mix
+                    # of both. Running's sections together are valid, and no rule spans them
+                    # and the rest.
+                    new = new.model_copy(update={key: getattr(running, key) for key in RESTART_ONLY})
                     new.logging.json_format = running.logging.json_format
                     if new.logging.level != running.logging.level:
                         logging.getLogger().setLevel(new.logging.level)

@@ -13,7 +13,7 @@ daemon's text pipeline, because their client input is a string, not tokens.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Dict
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from ..runtime.model_spec import ModelSpec, np_dtype
 from .errors import GoldenMismatch, GoldenRunnerMissing, ManifestInvalid
 from .manifest import GoldenSpec, Tolerance
 
-GoldenRunner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+GoldenRunner = Callable[[Dict[str, np.ndarray]], Dict[str, np.ndarray]]
 RunnerFactory = Callable[[Path, ModelSpec], GoldenRunner]
 
 GOLDEN_TEXTS = [b"the quick brown fox jumps over the lazy dog", b"edge inference", b"hello world"]
@@ -171,3 +171,20 @@ def check(runner: GoldenRunner, cases: list[tuple[dict, dict]], golden: GoldenSp
             why = mismatch(got[name], expected[name], golden.tolerance[name])
             if why:
                 raise GoldenMismatch(f"case {i}, output {name!r}: {why}", case=i, output=name)
+
+
+def pipeline_runner_factory(config: Callable[[], object]) -> RunnerFactory:
+    """Runners that go through the daemon's own pipeline (tokenizer + pooling of text
+    models), as live requests do; ``config()`` is the daemon's current Config."""
+    from ..runtime.session import LoadedModel
+    from ..types import InferRequest
+
+    def factory(version_dir: Path, spec: ModelSpec) -> GoldenRunner:
+        cfg = config()
+        model = LoadedModel(spec.name or version_dir.parent.name, version_dir.name, version_dir,
+                            cfg.runtime, cfg.paths.state_dir)
+
+        def run(inputs):
+            return model.run_batch([model.prepare(InferRequest(model=model.name, inputs=inputs))])[0]
+        return run
+    return factory

@@ -69,9 +69,10 @@ class ModelRepository:
         self.models: dict[str, ModelEntry] = {}
         self.failed: dict[tuple[str, str], str] = {}
         self._lock = asyncio.Lock()
-        # admit(name, version) -> False keeps a version on disk out of sync():
-        # the OTA agent refuses rejected and not yet validated versions, so a
-        # SIGHUP never makes them routable, even briefly.
+        # admit(name, version) -> False: that version may not be routed. sync()
+        # never loads it and retire() unloads it. With OTA on, the daemon installs
+        # the updater's routing rule here once (ota/routing.py), so a refused or
+        # not yet validated version is never routable, not even briefly.
         self.admit: Callable[[str, str], bool] | None = None
         # fn(name) when a model's last version goes (the service drops its per-model state).
         self.on_model_removed: list[Callable[[str], None]] = []
@@ -161,6 +162,20 @@ class ModelRepository:
                 if k[1] not in on_disk.get(k[0], {}):
                     del self.failed[k]
             return {"added": added, "removed": removed}
+
+    async def retire(self, name: str) -> list[str]:
+        """Unload the loaded versions of ``name`` that ``admit`` no longer admits
+        (refused, rolled back, deleted from disk), draining each; never the last
+        one, which keeps answering until something replaces it. Returns them."""
+        entry = self.models.get(name)
+        if entry is None or self.admit is None:
+            return []
+        gone = []
+        for version in list(entry.versions):
+            if len(entry.versions) > 1 and not self.admit(name, version):
+                await self.unload(name, version)
+                gone.append(version)
+        return gone
 
     async def unload(self, name: str, version: str, drain_timeout: float = 30.0) -> None:
         entry = self.models.get(name)

@@ -8,6 +8,7 @@ own state file, status, socket answers, metrics and log.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -27,6 +28,13 @@ from edge_agent.ota.signing import load_private_key, sign
 
 MODEL = "linear"
 HOLD_ENV = "EDGE_AGENT_OTA_HOLD"
+FAILPOINT = Path(__file__).resolve().parent / "failpoint"
+
+
+def hold_env(states: str) -> dict:
+    """The daemon's environment to hold its updates in ``states`` (failpoint/sitecustomize.py)."""
+    path = [str(FAILPOINT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {HOLD_ENV: states, "PYTHONPATH": os.pathsep.join(path)}
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -390,7 +398,7 @@ KILLS = [
 def test_kill_9_in_each_state_serves_one_version_and_finishes_or_reverts(state, hold, kills, final, served, agent_factory,
                                                                          devserver, registry, src_models, keys, v1):
     publish(src_models("2", seed=1, pad_bytes=1_000_000), registry, keys[0])
-    env = {HOLD_ENV: state} if hold == "hold" else {}
+    env = hold_env(state) if hold == "hold" else {}
     a = device(agent_factory, registry, devserver.url, keys[1], env=env, max_seconds=60)
     if hold == "throttle":
         devserver.throttle_bps = 400_000
@@ -443,7 +451,7 @@ def test_kill_9_in_each_state_serves_one_version_and_finishes_or_reverts(state, 
 
 def test_sighup_while_an_update_is_unvalidated_does_not_load_it(agent_factory, devserver, registry, src_models, keys, v1):
     publish(src_models("2", seed=1), registry, keys[0])
-    a = device(agent_factory, registry, devserver.url, keys[1], env={HOLD_ENV: "staged"}).start()
+    a = device(agent_factory, registry, devserver.url, keys[1], env=hold_env("staged")).start()
     set_channel(registry, MODEL, "stable", "2")
     wait_until(lambda: record(a).get("state") == "staged", a, "state staged")
     assert (a.models_dir / MODEL / "2" / "model.onnx").is_file()  # in place, not yet validated
