@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from .. import __version__
 from ..errors import EdgeError, MalformedRequest, NotFound
 from ..serving.codec import HEADER_LENGTH, decode_request, encode_error, encode_response
-from ..serving.service import Pending
+from ..serving.service import Started
 from ..types import InferRequest, InferResponse
 from .authority import ControlAuthority
 from .httpserver import CT_JSON, HttpServer, Later, Request
@@ -99,20 +99,20 @@ def _body(req: Request) -> bytes:
 
 
 class _InferLater(Later):
-    __slots__ = ("http", "ireq", "pending", "pin")
+    __slots__ = ("http", "ireq", "started", "pin")
 
-    def __init__(self, future, req: Request, http: "HttpTransport", ireq: InferRequest, pending: Pending, pin) -> None:
-        self.future = future
+    def __init__(self, started: Started, req: Request, http: "HttpTransport", ireq: InferRequest, pin) -> None:
+        self.future = started.future
         self.req = req
         self.http = http
         self.ireq = ireq
-        self.pending = pending
+        self.started = started
         self.pin = pin
 
     def answer(self) -> tuple[int, bytes, bytes]:
         http = self.http
         try:
-            resp = http.app.service.settle(self.pending, self.future)
+            resp = http.app.service.settle(self.started)
         except EdgeError as e:
             http.errlog(f"infer {self.ireq.model}", e)
             return _error(e)
@@ -277,9 +277,9 @@ class HttpTransport:
         except EdgeError as e:
             self.errlog(f"infer {name}", e)
             return _error(e)
-        if r.__class__ is not Pending:
+        if r.__class__ is not Started:
             return self._encode(ireq, r, pin)
-        return _InferLater(r.work if r.is_future else self._server.loop.create_task(r.work), req, self, ireq, r, pin)
+        return _InferLater(r, req, self, ireq, pin)
 
     async def _infer(self, req: Request, name: str, version: str | None) -> tuple[int, bytes, bytes]:
         answer, ireq, pin = self._decode(req, name, version)
