@@ -1,4 +1,4 @@
-"""The hand-written HTTP/1.1 server (transports/httpserver.py) on a real Unix
+"""The hand-written HTTP/1.1 server (transports/httpserver/) on a real Unix
 socket, driven byte by byte with raw sockets (and curl) so every protocol
 corner is visible: keep-alive, pipelining, chunked bodies, 100-continue,
 HTTP/1.0, malformed input, oversized bodies, clients that vanish, shutdown.
