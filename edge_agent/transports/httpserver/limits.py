@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import resource
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ...errors import Overloaded, RequestTimeout
 from .protocol import BODY, HEAD, IDLE, MAX_HEADER_BYTES
@@ -30,27 +30,21 @@ log = logging.getLogger("edge_agent.http")
 SWEEP_S = 1.0
 
 
-class HttpLimits:
-    """Per-connection limits and timeouts, and the connection cap. The
-    daemon passes its ``server.limits`` config section, which has the same
+class HttpLimits(NamedTuple):
+    """Per-connection limits and timeouts, and the connection cap, for a
+    server built outside the daemon (tests, benchmarks). The daemon passes
+    its ``server.limits`` config section instead, which has the same
     attributes (docs/CONFIG.md says what each means)."""
 
-    __slots__ = ("max_url_bytes", "max_head_bytes", "header_timeout_s", "body_timeout_s", "body_min_bytes_per_s",
-                 "idle_timeout_s", "send_timeout_s", "max_connections", "reserved_fds")
-
-    def __init__(self, max_url_bytes: int = 8 * 1024, max_head_bytes: int = MAX_HEADER_BYTES,
-                 header_timeout_s: float = 10.0, body_timeout_s: float = 10.0, body_min_bytes_per_s: int = 1024,
-                 idle_timeout_s: float = 60.0, send_timeout_s: float = 30.0, max_connections: int = 4096,
-                 reserved_fds: int = 128) -> None:
-        self.max_url_bytes = max_url_bytes
-        self.max_head_bytes = max_head_bytes
-        self.header_timeout_s = header_timeout_s
-        self.body_timeout_s = body_timeout_s
-        self.body_min_bytes_per_s = body_min_bytes_per_s
-        self.idle_timeout_s = idle_timeout_s
-        self.send_timeout_s = send_timeout_s
-        self.max_connections = max_connections
-        self.reserved_fds = reserved_fds
+    max_url_bytes: int = 8 * 1024
+    max_head_bytes: int = MAX_HEADER_BYTES
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 10.0
+    body_min_bytes_per_s: int = 1024
+    idle_timeout_s: float = 60.0
+    send_timeout_s: float = 30.0
+    max_connections: int = 4096
+    reserved_fds: int = 128
 
 
 def connection_cap(limits, nofile: int | None = None) -> int:
