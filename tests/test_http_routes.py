@@ -24,6 +24,7 @@ from daemon_proc import copy_digits, digits_body
 from edge_agent.config import load_config
 from edge_agent.serving.repository import ModelRepository
 from edge_agent.serving.service import InferenceService
+from edge_agent.transports import http_routes
 from edge_agent.transports.http import HttpTransport
 from edge_agent.transports.http_routes import (INFER, LIVE, METRICS, MODEL, MODEL_ACTION, MODEL_READY, NOT_FOUND, READY,
                                                RELOAD, REPOSITORY_INDEX, SERVER, STATUS, Route, parse_route)
@@ -95,6 +96,24 @@ def test_unknown_control_paths_still_need_authority(path):
 def test_only_posts_under_edge_are_control():
     for method, path, route in ROUTES:
         assert route.control == (method == "POST" and path.startswith("/edge/")), (method, path)
+
+
+def test_a_path_seen_with_one_method_keeps_its_route_per_method():
+    for _ in range(2):  # the second time from what was kept
+        assert parse_route("POST", "/v2/models/digits/infer") == Route(INFER, "digits")
+        assert parse_route("GET", "/v2/models/digits/infer") == Route(NOT_FOUND)
+        assert parse_route("GET", "/v2/models/digits") == Route(MODEL, "digits")
+        assert parse_route("POST", "/v2/models/digits") == Route(NOT_FOUND)
+
+
+def test_routes_kept_for_seen_paths_are_bounded():
+    seen = http_routes._SEEN["POST"]
+    for i in range(3 * http_routes.SEEN_MAX):
+        assert parse_route("POST", f"/v2/models/m{i}/infer") == Route(INFER, f"m{i}")
+        assert len(seen) <= http_routes.SEEN_MAX
+    long = "/v2/models/" + "x" * http_routes.SEEN_PATH_MAX + "/infer"
+    assert parse_route("POST", long) == Route(INFER, "x" * http_routes.SEEN_PATH_MAX)
+    assert long not in seen
 
 
 # --- one inference path ---------------------------------------------------------------

@@ -25,7 +25,7 @@ import orjson
 
 from ...errors import EdgeError, HeaderTooLarge, MalformedRequest, Overloaded, PayloadTooLarge, UriTooLong
 from .flow import BACKLOG, MAX_PIPELINED, FlowControl
-from .wire import CLOSE, CONTINUE, CT_JSON, INTERNAL, KEEP, METHODS, Later, Request, encode, refusal
+from .wire import CLOSE, CONTINUE, CT_JSON, INTERNAL, KEEP, LENGTH, METHODS, Later, Request, encode, refusal, status_line
 
 if TYPE_CHECKING:
     from .server import HttpServer
@@ -258,25 +258,33 @@ class HttpProtocol(FlowControl, asyncio.Protocol):
             if len(self.queue) >= MAX_PIPELINED:
                 self.pause_reading(BACKLOG)
             return
-        r = self._respond(req)
+        server = self.server
+        try:
+            r = server.respond(req)
+        except Exception:  # a bug in a route must not take the connection down
+            log.exception("unhandled error answering %s %s", req.method, req.path)
+            r = 500, CT_JSON, INTERNAL
         if r.__class__ is tuple:  # the common case: answered from this callback
             self._write(req, r)
             return
-        self.server.active += 1
+        server.active += 1
         if isinstance(r, Later):
             self.later = r
             self.task = r.future
             r.future.add_done_callback(self._later_done)
         else:
-            self.task = self.server.loop.create_task(self._serve(req, r))
+            self.task = server.loop.create_task(self._serve(req, r))
 
     def _later_done(self, fut: asyncio.Future) -> None:
         later, self.later = self.later, None
         try:
-            answer = _finish(later)
+            answer = later.answer()
         except asyncio.CancelledError:  # shutdown cut it and is aborting the connection
             self._finished()
             return
+        except Exception:  # as _finish, inline: this runs for every inference answer
+            log.exception("unhandled error finishing an answer")
+            answer = 500, CT_JSON, INTERNAL
         if self._write(later.req, answer) and (self.queue or self.drained is not None):
             # Pipelined requests wait, or the client reads slowly: go on in a task.
             self.task = self.server.loop.create_task(self._serve(None, None))
@@ -297,7 +305,8 @@ class HttpProtocol(FlowControl, asyncio.Protocol):
             conn = KEEP if b"connection" in req.headers else b""
         else:
             conn = CLOSE
-        transport.write(encode(status, head, body, conn))
+        # wire.encode, inline: this runs for every answer.
+        transport.write(b"".join((status_line(status), head, LENGTH, b"%d\r\n" % len(body), conn, b"\r\n", body)))
         if not keep:
             transport.close()
         return keep
