@@ -259,7 +259,7 @@ class HttpProtocol(FlowControl, asyncio.Protocol):
                 self.pause_reading(BACKLOG)
             return
         server = self.server
-        try:
+        try:  # _respond, inline: this runs for every request (and never for a queued refusal)
             r = server.respond(req)
         except Exception:  # a bug in a route must not take the connection down
             log.exception("unhandled error answering %s %s", req.method, req.path)
