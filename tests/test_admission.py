@@ -18,7 +18,7 @@ from edge_agent.errors import DeadlineExceeded, Overloaded
 from edge_agent.ops.metrics import REQUEST_ERRORS
 from edge_agent.serving.admission import LoopLag
 from edge_agent.serving.repository import ModelRepository
-from edge_agent.serving.service import InferenceService, Pending
+from edge_agent.serving.service import InferenceService, Started
 from edge_agent.types import InferRequest
 
 X = np.random.default_rng(3).uniform(0, 16, (4, 64)).astype(np.float32)
@@ -60,8 +60,8 @@ def test_the_deadline_counts_from_arrival_not_from_when_the_service_sees_it(tmp_
             service.start(req(arrived=now - 0.15, timeout_s=0.1))
         # No arrival time (a transport that does not stamp one): counted from now.
         r = service.start(req(timeout_s=0.5))
-        assert r.__class__ is Pending and now + 0.4 < r.deadline <= time.monotonic() + 0.5
-        return (await r.work)["label"], service.inflight
+        assert r.__class__ is Started and now + 0.4 < r.deadline <= time.monotonic() + 0.5
+        return (await r.future)["label"], service.inflight
 
     label, inflight = run(tmp_path, scenario)
     assert label.shape == (1,) and inflight == 1  # settle was not called for the second
@@ -74,7 +74,7 @@ def test_a_request_that_used_most_of_its_budget_before_the_service_is_shed(tmp_p
             service.start(req(arrived=time.monotonic() - 0.06, timeout_s=0.1))  # 60 % of its budget gone
         assert e.value.reason == "late" and e.value.http_status == 503
         ok = service.start(req(arrived=time.monotonic() - 0.03, timeout_s=0.1))  # 30 %: taken
-        await ok.work
+        await ok.future
         return refusals("late") - before
 
     assert run(tmp_path, scenario, shed_age_fraction=0.5) == 1
@@ -94,7 +94,7 @@ def test_a_lagging_loop_sheds_in_proportion_and_counts_the_reason(tmp_path):
                 outcomes.append(e.reason)
             else:
                 outcomes.append("taken")
-                service.settle(r, await _done(r))
+                service.settle(await _done(r))
         service.loop_lag.floor = 0.0
         return outcomes, refusals("loop_lag") - before
 
@@ -138,16 +138,16 @@ def test_an_answer_ready_after_the_deadline_is_not_sent(tmp_path):
         # 300 ms is enough by that measure, but this batch takes 500 ms.
         r = service.start(req(timeout_s=0.3))
         with pytest.raises(DeadlineExceeded):
-            service.settle(r, await _done(r))
+            service.settle(await _done(r))
         return str(late.value), str(at_once.value), service.inflight
 
     late, at_once, inflight = run(tmp_path, scenario, shed_age_fraction=1.0)
     assert "after the deadline" in late and "needs about" in at_once and inflight == 0
 
 
-async def _done(r: Pending):
-    await asyncio.wait([r.work])
-    return r.work
+async def _done(r: Started) -> Started:
+    await asyncio.wait([r.future])
+    return r
 
 
 def test_loop_lag_marks_busy_turns_and_lets_an_idle_loop_sleep():

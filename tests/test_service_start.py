@@ -13,7 +13,7 @@ from daemon_proc import copy_digits
 from edge_agent.config import load_config
 from edge_agent.errors import DeadlineExceeded, UnknownModel
 from edge_agent.serving.repository import ModelRepository
-from edge_agent.serving.service import InferenceService, Pending
+from edge_agent.serving.service import InferenceService, Started
 from edge_agent.types import InferRequest, InferResponse
 
 X = np.random.default_rng(11).uniform(0, 16, (4, 64)).astype(np.float32)
@@ -42,9 +42,9 @@ def req(i: int, **kw) -> InferRequest:
 def test_start_settle_and_infer_give_the_session_answer_and_let_go(tmp_path):
     async def scenario(service, repo):
         r = service.start(req(0))
-        assert r.__class__ is Pending and service.inflight == 1
-        await asyncio.wait([r.work])
-        a = service.settle(r, r.work)
+        assert r.__class__ is Started and service.inflight == 1
+        await asyncio.wait([r.future])
+        a = service.settle(r)
         b = await service.infer(req(1))
         return a, b, service.inflight, repo.route("digits", None).model.session
 

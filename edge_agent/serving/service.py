@@ -23,6 +23,7 @@ import logging
 import time
 from collections import deque
 from functools import partial
+from types import CoroutineType
 
 from ..cache import SingleFlight, request_key
 from ..cache.governor import Governor
@@ -39,18 +40,20 @@ log = logging.getLogger("edge_agent.service")
 _now = time.monotonic
 
 
-class Pending:
-    """A request ``InferenceService.start`` has set going. ``work`` is a
-    future when ``is_future``, else a coroutine to await or run as a task;
-    it ends with the outputs, or with the whole response when ``whole``
-    (offloaded work)."""
+class Started:
+    """A request ``InferenceService.start`` has set going: ``future`` ends
+    with the outputs, or with the whole response when ``whole`` (offloaded
+    work); the rest is what ``settle`` needs to count and finish it. Work
+    that is a coroutine (single flight, offload) is run as a task here, so
+    every caller waits on a future, the same way; any other ``work`` must
+    be a future (the batcher's)."""
 
-    __slots__ = ("work", "is_future", "req", "mv", "t0", "whole", "deadline")
+    __slots__ = ("future", "req", "mv", "t0", "whole", "deadline")
 
-    def __init__(self, work, is_future: bool, req: InferRequest, mv: ModelVersion | None, t0: float, whole: bool,
+    def __init__(self, work, req: InferRequest, mv: ModelVersion | None, t0: float, whole: bool,
                  deadline: float = float("inf")) -> None:
-        self.work = work
-        self.is_future = is_future
+        # A class check, not asyncio.isfuture: this runs for every request.
+        self.future = asyncio.ensure_future(work) if work.__class__ is CoroutineType else work
         self.req = req
         self.mv = mv
         self.t0 = t0
@@ -112,32 +115,29 @@ class InferenceService:
         self.loop_lag.stop()
 
     async def infer(self, req: InferRequest, transport: str = "socket") -> InferResponse:
-        """The answer to ``req``; raises an ``EdgeError`` (counted and observed)."""
+        """The answer to ``req``; raises an ``EdgeError`` (counted and observed).
+        ``start``, then ``settle`` once its future is done: the same two
+        halves the HTTP transport calls from callbacks."""
         r = self.start(req, transport)
-        if r.__class__ is not Pending:
+        if r.__class__ is not Started:
             return r
         try:
-            value = await r.work
-            if _now() > r.deadline:
-                raise _late(r)
-        except EdgeError as e:
-            self.inflight -= 1
-            self._failed(r.mv, e, r.t0, transport)
-            raise
-        except BaseException:
+            await r.future
+        except Exception:
+            pass  # the work's own error: settle raises it, counted
+        except BaseException:  # this task was cancelled (the future with it)
             self.inflight -= 1
             raise
-        self.inflight -= 1
-        return self._complete(r, value)
+        return self.settle(r, transport)
 
-    def start(self, req: InferRequest, transport: str = "socket") -> InferResponse | Pending:
+    def start(self, req: InferRequest, transport: str = "socket") -> InferResponse | Started:
         """``infer`` without a coroutine, for transports that answer from a
         callback (the HTTP server), with no task or coroutine per request.
 
         Returns the response when it is known at once (a cache hit), else a
-        ``Pending`` whose ``work`` (a future, or a coroutine that the caller
-        runs as a task) ends with the answer; the caller then hands the done
-        future to ``settle``. Raises an ``EdgeError`` as ``infer`` does."""
+        ``Started`` whose ``future`` ends with the answer; once it is done,
+        the caller hands the ``Started`` to ``settle``. Raises an
+        ``EdgeError`` as ``infer`` does."""
         t0 = _now()
         mv: ModelVersion | None = None
         self.inflight += 1
@@ -184,7 +184,7 @@ class InferenceService:
             except (UnknownModel, UnknownVersion, ModelNotReady) as e:
                 if self.offloader is None or not self.offloader.wants_unavailable(req.model):
                     raise
-                return Pending(self._offload_unavailable(req, e, t0), False, req, None, t0, True, deadline)
+                return Started(self._offload_unavailable(req, e, t0), req, None, t0, True, deadline)
             model = mv.model
             if deadline - t0 < mv.batcher.expected_run:
                 raise DeadlineExceeded(f"{(deadline - t0) * 1000:.1f} ms left before the deadline, model '{model.name}' needs "
@@ -216,10 +216,10 @@ class InferenceService:
                         resp.cache_key = key
                         return resp
             if self.offloader is not None and self.offloader.wants(mv):
-                return Pending(self._offload_first(req, mv, prepared, deadline, key, t0), False, req, mv, t0, True, deadline)
+                return Started(self._offload_first(req, mv, prepared, deadline, key, t0), req, mv, t0, True, deadline)
             if key is not None:
-                return Pending(self._submit_shared(mv, prepared, req.priority, deadline, key), False, req, mv, t0, False, deadline)
-            return Pending(mv.batcher.submit(prepared, req.priority, deadline), True, req, mv, t0, False, deadline)
+                return Started(self._submit_shared(mv, prepared, req.priority, deadline, key), req, mv, t0, False, deadline)
+            return Started(mv.batcher.submit(prepared, req.priority, deadline), req, mv, t0, False, deadline)
         except EdgeError as e:
             self.inflight -= 1
             self._failed(mv, e, t0, transport)
@@ -228,12 +228,12 @@ class InferenceService:
             self.inflight -= 1
             raise
 
-    def settle(self, r: Pending, done, transport: str = "socket") -> InferResponse:
-        """The answer of a ``Pending`` whose work (as the future ``done``) has
-        finished; raises its ``EdgeError``, counted and observed."""
+    def settle(self, r: Started, transport: str = "socket") -> InferResponse:
+        """The answer of a ``Started`` whose future is done; raises its
+        ``EdgeError``, counted and observed."""
         self.inflight -= 1
         try:
-            value = done.result()
+            value = r.future.result()
             if _now() > r.deadline:
                 raise _late(r)
         except EdgeError as e:
@@ -241,7 +241,7 @@ class InferenceService:
             raise
         return self._complete(r, value)
 
-    def _complete(self, r: Pending, value) -> InferResponse:
+    def _complete(self, r: Started, value) -> InferResponse:
         if r.whole:  # the work ended with the response itself
             return value
         return self._finish(r.req, r.mv, value, r.t0, cached=False)
@@ -373,7 +373,7 @@ class InferenceService:
         }
 
 
-def _late(r: Pending) -> DeadlineExceeded:
+def _late(r: Started) -> DeadlineExceeded:
     """An answer ready only after its deadline is not sent: the client was
     promised none after it (and has most likely given up waiting)."""
     return DeadlineExceeded(f"the answer was ready {(_now() - r.deadline) * 1000:.1f} ms after the deadline; not sent")
