@@ -208,8 +208,9 @@ def _decode_request(body: bytes, model: str, version: str | None, header_length:
     params = doc.get("parameters") or {}
     if not isinstance(params, dict):
         raise MalformedRequest("'parameters' must be an object")
-    if params and _too_deep(params, MAX_DEPTH):
-        raise MalformedRequest(f"'parameters' is nested deeper than {MAX_DEPTH} levels")
+    for v in params.values():  # scalars (priority, timeout_ms) cost one isinstance each
+        if isinstance(v, (list, dict)) and _too_deep(v, MAX_DEPTH - 1):
+            raise MalformedRequest(f"'parameters' is nested deeper than {MAX_DEPTH} levels")
 
     inputs: dict[str, np.ndarray] = {}
     offset = 0
