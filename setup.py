@@ -31,6 +31,7 @@ setup(
             "onnx==1.23.2",
             "scikit-learn==1.9.1",
             "matplotlib==3.11.2",
+            "hypothesis==6.151.9",
             "pytest==9.2.0",
             "pytest-asyncio==1.5.0",
             "pytest-timeout==2.4.0",

@@ -91,6 +91,12 @@ class ModelSpec(Section):
     cache: CacheSpec = Field(default_factory=CacheSpec, description="Response cache settings.")
     session: SessionSpec = Field(default_factory=SessionSpec, description="ONNX Runtime session settings that belong to this graph.")
     text: TextSpec | None = Field(None, description="Text model: tokenize a BYTES input in the daemon and pool the token states.")
+    non_finite_inputs: Literal["reject", "allow"] = Field(
+        "reject",
+        description="NaN or ±Inf in a floating-point input (FP16/FP32/FP64): `reject` refuses the request with "
+        "invalid_input naming the input and the first bad index (a model given NaN answers with confidence all "
+        "the same); `allow` passes them to the graph, for models that handle them (e.g. NaN as a missing-value mark).",
+    )
     precision: Literal["fp32", "fp16", "int8-qdq", "int8-dynamic"] = Field("fp32", description="Numeric form of the graph (drives TensorRT int8/fp16 flags).")
     accuracy: dict | None = Field(None, description="Figures written by the accuracy gate of `edge-agent quantize`.")
     lineage: dict | None = Field(None, description="Source model digest and quantization recipe.")

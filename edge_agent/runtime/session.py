@@ -77,6 +77,18 @@ def intra_op_threads(spec: ModelSpec, runtime: RuntimeConfig) -> int:
     return threads
 
 
+def _non_finite(name: str, arr: np.ndarray) -> InvalidInput:
+    """The refusal of an input holding NaN or ±Inf, naming the first bad
+    element's index (row-major) so a client can find the faulty sensor."""
+    flat = int(np.flatnonzero(~np.isfinite(arr))[0])
+    index = [int(i) for i in np.unravel_index(flat, arr.shape)]
+    value = float(arr.reshape(-1)[flat])
+    return InvalidInput(
+        f"input '{name}': non-finite value {value} at index {index} (model.yaml non_finite_inputs: reject)",
+        input=name, index=index,
+    )
+
+
 class LoadedModel:
     def __init__(self, name: str, version: str, version_dir: Path, runtime: RuntimeConfig, state_dir: Path) -> None:
         self.name = name
@@ -102,6 +114,10 @@ class LoadedModel:
         self.output_specs = self._served_outputs()
         self.output_names = [o.name for o in self.output_specs]
         self._inputs = {t.name: (V2_TO_NP[t.datatype], t) for t in self.spec.inputs}
+        # Float inputs that must hold finite values only (model.yaml non_finite_inputs).
+        self._finite = frozenset(
+            t.name for t in self.spec.inputs if self.spec.non_finite_inputs == "reject" and V2_TO_NP[t.datatype].kind == "f"
+        )
 
     # --- loading -------------------------------------------------------------
 
@@ -239,7 +255,11 @@ class LoadedModel:
         specs = self._inputs
         if len(inputs) != len(specs) or any(n not in specs for n in inputs):
             missing = sorted(set(specs) - set(inputs))
+            # A client may send thousands of names: the message (which is
+            # logged) names the first few.
             unknown = sorted(set(inputs) - set(specs))
+            if len(unknown) > 8:
+                unknown = unknown[:8] + [f"... {len(unknown) - 8} more"]
             raise InvalidInput(
                 f"model '{self.name}' takes inputs {sorted(specs)}"
                 + (f"; missing {missing}" if missing else "")
@@ -267,6 +287,9 @@ class LoadedModel:
             for d, want in zip(shape, dims):
                 if want != -1 and d != want:
                     raise InvalidInput(f"input '{name}': shape {list(arr.shape)}, model expects {self._shape_str(spec)}")
+            # One vectorised pass (~1 µs on the digits model's 64 floats).
+            if name in self._finite and not np.isfinite(arr).all():
+                raise _non_finite(name, arr)
         outputs = req.outputs
         if outputs is not None:
             for o in outputs:
