@@ -8,7 +8,7 @@ import pytest
 from cache_helpers import FakeClock
 
 from edge_agent.cache import CacheTier, Found, MemoryTier, SQLiteTier
-from edge_agent.cache.response_cache import MemoTier
+from edge_agent.cache.memo import MemoTier
 
 TIERS = {
     "memory": lambda path, clock, max_bytes: MemoryTier(max_bytes, clock=clock),
