@@ -41,13 +41,13 @@ from typing import Callable, Dict, Iterable, List, Optional, Union
 from . import metrics
 from .disk_ops import CLEAR, STOP, SWEEP, WAKE, Delete, Flush, Put, Stop, Sweep, Touch, Write
 from .disk_state import Corrupt, DiskEvent, DiskState, Replaced, classify, next_state
-from .sqlite_store import FILE_SLACK, ROW_OVERHEAD, SQLiteStore, connect
+from .sqlite_store import ROW_OVERHEAD, SQLiteStore, connect
 from .tiers import Found
 
 log = logging.getLogger(__name__)
 
 SERVING = DiskState.SERVING
-__all__ = ["FILE_SLACK", "ROW_OVERHEAD", "SQLiteTier", "classify"]
+__all__ = ["SQLiteTier"]
 
 
 class SQLiteTier:

@@ -129,7 +129,7 @@ def test_filling_past_the_bound_evicts_least_recently_used(tmp_path):
     cache.close()
 
 
-# The documented allowance over cache.disk_max_bytes (sqlite_tier.FILE_SLACK).
+# The documented allowance over cache.disk_max_bytes (sqlite_store.FILE_SLACK).
 FILE_SLACK = 64 * 1024
 
 
