@@ -170,8 +170,7 @@ class Daemon:
             return None
         from .cache import ResponseCache
 
-        return ResponseCache(self.cfg.paths.cache_dir, c.memory_max_bytes, c.disk_max_bytes, c.default_ttl_s,
-                             memo_max_bytes=c.memo_max_bytes)
+        return ResponseCache(self.cfg.paths.cache_dir, c.memory_max_bytes, c.disk_max_bytes, c.default_ttl_s)
 
     def _make_extras(self) -> list:
         """Optional components, each with name, start(), stop(), status() and

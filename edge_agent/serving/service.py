@@ -25,9 +25,7 @@ from collections import deque
 from functools import partial
 from types import CoroutineType
 
-from ..cache import SingleFlight, request_key
-from ..cache.governor import Governor
-from ..cache.keys import input_fingerprint, memo_key
+from ..cache import SKIP, CacheFront, Hit
 from ..config import Config
 from ..errors import DeadlineExceeded, EdgeError, ModelNotReady, Overloaded, ShuttingDown, UnknownModel, UnknownVersion
 from ..ops.metrics import REQUEST_ERRORS
@@ -65,12 +63,12 @@ class InferenceService:
     def __init__(self, cfg: Config, repo: ModelRepository, cache=None) -> None:
         self.repo = repo
         self.cache = cache
-        self.flights = SingleFlight()
-        # Per model: look up only a sample while its answers are not reused.
-        self._governors: dict[str, Governor] = {}
+        # What the cache decides per request (Hit, Miss or Skip), with its
+        # governors, single flight and memo of encoded answers (cache/front.py).
+        self.front = CacheFront(cache, cfg.cache, route=repo.route, answered=self._count_ok)
         # Names of the models whose governor samples: transports skip the memo for them.
-        self.sampling_models: set[str] = set()
-        repo.on_model_removed.append(self._forget_model)
+        self.sampling_models = self.front.governors.sampling
+        repo.on_model_removed.append(self.front.forget)
         self.accepting = True
         self.inflight = 0
         self.started = _now()
@@ -190,35 +188,17 @@ class InferenceService:
                 raise DeadlineExceeded(f"{(deadline - t0) * 1000:.1f} ms left before the deadline, model '{model.name}' needs "
                                        f"about {mv.batcher.expected_run * 1000:.1f} ms; the request was not run")
             prepared = model.prepare(req)
-            cache = self.cache
-            key = None
-            if cache is not None and req.use_cache and model.spec.cache.enabled:
-                gov = self._governors.get(model.name)
-                if gov is None:
-                    c = self.cfg.cache
-                    gov = self._governors[model.name] = Governor(model.name, c.sample_window, c.sample_below_hit_ratio,
-                                                                       self.sampling_models)
-                # While this model's answers are not reused, only a sample of
-                # requests is keyed, and between two windows of samples no
-                # request is even fingerprinted (governor.py: dormancy); the
-                # others run as with the cache off.
-                if gov.dormant_left:
-                    gov.dormant_left -= 1
-                elif gov.looks_up(fp := input_fingerprint(req)):
-                    # The key holds the model file's digest, so a new version
-                    # never reads another version's answers.
-                    key = request_key(model.name, model.digest, req)
-                    hit = cache.get(key)
-                    if hit is not None:
-                        gov.hit(fp)
-                        self.inflight -= 1
-                        resp = self._finish(req, mv, hit, t0, cached=True)
-                        resp.cache_key = key
-                        return resp
+            # The cache's one decision (cache/front.py): Hit, Miss or SKIP.
+            found = self.front.lookup(mv, req)
+            if found.__class__ is Hit:
+                self.inflight -= 1
+                resp = self._finish(req, mv, found.outputs, t0, cached=True)
+                resp.cache_key = found.key
+                return resp
             if self.offloader is not None and self.offloader.wants(mv):
-                return Started(self._offload_first(req, mv, prepared, deadline, key, t0), req, mv, t0, True, deadline)
-            if key is not None:
-                return Started(self._submit_shared(mv, prepared, req.priority, deadline, key), req, mv, t0, False, deadline)
+                return Started(self._offload_first(req, mv, prepared, deadline, found, t0), req, mv, t0, True, deadline)
+            if found is not SKIP:
+                return Started(self._submit_shared(mv, prepared, req.priority, deadline, found), req, mv, t0, False, deadline)
             return Started(mv.batcher.submit(prepared, req.priority, deadline), req, mv, t0, False, deadline)
         except EdgeError as e:
             self.inflight -= 1
@@ -246,19 +226,19 @@ class InferenceService:
             return value
         return self._finish(r.req, r.mv, value, r.t0, cached=False)
 
-    def _submit_shared(self, mv: ModelVersion, prepared, priority: int, deadline: float, key):
+    def _submit_shared(self, mv: ModelVersion, prepared, priority: int, deadline: float, miss):
         # Identical requests arriving while this one runs share its
         # inference. The batcher's worker thread stores the answer (off the
         # event loop) before any of them, or a later request, sees it.
-        put = partial(self.cache.put, key, ttl_s=mv.model.spec.cache.ttl_s)
-        return self.flights.run(key, lambda: mv.batcher.submit(prepared, priority, deadline, put))
+        store = miss.store
+        return self.front.share(miss, lambda: mv.batcher.submit(prepared, priority, deadline, store))
 
-    async def _offload_first(self, req: InferRequest, mv: ModelVersion, prepared, deadline: float, key, t0: float) -> InferResponse:
+    async def _offload_first(self, req: InferRequest, mv: ModelVersion, prepared, deadline: float, found, t0: float) -> InferResponse:
         resp = await self.offloader.offload(req)
         if resp is not None:
             return self._offloaded(resp, t0)
-        if key is not None:
-            outputs = await self._submit_shared(mv, prepared, req.priority, deadline, key)
+        if found is not SKIP:
+            outputs = await self._submit_shared(mv, prepared, req.priority, deadline, found)
         else:
             outputs = await mv.batcher.submit(prepared, req.priority, deadline)
         return self._finish(req, mv, outputs, t0, cached=False)
@@ -285,7 +265,7 @@ class InferenceService:
             c = self._refusals[key] = REQUEST_ERRORS.labels(*key)
         c.inc()
 
-    # --- the memo of encoded answers (cache/response_cache.py) --------------
+    # --- the memo of encoded answers (cache/memo.py) ---------------------------
 
     def memo_lookup(self, transport: bytes, name: str, version: str | None, request: bytes):
         """Before decoding: the encoded answer a transport kept for a request
@@ -296,39 +276,17 @@ class InferenceService:
         keeps with ``memo_keep`` is that version's answer, whatever a canary
         split would pick next. Transports need not call it for the models in
         ``sampling_models``: their inputs do not repeat, so their bytes are
-        not digested."""
-        cache = self.cache
-        if cache is None or cache.memo is None:
+        not digested. The rules are the memo's (cache/memo.py); a daemon
+        shutting down answers nothing from it."""
+        memo = self.front.memo
+        if memo is None or not self.accepting:
             return None, None
-        gov = self._governors.get(name)
-        if gov is None or gov.sampling:
-            return None, None
-        t0 = _now()
-        try:
-            mv = self.repo.route(name, version)
-        except EdgeError:
-            return None, None  # the full path says why, in its own words
-        model = mv.model
-        if not model.spec.cache.enabled or not self.accepting:
-            return None, None
-        key = memo_key(transport, name, mv.version, model.digest, request)
-        answer = cache.memo_get(key)
-        if answer is None:
-            return None, (key, mv.version)
-        gov.memo_hit()
-        self._count_ok(mv, _now() - t0)
-        return answer, None
+        return memo.lookup(transport, name, version, request)
 
     def memo_keep(self, key: bytes, resp: InferResponse, answer, size: int) -> None:
         """After encoding a cached answer: keep ``answer`` (``size`` bytes)
         under the ``key`` that ``memo_lookup`` gave."""
-        if resp.cache_key is not None:
-            self.cache.memo_put(key, resp.cache_key, answer, size)
-
-    def _forget_model(self, name: str) -> None:
-        gov = self._governors.pop(name, None)
-        if gov is not None:
-            gov.close()
+        self.front.memo.keep(key, resp, answer, size)
 
     def _count_ok(self, mv: ModelVersion, dt: float) -> None:
         m = mv.metrics

@@ -49,7 +49,7 @@ def test_entries_survive_a_restart(tmp_path):
     assert got is not None and got["probs"].tolist() == [1.0] * 4 and got["label"].tolist() == ["class-0001"]
     assert metric("edge_agent_cache_hits_total", tier="disk") - hits == 1
     assert cache.get(k(1)) is not None
-    assert cache.stats()["hits"] == {"memory": 1, "disk": 1, "memo": 0}  # promoted on the first hit
+    assert cache.stats()["hits"] == {"memory": 1, "disk": 1}  # promoted on the first hit
     cache.close()
 
 
@@ -129,7 +129,7 @@ def test_filling_past_the_bound_evicts_least_recently_used(tmp_path):
     cache.close()
 
 
-# The documented allowance over cache.disk_max_bytes (sqlite_tier.FILE_SLACK).
+# The documented allowance over cache.disk_max_bytes (sqlite_store.FILE_SLACK).
 FILE_SLACK = 64 * 1024
 
 
