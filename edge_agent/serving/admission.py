@@ -25,7 +25,8 @@ waited unseen at most ``now - (start of the previous turn)``.
 least ``floor``. It counts ``late`` as part of every request's age (so no
 answer reaches a client after the deadline it set, though the client's
 bytes waited for the loop) and refuses requests with ``overloaded`` (reason
-``loop_lag``) in proportion while it is above ``admission.shed_loop_lag_ms``:
+``loop_lag``) in proportion while both it and ``sustained`` (the least
+lag of the last ``SUSTAINED_SAMPLES`` samples) are above ``admission.shed_loop_lag_ms``:
 a refusal costs the loop less than an answer, so it catches up, and the
 requests it takes are answered within their deadlines instead of all late.
 """
@@ -44,6 +45,13 @@ INF = float("inf")
 # Shorter turns leave requests unseen for less than this, and marking them
 # would keep a nearly idle loop from sleeping in its poll.
 BUSY_S = 0.001
+# ``LoopLag.sustained`` is the smallest of the last this many lag samples
+# (timer ticks and marked turns): shedding waits for lag that lasts. One long
+# turn (a garbage collection, a model load's last step) delays the requests
+# read after it once; refusing them, whatever their budget, would turn a
+# hiccup into errors (seen in the e2e suite: one 54 ms turn refused requests
+# with 30 s deadlines). An overloaded loop makes every turn long.
+SUSTAINED_SAMPLES = 3
 
 LOOP_LAG = Gauge(
     "edge_agent_event_loop_lag_seconds",
@@ -76,6 +84,10 @@ class LoopLag:
         self._max = 0.0
         self._max_before = 0.0
         self._window_end = 0.0
+        # The smallest of the last SUSTAINED_SAMPLES lag samples: what the
+        # loop_lag shedding rule asks besides the current bound.
+        self.sustained = 0.0
+        self._samples = [0.0] * SUSTAINED_SAMPLES
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._handle is not None:
@@ -102,6 +114,10 @@ class LoopLag:
         return max(self._max, self._max_before)
 
     def _note(self, now: float, lag: float) -> None:
+        samples = self._samples
+        samples.pop(0)
+        samples.append(lag)
+        self.sustained = min(samples)
         if now >= self._window_end:
             self._max_before, self._max = self._max, 0.0
             self._window_end = now + 1.0

@@ -165,7 +165,7 @@ class InferenceService:
             if deadline <= t0:
                 raise DeadlineExceeded(f"deadline passed {(t0 - deadline) * 1000:.1f} ms before the request reached the "
                                        f"service (event loop {late * 1000:.1f} ms late); it was not run")
-            if late > self._shed_lag:
+            if late > self._shed_lag and lag.sustained > self._shed_lag:
                 # Refuse in proportion to the lag (at twice the threshold,
                 # every other request), not all: when refusing alone keeps
                 # the loop this busy, refusing all would answer nobody.

@@ -136,7 +136,10 @@ def exchange(path: str, raw: bytes, owed: _Owed) -> tuple[list[tuple[int, bool]]
 
 def check(got: list[tuple[int, bool]], eof: bool, owed: _Owed, raw: bytes) -> None:
     where = f"sent {raw[:300]!r}... ({len(raw)} bytes); owed {owed.answers}, close {owed.closes}; got {got}, eof {eof}"
-    assert all(status < 500 for status, _ in got), where
+    # 503 (overloaded: load shedding) and 504 (deadline_exceeded: a generated
+    # timeout_ms shorter than the model's batch time) are answers the daemon
+    # owes a client on a busy machine, not faults; every other 5xx is a bug.
+    assert all(status < 500 or status in (503, 504) for status, _ in got), where
     if len(got) < owed.answers:
         # Cut short: only after an error answer that announced the close.
         assert eof and got and got[-1][0] >= 400 and got[-1][1], where
