@@ -61,12 +61,13 @@ setup(
         # The benchmarks' comparison server (scripts/mosec_digits.py) and plots.
         "bench": both(["mosec==0.9.8", "matplotlib==3.11.2"], ["matplotlib==3.7.5"]),
         # The test suite. On Python < 3.11 (the JetPack 5 stack, run on 3.8):
-        # the last releases for 3.8; no matplotlib (only the bench scripts plot).
+        # the last releases for 3.8 (tritonclient 2.51.0: later ones need geventhttpclient
+        # >= 2.3.3, which has no 3.8 wheel); no matplotlib (only the bench scripts plot).
         "dev": both(
             ["onnx==1.23.2", "scikit-learn==1.9.1", "matplotlib==3.11.2", "pytest==9.2.0", "pytest-asyncio==1.5.0",
              "pytest-timeout==2.4.0", "tritonclient[http]==2.73.0", "vermin==1.9.2"],
             ["onnx==1.17.0", "scikit-learn==1.3.2", "pytest==8.3.5", "pytest-asyncio==0.24.0",
-             "pytest-timeout==2.4.0", "tritonclient[http]==2.73.0", "vermin==1.9.2"],
+             "pytest-timeout==2.4.0", "tritonclient[http]==2.51.0", "vermin==1.9.2"],
         ),
     },
     entry_points={"console_scripts": ["edge-agent=edge_agent.cli:main"]},
