@@ -165,7 +165,11 @@ def _pep585_base(node: ast.AST, imported: Dict[str, str]) -> Optional[str]:
 
 def scan_source(source: str, filename: str) -> List[Finding]:
     tree = ast.parse(source, filename)
-    skip = _annotation_nodes(tree)
+    # Without `from __future__ import annotations` an annotation is evaluated
+    # when its function or class is defined: then it counts too.
+    lazy = any(isinstance(n, ast.ImportFrom) and n.module == "__future__" and any(a.name == "annotations" for a in n.names)
+               for n in tree.body)
+    skip = _annotation_nodes(tree) if lazy else set()
     imported = _imported_generics(tree)
     found = []
     for node in ast.walk(tree):

@@ -82,6 +82,13 @@ def test_scan_reports_each_run_time_construct_and_nothing_else():
     assert "Python 3.10" in what[6] and "removeprefix" in what[12] and "is_relative_to" in what[13]
 
 
+def test_scan_counts_annotations_where_they_are_evaluated():
+    # No `from __future__ import annotations`: a def's annotations run at definition.
+    found = check.scan_source("def f(x: list[str]) -> dict[str, int] | None:\n    pass\n", "eager.py")
+    assert {(line, "list[...]" in w or "dict[...]" in w or "X | Y" in w) for _, line, w in found} == {(1, True)}
+    assert len(found) == 3
+
+
 def test_scan_of_a_clean_module_is_empty():
     assert check.scan_source("from __future__ import annotations\nfrom typing import Dict\nA = Dict[str, int]\n", "ok.py") == []
 
