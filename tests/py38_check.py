@@ -54,6 +54,15 @@ NEW_METHODS = {
     "to_thread": "asyncio.to_thread (3.9)",
 }
 
+# Attributes that exist only from 3.11 on; read directly or through getattr(x, "name")
+# (where they silently come back as the default on 3.8: sqlite3 errors then have no code).
+NEW_ATTRS = {
+    "sqlite_errorcode": "sqlite3.Error.sqlite_errorcode (3.11)",
+    "sqlite_errorname": "sqlite3.Error.sqlite_errorname (3.11)",
+    "add_note": "BaseException.add_note (3.11)",
+    "__notes__": "BaseException.__notes__ (3.11)",
+}
+
 Finding = Tuple[str, int, str]  # (path relative to the repo, line, what)
 
 
@@ -183,6 +192,11 @@ def scan_source(source: str, filename: str) -> List[Finding]:
                 found.append((filename, line, f"`{base}[...]` evaluated at run time needs Python 3.9 (use typing.{alias} or quote it)"))
         elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr) and (_is_typeish(node.left) or _is_typeish(node.right)):
             found.append((filename, line, "`X | Y` type union evaluated at run time needs Python 3.10 (use typing.Optional / typing.Union)"))
+        elif isinstance(node, ast.Attribute) and node.attr in NEW_ATTRS:
+            found.append((filename, line, f"{NEW_ATTRS[node.attr]} is not in Python 3.8"))
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr")
+              and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and node.args[1].value in NEW_ATTRS):
+            found.append((filename, line, f"{NEW_ATTRS[node.args[1].value]} is not in Python 3.8 ({node.func.id} gives the default there)"))
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in NEW_METHODS:
             recv = node.func.value
             if node.func.attr == "to_thread" and not (isinstance(recv, ast.Name) and recv.id == "asyncio"):

@@ -70,16 +70,18 @@ BAD = textwrap.dedent('''\
         n = (x[0] << 8) | x[1]                  # 14: integers: fine
         flags = 1 | 2                           # 15: fine
         z: Optional[int] = None                 # 16: fine
-        return y
+        code = getattr(x, "sqlite_errorcode", 0)  # 17
+        return y.sqlite_errorname               # 18
 ''')
 
 
 def test_scan_reports_each_run_time_construct_and_nothing_else():
     found = check.scan_source(BAD, "bad.py")
-    assert sorted({line for _, line, _ in found}) == [5, 6, 7, 10, 11, 12, 13]
+    assert sorted({line for _, line, _ in found}) == [5, 6, 7, 10, 11, 12, 13, 17, 18]
     what = {line: w for _, line, w in found}
     assert "typing.Dict" in what[5] and "typing.Callable" in what[7]
     assert "Python 3.10" in what[6] and "removeprefix" in what[12] and "is_relative_to" in what[13]
+    assert "sqlite_errorcode (3.11)" in what[17] and "getattr gives the default" in what[17] and "sqlite_errorname" in what[18]
 
 
 def test_scan_counts_annotations_where_they_are_evaluated():
