@@ -7,9 +7,11 @@ tensors are object arrays of ``bytes``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 
 import numpy as np
+
+from .compat import slotted_dataclass
 
 PRIORITY_HIGH = 0
 PRIORITY_NORMAL = 1
@@ -52,7 +54,7 @@ def v2_datatype(arr: np.ndarray) -> str:
     return name
 
 
-@dataclass(slots=True)
+@slotted_dataclass
 class InferRequest:
     model: str
     inputs: dict[str, np.ndarray]
@@ -81,7 +83,7 @@ class InferRequest:
     arrived: float | None = None
 
 
-@dataclass(slots=True)
+@slotted_dataclass
 class InferResponse:
     model: str
     version: str

@@ -246,3 +246,34 @@ def test_docs_show_every_check():
     assert [c["name"] for c in sample["checks"]] == names
     for name in names:
         assert f"`{name}`" in text, name
+
+
+def test_systemd_245_reads_credential_names_from_the_configuration_directory(tmp_path):
+    """On systemd 245 the daemon reads a credential name from /etc/edge-agent
+    (edge_agent/credentials.py): the check passes with a warning when the files
+    are there and closed to others, and fails when one is missing or open."""
+    root = tmp_path / "xavier"
+    bin_dir = fake_xavier(root)
+    env = {D.ROOT_ENV: str(root), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    cfg = write_config(tmp_path / "c.yaml", {
+        "mqtt": {"enabled": True, "host": "127.0.0.1", "port": free_port(), "password_file": "mqtt-password"},
+        "server": {"tcp": {"enabled": True, "port": free_port(), "token_file": "tcp-token"}},
+    })
+    etc = root / "etc" / "edge-agent"
+    etc.mkdir(parents=True)
+    for name in ("mqtt-password", "tcp-token"):
+        (etc / name).write_text("x" * 32 + "\n")
+        (etc / name).chmod(0o640)
+    _, checks = run_doctor("--config", str(cfg), env=env)
+    s = checks["systemd"]
+    assert s["status"] == "warn" and "read instead" in s["detail"], s
+    assert s["value"]["fallback"]["found"] == ["mqtt.password_file from /etc/edge-agent/mqtt-password (0640)",
+                                               "server.tcp.token_file from /etc/edge-agent/tcp-token (0640)"]
+    (etc / "tcp-token").chmod(0o644)
+    (etc / "mqtt-password").unlink()
+    _, checks = run_doctor("--config", str(cfg), env=env)
+    s = checks["systemd"]
+    assert s["status"] == "fail" and "root:edge-agent 0640" in s["fix"]
+    assert s["value"]["fallback"]["problems"] == [
+        "mqtt.password_file 'mqtt-password': /etc/edge-agent/mqtt-password missing",
+        "server.tcp.token_file 'tcp-token': /etc/edge-agent/tcp-token is open to other users (0644)"]

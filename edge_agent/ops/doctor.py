@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from ..config import Config, load_config
+from ..credentials import UNIT_CONFIG_DIR
 from ..errors import ConfigError
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
@@ -334,12 +335,33 @@ class Doctor:
         value = {"version": version, "load_credential": version >= LOAD_CREDENTIAL_SYSTEMD, "line": out.splitlines()[0]}
         if version >= LOAD_CREDENTIAL_SYSTEMD:
             return Check("systemd", PASS, f"systemd {version}: LoadCredential= works", value=value)
-        pw = self.cfg.mqtt.password_file
         detail = f"systemd {version} < {LOAD_CREDENTIAL_SYSTEMD}: LoadCredential= is ignored, no $CREDENTIALS_DIRECTORY"
-        if self.cfg.mqtt.enabled and pw is not None and not Path(pw).is_absolute():
-            return Check("systemd", FAIL, f"{detail}, so mqtt.password_file '{pw}' (a credential name) is never found",
-                         "set mqtt.password_file to an absolute path of a root:edge-agent 0640 file", value)
-        return Check("systemd", WARN, detail, "give mqtt.password_file as an absolute path (root:edge-agent 0640), not a credential name", value)
+        # The daemon then reads a credential name from the unit's ConfigurationDirectory= (credentials.py).
+        named = {key: Path(f) for key, f, on in (
+            ("mqtt.password_file", self.cfg.mqtt.password_file, self.cfg.mqtt.enabled),
+            ("server.tcp.token_file", self.cfg.server.tcp.token_file, self.cfg.server.tcp.enabled),
+        ) if on and f is not None and not Path(f).is_absolute()}
+        found, bad = [], []
+        for key, name in named.items():
+            path = f"{UNIT_CONFIG_DIR}/{name}"
+            f = self.host.file(path)
+            try:
+                mode = stat.S_IMODE(f.stat().st_mode)
+            except OSError:
+                bad.append(f"{key} '{name}': {path} missing")
+                continue
+            if mode & 0o007:
+                bad.append(f"{key} '{name}': {path} is open to other users ({mode:04o})")
+            else:
+                found.append(f"{key} from {path} ({mode:04o})")
+        value["fallback"] = {"dir": UNIT_CONFIG_DIR, "found": found, "problems": bad}
+        if bad:
+            return Check("systemd", FAIL, f"{detail}; the daemon reads credential names from {UNIT_CONFIG_DIR} instead, and: {'; '.join(bad)}",
+                         f"put each there as root:edge-agent 0640 (scripts/install.sh does), or give an absolute path of such a file", value)
+        if found:
+            detail += f"; read instead from the unit's configuration directory: {', '.join(found)}"
+        return Check("systemd", WARN, detail, f"nothing to do if the secrets are root:edge-agent 0640 files in {UNIT_CONFIG_DIR} "
+                     "(scripts/install.sh makes them) or absolute paths of such files", value)
 
     # --- the daemon's own resources ----------------------------------------------
 

@@ -1,5 +1,7 @@
 """The disk tier against real SQLite files: restarts, bounds, TTL and every fault."""
 
+from __future__ import annotations
+
 import logging
 import os
 import random

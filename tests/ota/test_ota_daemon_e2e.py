@@ -270,7 +270,8 @@ def test_cut_download_resumes_with_fewer_bytes_than_the_artifact(agent_factory, 
     gets = [r for r in devserver.requests if r[0] == "GET" and r[1] == path]
     assert len(gets) == 2, gets
     assert gets[0][2] is None and gets[0][3] == 200
-    offset = int(gets[1][2].removeprefix("bytes=").rstrip("-"))
+    assert gets[1][2].startswith("bytes=")
+    offset = int(gets[1][2][len("bytes="):].rstrip("-"))
     assert 0 < offset <= 600_000 and gets[1][3] == 206
     first, second = devserver.bytes_by_path[path]
     assert first == 600_000 and second == size - offset < size
@@ -347,8 +348,11 @@ def test_bad_updates_are_rejected_before_any_traffic(agent_factory, devserver, r
 def test_canary_rolls_back_slow_and_failing_versions_and_promotes_a_good_one(agent_factory, devserver, registry,
                                                                              src_models, keys, v1):
     # A slow canary slows the whole box (shared cores), active side included: judge at 2x.
+    # It slows the event loop too, past admission.shed_loop_lag_ms on a slower Python
+    # (3.8) or a busy machine: shedding is not what this test judges (test_overload.py
+    # does), so it is off here and every failed answer is the flaky canary's.
     a = device(agent_factory, registry, devserver.url, keys[1], min_requests=20, max_seconds=30,
-               max_p99_ratio=2.0).start()
+               max_p99_ratio=2.0, extra={"admission": {"shed_loop_lag_ms": 0}}).start()
     with Load(a, threads=3, big_share=0.3) as load:
         load.wait_for(20)
         for v, kind, why in [("2", "slow", "latency"), ("3", "flaky", "error rate")]:
