@@ -26,6 +26,7 @@ from typing import Dict, List, Literal, Mapping, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .credentials import read_secret  # noqa: F401 -- secrets named in the config are read there (systemd 245 fallback)
 from .errors import ConfigError
 
 
@@ -76,7 +77,7 @@ class TcpConfig(Section):
 def _octal(v):
     if isinstance(v, str):
         try:
-            return int(v.removeprefix("0o"), 8)
+            return int(v[2:] if v.startswith("0o") else v, 8)
         except ValueError:
             raise ValueError(f"not an octal mode: {v!r}") from None
     return v
@@ -438,18 +439,3 @@ def load_config(path: str | os.PathLike | None, overrides: Optional[Mapping] = N
     return validate_with_lines(Config, data, lines, source, overrides)
 
 
-def read_secret(file: str | os.PathLike | None, key: str) -> str | None:
-    """A secret (password, token) from a file, or from a systemd credential:
-    a relative name is looked up under $CREDENTIALS_DIRECTORY (LoadCredential=).
-
-    The value is never logged; errors name the config ``key`` and the file only."""
-    if file is None:
-        return None
-    path = Path(file)
-    creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    if not path.is_absolute() and creds:
-        path = Path(creds) / path
-    try:
-        return path.read_text().rstrip("\r\n")
-    except OSError as e:
-        raise ConfigError(f"{key}: cannot read {path}: {e.strerror}") from None

@@ -88,13 +88,32 @@ _CORRUPT = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 _KINDS = {13: "disk_full", 8: "readonly", 14: "readonly", 3: "readonly", 23: "readonly", 5: "locked", 6: "locked"}
 
 
+# Python < 3.11 has no sqlite_errorcode: SQLite's own messages for those codes.
+_BY_MESSAGE = (
+    ("database disk image is malformed", 11), ("file is not a database", 26), ("database or disk is full", 13),
+    ("attempt to write a readonly database", 8), ("unable to open database file", 14), ("database is locked", 5),
+    ("database table is locked", 6),
+)
+
+
+def _result_code(exc: sqlite3.Error) -> int:
+    code = getattr(exc, "sqlite_errorcode", None)  # py38: fallback (the messages below)
+    if code is not None:
+        return code & 0xFF
+    text = str(exc)
+    for message, c in _BY_MESSAGE:
+        if message in text:
+            return c
+    return 0
+
+
 def classify(exc: BaseException) -> str:
     """The fault kind of an exception met on the disk: corrupt, disk_full,
     readonly, locked or io (the label of ``edge_agent_cache_errors_total``)."""
     if isinstance(exc, Corrupt):
         return "corrupt"
     if isinstance(exc, sqlite3.Error):
-        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+        code = _result_code(exc)
         if code in _CORRUPT:
             return "corrupt"
         if code in _KINDS:

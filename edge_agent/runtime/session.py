@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from ..compat import slotted_dataclass
 from ..config import RuntimeConfig
 from ..digests import sha256_file
 from ..errors import InferenceFailed, InvalidInput, ModelLoadError
@@ -54,7 +55,7 @@ _PROVIDER_SHORT = {
 }
 
 
-@dataclass(slots=True)
+@slotted_dataclass
 class Prepared:
     """A validated request, ready for the batcher."""
 

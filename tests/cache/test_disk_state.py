@@ -123,3 +123,19 @@ def test_garbage_over_the_file_at_open_is_rebuilt_before_the_tier_serves(tmp_pat
     assert tier.state is S.SERVING and tier.rebuilds == 1
     assert tier.stats()["errors"] == {"corrupt": 1}
     tier.close()
+
+
+@pytest.mark.parametrize("message, kind", [
+    ("database or disk is full", "disk_full"),
+    ("attempt to write a readonly database", "readonly"),
+    ("database is locked", "locked"),
+    ("file is not a database", "corrupt"),
+    ("database disk image is malformed", "corrupt"),
+    ("disk I/O error", "io"),
+])
+def test_errors_without_a_result_code_are_classified_by_sqlites_message(message, kind):
+    """Python < 3.11 (the JetPack 5 stack) has no sqlite_errorcode; an error
+    raised from Python has none on any version: SQLite's message decides."""
+    exc = sqlite3.OperationalError(message)
+    assert getattr(exc, "sqlite_errorcode", None) is None
+    assert classify(exc) == kind
