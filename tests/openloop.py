@@ -31,6 +31,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import sys
 import time
 from collections import deque
 from pathlib import Path
@@ -258,7 +260,14 @@ def main() -> None:
         result = uvloop.run(run(args))
     except ImportError:
         result = asyncio.run(run(args))
-    print(json.dumps(result))
+    # The result runs to hundreds of KB; stdout may have been left
+    # non-blocking (an event loop's file descriptors), where one write stops
+    # at what the pipe holds (seen: cut at 128 KiB). Write it whole, blocking.
+    data = (json.dumps(result) + "\n").encode()
+    os.set_blocking(sys.stdout.fileno(), True)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(sys.stdout.fileno(), view):]
 
 
 if __name__ == "__main__":
