@@ -112,13 +112,16 @@ def session_signature(sess) -> Signature:
             for kind in ("inputs", "outputs")}
 
 
-def signature_differences(a: Signature, b: Signature) -> List[str]:
+def signature_differences(a: Signature, b: Signature, a_name: str = "one", b_name: str = "other") -> List[str]:
+    def show(t) -> str:
+        return f"{t[0]} {list(t[1])}" if t else "absent"
+
     out = []
     for kind in ("inputs", "outputs"):
         for name in sorted(a[kind].keys() | b[kind].keys()):
             x, y = a[kind].get(name), b[kind].get(name)
             if x != y:
-                out.append(f"{kind[:-1]} {name!r}: {x or 'absent'} vs {y or 'absent'}")
+                out.append(f"{kind[:-1]} {name!r}: {show(x)} in {a_name}, {show(y)} in {b_name}")
     return out
 
 
@@ -126,16 +129,16 @@ def check_artifact_signatures(spec: ModelSpec, version_dir: Path, reference: Opt
     """Every declared file has the same graph inputs and outputs (names, types, ranks, fixed dims).
 
     ``reference`` is (file, signature) of a file already loaded (the daemon's
-    chosen one), so it is not read twice. Raises ModelLoadError naming the
-    first file that differs.
+    chosen one), so it is not read twice; default: model.onnx. Raises
+    ModelLoadError naming the first file that differs.
     """
     files = spec.artifact_files()
     if len(files) < 2:
         return
-    ref_file, ref_sig = reference if reference is not None else (files[0], graph_signature(version_dir / files[0]))
+    ref_file, ref_sig = reference if reference is not None else (DEFAULT_ARTIFACT, graph_signature(version_dir / DEFAULT_ARTIFACT))
     for f in files:
         if f == ref_file:
             continue
-        diffs = signature_differences(ref_sig, graph_signature(version_dir / f))
+        diffs = signature_differences(ref_sig, graph_signature(version_dir / f), ref_file, f)
         if diffs:
             raise ModelLoadError(f"{version_dir}: artifact {f} has other inputs/outputs than {ref_file}: {'; '.join(diffs)}")
