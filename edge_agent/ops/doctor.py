@@ -306,7 +306,8 @@ class Doctor:
         if fast:
             return Check("cpu_int8", PASS, f"{cpu}: INT8 dot-product instructions {', '.join(have)}", value=value)
         if "avx2" in have:
-            return Check("cpu_int8", PASS, f"{cpu}: {', '.join(have)} without VNNI: INT8 needs uint8 weights (u8s8) to gain", value=value)
+            return Check("cpu_int8", PASS, f"{cpu}: {', '.join(have)} without VNNI: int8-weight (U8S8) kernels saturate here, so INT8 "
+                         "versions serve their uint8-weight file (model.yaml artifacts: avx2 / default)", value=value)
         return Check("cpu_int8", WARN, f"{cpu}: no INT8 dot-product instructions ({'asimddp/i8mm' if arm else 'VNNI/AVX2'} absent): "
                      "CPU INT8 kernels run without them; expect little or no gain over FP32 on the CPU provider",
                      "serve INT8 through TensorRT (precision: int8-qdq) or FP32 on the CPU", value)
