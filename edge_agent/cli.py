@@ -213,6 +213,7 @@ def cmd_models(args) -> int:
     for m in index:
         print(f"{m['name']:<16} {m['version']:<8} {m['state']:<12} {m.get('provider', '-'):<9} {m.get('precision', '-'):<13} "
               f"{'*' if m.get('default') else ''}{' canary' if m.get('canary') else ''}{' ' + m['reason'] if m.get('reason') else ''}"
+              + (f" artifact {m['artifact']} ({m['artifact_target']})" if m.get("artifact_target") else "")
               + "".join(f" FALLBACK {f['wanted']}->{f['bound']} ({f['reason']})" for f in m.get("provider_fallback") or ()))
     return 0
 

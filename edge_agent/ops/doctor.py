@@ -22,7 +22,6 @@ from __future__ import annotations
 import ctypes.util
 import json
 import os
-import platform
 import re
 import shutil
 import socket
@@ -36,6 +35,8 @@ from typing import Any, Callable, Dict, List, Optional
 from ..config import Config, load_config
 from ..credentials import UNIT_CONFIG_DIR
 from ..errors import ConfigError
+# CPU flags are read by the same code the daemon uses to pick a model artifact.
+from ..runtime.cpu import parse_cpuinfo
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 DEFAULT_CONFIG = "/etc/edge-agent/config.yaml"
@@ -62,11 +63,6 @@ LIB_DIRS = (
 # Jetson iGPU nodes (nvgpu: /dev/nvhost-* up to L4T 35, /dev/nvgpu/igpu0/* from 36) and desktop GPUs.
 GPU_NODES = ("dev/nvhost-gpu", "dev/nvhost-ctrl-gpu", "dev/nvgpu/igpu0/ctrl", "dev/nvidia0")
 DLA_NODES = ("dev/nvhost-nvdla{}", "dev/nvhost-ctrl-nvdla{}")
-INT8_X86 = ("amx_int8", "avx512_vnni", "avx_vnni", "avx512bw", "avx2")
-# Arm cores by (CPU implementer, CPU part) from /proc/cpuinfo, which names no model on arm64.
-ARM_CORES = {("0x4e", "0x004"): "NVIDIA Carmel (Xavier)", ("0x41", "0xd42"): "Cortex-A78AE (Orin)",
-             ("0x41", "0xd08"): "Cortex-A72", ("0x41", "0xd0c"): "Neoverse N1", ("0x41", "0xd40"): "Neoverse V1"}
-INT8_ARM = ("i8mm", "asimddp")
 
 
 @dataclass
@@ -302,17 +298,8 @@ class Doctor:
         return Check("dla", PASS, "no DLA" + (" (an AGX Xavier has two)" if self.jetson else ""), value=value)
 
     def check_cpu_int8(self) -> Check:
-        text = self.host.read("/proc/cpuinfo") or ""
-        m = re.search(r"^(?:flags|Features)\s*:\s*(.*)$", text, re.M)
-        flags = set(m.group(1).split()) if m else set()
-        arm = bool(re.search(r"^Features\s*:", text, re.M))
-        model = re.search(r"^model name\s*:\s*(.*)$", text, re.M)
-        cpu = model.group(1).strip() if model else platform.machine()
-        if arm:
-            impl = re.search(r"^CPU implementer\s*:\s*(\S+)", text, re.M)
-            part = re.search(r"^CPU part\s*:\s*(\S+)", text, re.M)
-            cpu = ARM_CORES.get((impl.group(1), part.group(1)) if impl and part else ("", ""), cpu)
-        have = [f for f in (INT8_ARM if arm else INT8_X86) if f in flags]
+        info = parse_cpuinfo(self.host.read("/proc/cpuinfo") or "")
+        cpu, arm, flags, have = info.model, info.arch == "arm64", info.flags, info.int8_features
         value = {"cpu": cpu, "arch": "arm64" if arm else "x86_64", "int8_features": have}
         if not flags:
             return Check("cpu_int8", WARN, "cannot read CPU flags from /proc/cpuinfo", value=value)
@@ -320,7 +307,8 @@ class Doctor:
         if fast:
             return Check("cpu_int8", PASS, f"{cpu}: INT8 dot-product instructions {', '.join(have)}", value=value)
         if "avx2" in have:
-            return Check("cpu_int8", PASS, f"{cpu}: {', '.join(have)} without VNNI: INT8 needs uint8 weights (u8s8) to gain", value=value)
+            return Check("cpu_int8", PASS, f"{cpu}: {', '.join(have)} without VNNI: int8-weight (U8S8) kernels saturate here, so INT8 "
+                         "versions serve their uint8-weight file (model.yaml artifacts: avx2 / default)", value=value)
         return Check("cpu_int8", WARN, f"{cpu}: no INT8 dot-product instructions ({'asimddp/i8mm' if arm else 'VNNI/AVX2'} absent): "
                      "CPU INT8 kernels run without them; expect little or no gain over FP32 on the CPU provider",
                      "serve INT8 through TensorRT (precision: int8-qdq) or FP32 on the CPU", value)

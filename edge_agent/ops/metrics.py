@@ -22,6 +22,8 @@ COMPUTE_LATENCY = Histogram("edge_agent_compute_duration_seconds", "Time of one 
 BATCH_SIZE = Histogram("edge_agent_batch_size", "Rows per executed batch.", ["model", "version"], buckets=BATCH_BUCKETS)
 QUEUE_DEPTH = Gauge("edge_agent_queue_depth", "Requests waiting in the batcher queue.", ["model", "version"])
 MODEL_INFO = Gauge("edge_agent_model_info", "Loaded model versions; value 1, the bound provider as a label.", ["model", "version", "provider", "precision", "default"])
+MODEL_ARTIFACT = Gauge("edge_agent_model_artifact_info", "The ONNX file each loaded version serves, chosen for this CPU/provider "
+                       "from model.yaml artifacts (model.onnx when none are declared); value 1.", ["model", "version", "artifact", "target"])
 MODEL_LOAD_FAILURES = Counter("edge_agent_model_load_failures_total", "Model versions that failed to load.", ["model"])
 WARMUP_SECONDS = Gauge("edge_agent_model_warmup_seconds", "Warm-up time of a loaded model version.", ["model", "version"])
 READY = Gauge("edge_agent_ready", "1 when every model is loaded and warm and the daemon takes requests.")

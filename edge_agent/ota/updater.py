@@ -25,6 +25,7 @@ from .. import __version__
 from ..atomic import atomic_write, fsync_dir
 from ..digests import sha256_file
 from ..errors import EdgeError, ModelLoadError
+from ..runtime.artifacts import serving_providers
 from .errors import ArtifactDigestMismatch, ArtifactSizeMismatch, InvalidTransition, OtaError, UnknownChannel
 from .golden import RunnerFactory
 from .intents import DaemonHooks, Intent, Promote, RollBack, StandaloneHooks, StartCanary, Verdict, carry_out
@@ -52,6 +53,7 @@ class Updater:
         hooks: DaemonHooks | None = None,
         validator: Validator | None = None,
         runner_factory: RunnerFactory | None = None,
+        providers: list[str] | None = None,
         on_progress: Callable[[UpdateRecord], None] | None = None,
         max_attempts: int = 5,
         max_canary_attempts: int = 2,
@@ -70,7 +72,8 @@ class Updater:
         self.channel = channel
         self.hooks = hooks or StandaloneHooks()
         self.runner_factory = runner_factory
-        self.validator = validator or (lambda d, m, s: validate_version(d, m, s, self.runner_factory))
+        # providers: the daemon's (configured and available), so validation picks the file it will serve.
+        self.validator = validator or (lambda d, m, s: validate_version(d, m, s, self.runner_factory, providers=providers))
         self.keep_versions = keep_versions
         self.sm = UpdateStateMachine(self.state_dir, model, max_attempts=max_attempts,
                                      max_canary_attempts=max_canary_attempts, on_change=on_progress)
@@ -84,7 +87,8 @@ class Updater:
         ota = cfg.ota
         args = dict(registry_url=ota.registry_url, models_dir=cfg.paths.models_dir, state_dir=cfg.paths.state_dir,
                     public_keys=ota.public_keys, channel=ota.channel, max_attempts=ota.max_attempts,
-                    keep_versions=ota.keep_versions, bandwidth_limit_bps=ota.bandwidth_limit_bps)
+                    keep_versions=ota.keep_versions, bandwidth_limit_bps=ota.bandwidth_limit_bps,
+                    providers=serving_providers(cfg.runtime))
         args.update(kw)
         return cls(model, **args)
 
@@ -318,8 +322,9 @@ class Updater:
         manifest = Manifest.parse((vdir / MANIFEST).read_bytes())
         fallback = self.record.fallback
         served = served_signature(self.version_dir(fallback) if fallback else None)
-        self.validator(vdir, manifest, served)
-        self.sm.fire(Event.VALIDATED, reason="loads, IO signature matches, golden outputs reproduced")
+        checked = self.validator(vdir, manifest, served)
+        on = f" by {checked.file}, the file this device serves" if getattr(checked, "file", "model.onnx") != "model.onnx" else ""
+        self.sm.fire(Event.VALIDATED, reason=f"loads, IO signature matches, golden outputs reproduced{on}")
 
     def _canary(self) -> None:
         """Until the serving side routes traffic to it, ask for that; then wait for ``decide``."""

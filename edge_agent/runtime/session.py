@@ -22,6 +22,9 @@ from ..config import RuntimeConfig
 from ..digests import sha256_file
 from ..errors import InferenceFailed, InvalidInput, ModelLoadError
 from ..types import V2_TO_NP, InferRequest
+from .artifacts import (ArtifactChoice, check_artifact_files, check_artifact_signatures, choose_artifact, serving_providers,
+                        session_signature)
+from .cpu import this_cpu
 from .model_spec import ModelSpec, TensorSpec, load_model_spec
 from .providers import build_providers, create_session
 
@@ -98,19 +101,18 @@ class LoadedModel:
         self.spec: ModelSpec = load_model_spec(version_dir / "model.yaml")
         if self.spec.name is not None and self.spec.name != name:
             raise ModelLoadError(f"{version_dir}/model.yaml: name '{self.spec.name}' does not match directory '{name}'")
-        onnx_path = version_dir / "model.onnx"
-        if not onnx_path.is_file():
-            raise ModelLoadError(f"{onnx_path}: missing")
-        self.digest = sha256_file(onnx_path)
+        check_artifact_files(self.spec, version_dir)
         self.max_batch = self.spec.max_batch_size
         self.labels = self.spec.label_list(version_dir)
-        self.session, self.provider = self._create_session(onnx_path, runtime, state_dir)
+        self.artifact, self.session, self.provider = self._load_artifact(runtime, state_dir)
         self.text = None
         if self.spec.text is not None:
             from .text import TextPipeline
 
             self.text = TextPipeline(self.spec.text, version_dir, [i.name for i in self.session.get_inputs()], model=name)
         self._check_signature()
+        if self.spec.artifacts is not None:
+            check_artifact_signatures(self.spec, version_dir, (self.artifact.file, session_signature(self.session)))
         self._graph_outputs = [o.name for o in self.session.get_outputs()]
         self.output_specs = self._served_outputs()
         self.output_names = [o.name for o in self.output_specs]
@@ -122,7 +124,28 @@ class LoadedModel:
 
     # --- loading -------------------------------------------------------------
 
-    def _create_session(self, path: Path, runtime: RuntimeConfig, state_dir: Path) -> tuple[ort.InferenceSession, str]:
+    def _load_artifact(self, runtime: RuntimeConfig, state_dir: Path) -> tuple[ArtifactChoice, ort.InferenceSession, str]:
+        """Pick the artifact for this CPU and the configured providers (model.yaml ``artifacts``) and open it.
+
+        An artifact made for a provider (a QDQ graph for TensorRT) that then
+        does not bind is not served on the CPU: the choice is made again
+        without that provider."""
+        providers = serving_providers(runtime)
+        while True:
+            choice = choose_artifact(self.spec, this_cpu(), providers)
+            path = self.dir / choice.file
+            self.digest = sha256_file(path)
+            session, provider = self._create_session(path, runtime, state_dir, choice.precision)
+            if choice.provider is None or provider == choice.provider:
+                break
+            log.error("model %s/%s: artifact %s is for %s but the session bound %s; choosing again without %s",
+                      self.name, self.version, choice.file, choice.provider, provider, choice.provider)
+            providers = [p for p in providers if p != choice.provider]
+        if self.spec.artifacts is not None:
+            log.info("model %s/%s: serving artifact %s (%s)", self.name, self.version, choice.file, choice.reason)
+        return choice, session, provider
+
+    def _create_session(self, path: Path, runtime: RuntimeConfig, state_dir: Path, precision: str) -> tuple[ort.InferenceSession, str]:
         so = ort.SessionOptions()
         so.graph_optimization_level = _OPT_LEVELS[runtime.graph_optimization_level]
         so.intra_op_num_threads = intra_op_threads(self.spec, runtime)
@@ -132,7 +155,7 @@ class LoadedModel:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         available = ort.get_available_providers()
-        providers = build_providers(runtime, available, state_dir, self.digest, self.spec.precision)
+        providers = build_providers(runtime, available, state_dir, self.digest, precision)
         disabled = list(self.spec.session.disabled_optimizers)
         try:
             # TensorRT -> CUDA -> CPU: create_session drops a GPU provider ORT refuses, and reports
@@ -374,8 +397,11 @@ class LoadedModel:
                 "providers": self.session.get_providers(),
                 "provider_fallback": self.provider_fallback,
                 "max_batch_size": self.max_batch,
-                "precision": self.spec.precision,
+                "precision": self.artifact.precision,
                 "digest": self.digest,
+                "artifact": self.artifact.file,
+                "artifact_target": self.artifact.target,
+                "artifact_reason": self.artifact.reason,
             },
         }
 

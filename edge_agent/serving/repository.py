@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..errors import EdgeError, ModelNotReady, UnknownModel, UnknownVersion
-from ..ops.metrics import MODEL_INFO, MODEL_LOAD_FAILURES, WARMUP_SECONDS, ModelMetrics
+from ..ops.metrics import MODEL_ARTIFACT, MODEL_INFO, MODEL_LOAD_FAILURES, WARMUP_SECONDS, ModelMetrics
 # The OTA updater owns the on-disk layout: which directories are versions,
 # their order, and the active/previous pointers. The repository reads them
 # with the updater's own functions so the two can never disagree.
@@ -121,6 +121,7 @@ class ModelRepository:
             self._load_failed(name, version, str(e))
             raise EdgeError(f"model {name}/{version}: {e}") from None
         mv = self._start(model)
+        MODEL_ARTIFACT.labels(name, version, model.artifact.file, model.artifact.target).set(1)
         self.failed.pop((name, version), None)
         self.models.setdefault(name, ModelEntry()).versions[version] = mv
         return mv
@@ -189,6 +190,10 @@ class ModelRepository:
         await mv.batcher.drain(drain_timeout)
         mv.batcher.close()
         self._remove_info(mv)
+        try:
+            MODEL_ARTIFACT.remove(name, version, mv.model.artifact.file, mv.model.artifact.target)
+        except KeyError:
+            pass
         mv.model.close()
         if not entry.versions:
             del self.models[name]
@@ -221,12 +226,12 @@ class ModelRepository:
         entry.default = choice
         for v, mv in entry.versions.items():
             self._remove_info(mv)
-            MODEL_INFO.labels(name, v, mv.model.provider, mv.model.spec.precision, "true" if v == choice else "false").set(1)
+            MODEL_INFO.labels(name, v, mv.model.provider, mv.model.artifact.precision, "true" if v == choice else "false").set(1)
 
     def _remove_info(self, mv: ModelVersion) -> None:
         for d in ("true", "false"):
             try:
-                MODEL_INFO.remove(mv.name, mv.version, mv.model.provider, mv.model.spec.precision, d)
+                MODEL_INFO.remove(mv.name, mv.version, mv.model.provider, mv.model.artifact.precision, d)
             except KeyError:
                 pass
 
@@ -276,7 +281,10 @@ class ModelRepository:
                     "canary": bool(entry.canary and entry.canary.version == v),
                     "provider": mv.model.provider,
                     "provider_fallback": mv.model.provider_fallback,
-                    "precision": mv.model.spec.precision,
+                    "precision": mv.model.artifact.precision,
+                    "artifact": mv.model.artifact.file,
+                    "artifact_target": mv.model.artifact.target,
+                    "artifact_reason": mv.model.artifact.reason,
                     "queue_depth": mv.batcher.queued,
                 })
         for (name, v), reason in sorted(self.failed.items()):
