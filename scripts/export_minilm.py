@@ -74,7 +74,7 @@ DYNAMIC_SMOOTH = {"smooth_alpha": 0.7, "smooth_nodes": ["*/intermediate/dense/Ma
 DYNAMIC_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
 DYNAMIC_TARGETS = ["avx512vnni", "avxvnni", "avx2"]
 # Bump when anything below changes what gets built.
-RECIPE = {"format": 7, "max_length": MAX_LENGTH, "qdq_op_types": QDQ_OP_TYPES, "qdq_exclude_nodes": QDQ_EXCLUDE_NODES,
+RECIPE = {"format": 8, "max_length": MAX_LENGTH, "qdq_op_types": QDQ_OP_TYPES, "qdq_exclude_nodes": QDQ_EXCLUDE_NODES,
           "dynamic_exclude_nodes": DYNAMIC_EXCLUDE_NODES, "dynamic_smooth": DYNAMIC_SMOOTH,
           "dynamic_disabled_optimizers": DYNAMIC_DISABLED_OPTIMIZERS, "dynamic_targets": DYNAMIC_TARGETS,
           "calibrate_method": "MinMax"}
