@@ -36,35 +36,47 @@ def _host_port(value: str) -> tuple[str, int]:
 # --- run ------------------------------------------------------------------------
 
 
+def run_overrides(args) -> dict:
+    """What the command line sets, nested as the config file would hold it: laid over the
+    file's data and validated with it (config.load_config), so it meets every rule the file
+    must (``--tcp 0.0.0.0:PORT`` needs server.tcp.tls and token_file, as it would there)."""
+    paths: dict = {}
+    if args.state_dir:
+        state = Path(args.state_dir)  # cache and outbox go beneath it unless set
+        paths.update(state_dir=state, cache_dir=state / "cache", outbox_dir=state / "outbox")
+    if args.models_dir:
+        paths["models_dir"] = Path(args.models_dir)
+    if args.cache_dir:
+        paths["cache_dir"] = Path(args.cache_dir)
+    server: dict = {}
+    if args.socket:
+        server["socket"] = Path(args.socket)
+    if args.tcp:
+        host, port = args.tcp
+        server["tcp"] = {"host": host, "port": port, "enabled": True}
+    mqtt: dict = {}
+    offload: dict = {}
+    if args.mqtt:
+        host, port = args.mqtt
+        mqtt.update(enabled=True, host=host, port=port)
+    if args.no_mqtt:
+        mqtt["enabled"] = False
+        offload["enabled"] = False  # offloading travels over MQTT: off with it
+    out = {"paths": paths, "server": server, "mqtt": mqtt, "offload": offload,
+           "logging": {"level": args.log_level} if args.log_level else {}, "device_id": args.device_id}
+    return {key: value for key, value in out.items() if value not in (None, {})}
+
+
 def cmd_run(args) -> int:
     from .daemon import run_daemon
     from .ops.logsetup import setup_logging
 
+    overrides = run_overrides(args)
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, overrides)
     except ConfigError as e:
         print(f"edge-agent: {e.message}", file=sys.stderr)
         return 3
-    overrides = {
-        "server.socket": Path(args.socket) if args.socket else None,
-        "paths.state_dir": Path(args.state_dir) if args.state_dir else None,
-        "paths.models_dir": Path(args.models_dir) if args.models_dir else None,
-        "paths.cache_dir": Path(args.cache_dir) if args.cache_dir else (Path(args.state_dir) / "cache" if args.state_dir else None),
-        "paths.outbox_dir": Path(args.state_dir) / "outbox" if args.state_dir else None,
-        "logging.level": args.log_level,
-        "device_id": args.device_id,
-    }
-    if args.tcp:
-        host, port = args.tcp
-        overrides.update({"server.tcp.enabled": True, "server.tcp.host": host, "server.tcp.port": port})
-    if args.mqtt:
-        host, port = args.mqtt
-        overrides.update({"mqtt.enabled": True, "mqtt.host": host, "mqtt.port": port})
-    if args.no_mqtt:
-        overrides["mqtt.enabled"] = False
-    from .daemon import apply_overrides
-
-    cfg = apply_overrides(cfg, overrides)
     setup_logging(cfg.logging.level, cfg.logging.json_format)
     return run_daemon(cfg, Path(args.config) if args.config else None, overrides)
 
@@ -87,11 +99,35 @@ def cmd_check_config(args) -> int:
 def _client(args):
     from .client import AgentClient
 
+    url = getattr(args, "url", None) or os.environ.get("EDGE_AGENT_URL")
+    token = _token(args)
+    if url:
+        ctx = None
+        cafile = getattr(args, "cafile", None) or os.environ.get("EDGE_AGENT_CAFILE")
+        if cafile:
+            import ssl
+
+            ctx = ssl.create_default_context(cafile=cafile)
+        return AgentClient(url, timeout=args.timeout, token=token, ssl_context=ctx)
     path = _socket_path(args)
     if not os.path.exists(path):
         print(f"edge-agent: no daemon socket at {path} (is the daemon running? --socket / $EDGE_AGENT_SOCKET)", file=sys.stderr)
         raise SystemExit(1)
-    return AgentClient(path, timeout=args.timeout)
+    return AgentClient(path, timeout=args.timeout, token=token)
+
+
+def _token(args) -> str | None:
+    """The bearer token for control over TCP: --token-file or $EDGE_AGENT_TOKEN_FILE
+    (a path, or a systemd credential name under $CREDENTIALS_DIRECTORY)."""
+    from .config import read_secret
+
+    file = getattr(args, "token_file", None) or os.environ.get("EDGE_AGENT_TOKEN_FILE")
+    try:
+        token = read_secret(file, "--token-file")
+    except ConfigError as e:
+        print(f"edge-agent: {e.message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return token.strip() if token else None
 
 
 def _request_body(args, client) -> dict:
@@ -176,7 +212,9 @@ def cmd_models(args) -> int:
     print(f"{'MODEL':<16} {'VERSION':<8} {'STATE':<12} {'PROVIDER':<9} {'PRECISION':<13} DEFAULT")
     for m in index:
         print(f"{m['name']:<16} {m['version']:<8} {m['state']:<12} {m.get('provider', '-'):<9} {m.get('precision', '-'):<13} "
-              f"{'*' if m.get('default') else ''}{' canary' if m.get('canary') else ''}{' ' + m['reason'] if m.get('reason') else ''}")
+              f"{'*' if m.get('default') else ''}{' canary' if m.get('canary') else ''}{' ' + m['reason'] if m.get('reason') else ''}"
+              + (f" artifact {m['artifact']} ({m['artifact_target']})" if m.get("artifact_target") else "")
+              + "".join(f" FALLBACK {f['wanted']}->{f['bound']} ({f['reason']})" for f in m.get("provider_fallback") or ()))
     return 0
 
 
@@ -213,9 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", help="override paths.state_dir (cache and outbox go beneath it unless set)")
     p.add_argument("--models-dir", help="override paths.models_dir")
     p.add_argument("--cache-dir", help="override paths.cache_dir")
-    p.add_argument("--tcp", type=_host_port, metavar="HOST:PORT", help="also serve HTTP on this TCP address")
+    p.add_argument("--tcp", type=_host_port, metavar="HOST:PORT",
+                   help="also serve HTTP on this TCP address (beyond loopback only with server.tcp.tls and token_file)")
     p.add_argument("--mqtt", type=_host_port, metavar="HOST:PORT", help="enable MQTT with this broker")
-    p.add_argument("--no-mqtt", action="store_true", help="disable MQTT whatever the config says")
+    p.add_argument("--no-mqtt", action="store_true",
+                   help="disable MQTT whatever the config says (and offloading, which travels over it)")
     p.add_argument("--device-id", help="override device_id")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=cmd_run)
@@ -227,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def client_opts(p):
         p.add_argument("--socket", help=f"daemon socket (default $EDGE_AGENT_SOCKET or {DEFAULT_SOCKET})")
+        p.add_argument("--url", help="talk to the TCP listener instead, http(s)://HOST:PORT (default $EDGE_AGENT_URL)")
+        p.add_argument("--token-file", help="bearer token for control over TCP (reload, ctl): a file or a systemd "
+                                            "credential name (default $EDGE_AGENT_TOKEN_FILE)")
+        p.add_argument("--cafile", help="CA certificate to verify an https --url (default $EDGE_AGENT_CAFILE, else the system's)")
         p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the daemon")
 
     p = sub.add_parser("infer", help="send one inference request and print the answer")
@@ -267,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_opts(p)
     p.set_defaults(func=cmd_ctl)
 
-    for mod in ("edge_agent.ota.cli", "edge_agent.quantize.cli"):
+    for mod in ("edge_agent.ota.cli", "edge_agent.quantize.cli", "edge_agent.ops.doctor"):
         try:
             module = __import__(mod, fromlist=["register"])
         except ImportError:

@@ -1,6 +1,6 @@
-"""A small client for the daemon's socket, used by the CLI and the tests.
+"""A small client for the daemon's socket (or its TCP listener), used by the CLI and the tests.
 
-stdlib only (http.client over AF_UNIX): the CLI starts fast and needs nothing
+stdlib only (http.client over AF_UNIX or TCP): the CLI starts fast and needs nothing
 the daemon does not already have.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import ssl
 
 import orjson
 
@@ -27,19 +28,40 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 class AgentClient:
-    """Keeps one connection open; not thread-safe (one per thread)."""
+    """Keeps one connection open; not thread-safe (one per thread).
 
-    def __init__(self, socket_path: str, timeout: float = 60.0) -> None:
-        self.path = str(socket_path)
+    ``target``: the socket's path, or ``http://HOST:PORT`` / ``https://HOST:PORT``
+    for the TCP listener. ``token``: sent as ``Authorization: Bearer`` (control
+    endpoints over TCP need it). ``ssl_context``: for https (default: the
+    system's CAs and hostname checks)."""
+
+    def __init__(self, target: str, timeout: float = 60.0, token: str | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self.path = str(target)
         self.timeout = timeout
-        self._conn: _UnixConnection | None = None
+        self.ssl_context = ssl_context
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
+        self._conn: http.client.HTTPConnection | None = None
+
+    def _connect(self) -> http.client.HTTPConnection:
+        scheme, sep, rest = self.path.partition("://")
+        if not sep:
+            return _UnixConnection(self.path, self.timeout)
+        hostport = rest.rstrip("/")
+        if scheme == "https":
+            return http.client.HTTPSConnection(hostport, timeout=self.timeout,
+                                               context=self.ssl_context or ssl.create_default_context())
+        if scheme == "http":
+            return http.client.HTTPConnection(hostport, timeout=self.timeout)
+        raise ValueError(f"not a socket path or http(s)://HOST:PORT: {self.path!r}")
 
     def request(self, method: str, url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, dict, bytes]:
+        headers = {**self._auth, **(headers or {})}
         for attempt in (0, 1):
             if self._conn is None:
-                self._conn = _UnixConnection(self.path, self.timeout)
+                self._conn = self._connect()
             try:
-                self._conn.request(method, url, body=body, headers=headers or {})
+                self._conn.request(method, url, body=body, headers=headers)
                 r = self._conn.getresponse()
                 data = r.read()
                 return r.status, dict(r.getheaders()), data

@@ -4,18 +4,29 @@ YAML is loaded with line numbers kept per key path, then validated by pydantic
 models that forbid unknown keys; every error names the key path and the line.
 One class per section; every field has a description (docs/CONFIG.md is the
 reference written from them).
+
+Rules between fields are ``model_validator(mode="after")`` methods: on the
+section that holds all their keys (TLS certificate and key together, OTA's
+registry and keys), else on ``Config`` (offload needs MQTT 5), whose messages
+name every key they involve. So ``edge-agent check-config`` refuses what the
+daemon could not run, before it starts; files it cannot see (certificates,
+token and password files) are read and checked at start. Command-line
+overrides are merged into the file's data and validated with it, by the same
+model (``load_config(path, overrides)``).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from pathlib import Path
-from typing import List, Literal
+from typing import Dict, List, Literal, Mapping, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .credentials import read_secret  # noqa: F401 -- secrets named in the config are read there (systemd 245 fallback)
 from .errors import ConfigError
 
 
@@ -30,28 +41,71 @@ class PathsConfig(Section):
     outbox_dir: Path = Field(Path("/var/lib/edge-agent/outbox"), description="MQTT messages not yet acknowledged by the broker.")
 
 
+class TcpTlsConfig(Section):
+    cert_file: Path = Field(description="PEM certificate (chain) the TCP listener presents.")
+    key_file: Path = Field(description="PEM private key of cert_file.")
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine reaches (127.0.0.0/8, ::1, "localhost").
+    A name other than localhost is not resolved here (check-config may run on another
+    machine), so it counts as reachable from outside."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class TcpConfig(Section):
     enabled: bool = Field(False, description="Serve the HTTP API on a TCP port as well as the socket. Off by default on edge units.")
-    host: str = Field("127.0.0.1", description="Address to bind; keep loopback unless a firewall protects the port.")
+    host: str = Field("127.0.0.1", description="Address to bind. Anything but loopback (127.0.0.0/8, ::1, localhost) is refused unless tls and token_file are both set.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one).")
+    token_file: Optional[Path] = Field(None, description="File holding the bearer token (at least 16 characters) that control endpoints over TCP need (`Authorization: Bearer <token>`), or a systemd credential name under $CREDENTIALS_DIRECTORY. None: control over TCP is refused (403); reads and inference stay open. Read at start; never logged.")
+    tls: Optional[TcpTlsConfig] = Field(None, description="Serve TCP over TLS with this certificate and key; None for plain HTTP (loopback only).")
+
+    @model_validator(mode="after")
+    def _outside_needs_tls_and_token(self) -> "TcpConfig":
+        # A --tcp override is merged into the file's data first, so it is held to this too.
+        if self.enabled and not is_loopback(self.host) and (self.tls is None or self.token_file is None):
+            raise ValueError(f"host {self.host!r} is not loopback: serving TCP beyond this machine needs "
+                             "both server.tcp.tls and server.tcp.token_file")
+        return self
 
 
 def _octal(v):
     if isinstance(v, str):
         try:
-            return int(v.removeprefix("0o"), 8)
+            return int(v[2:] if v.startswith("0o") else v, 8)
         except ValueError:
             raise ValueError(f"not an octal mode: {v!r}") from None
     return v
+
+
+class ServerLimitsConfig(Section):
+    """What one HTTP connection may hold, and for how long (docs/PROTOCOL.md "Limits")."""
+
+    max_url_bytes: int = Field(8 * 1024, gt=0, description="Longest request URL (path and query); longer is refused with uri_too_long (414) as its bytes arrive, then the connection closes.")
+    max_head_bytes: int = Field(64 * 1024, gt=0, description="Largest request head (request line and headers); larger is refused with header_too_large (431) as its bytes arrive (within one socket read), then the connection closes.")
+    header_timeout_s: float = Field(10.0, gt=0, description="A request head must be complete this long after its first byte; else request_timeout (408) and close.")
+    body_timeout_s: float = Field(10.0, gt=0, description="Window over which a request body must progress by at least body_min_bytes_per_s; else request_timeout (408) and close.")
+    body_min_bytes_per_s: int = Field(1024, ge=0, description="Slowest accepted request body, averaged over body_timeout_s (0: only a body that stalls completely times out).")
+    idle_timeout_s: float = Field(60.0, gt=0, description="A connection with no request in progress and no answer pending is closed after this long (keep-alive idle, or nothing sent since connecting).")
+    send_timeout_s: float = Field(30.0, gt=0, description="A client that lets answers pile up (write buffer above its high-water mark) without draining them for this long is cut.")
+    max_connections: int = Field(4096, gt=0, description="Most open HTTP connections (socket and TCP together); never more than the descriptor limit minus reserved_fds. At the cap, the connection waiting longest on its client (idle, or in a request head) is closed to make room (a head gets overloaded, 503); with every connection busy, the new one is answered overloaded and closed.")
+    reserved_fds: int = Field(128, ge=0, description="Descriptors kept out of the connection cap for models, the cache's SQLite files, MQTT, logs and reloads.")
 
 
 class ServerConfig(Section):
     socket: Path = Field(Path("/run/edge-agent/agent.sock"), description="Unix socket serving the KServe v2 HTTP API.")
     socket_mode: int = Field(0o660, description="Permission bits of the socket file, e.g. 0660 (octal, as a string or YAML octal).")
     socket_group: str | None = Field(None, description="Group owning the socket (e.g. edge-agent); None keeps the process group.")
-    tcp: TcpConfig = Field(default_factory=TcpConfig, description="Optional loopback TCP listener.")
+    admin_group: Optional[str] = Field("edge-agent-admin", description="Group whose members (primary or supplementary group of the connecting process) may use the control endpoints over the socket: reload, promote, rollback. Root and the daemon's own user always may; None: only they. Everyone who reaches the socket may read and infer.")
+    tcp: TcpConfig = Field(default_factory=TcpConfig, description="Optional TCP listener (loopback, or TLS + token).")
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0, description="Largest request body accepted; larger gets payload_too_large.")
     drain_timeout_s: float = Field(10.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish.")
+    limits: ServerLimitsConfig = Field(default_factory=ServerLimitsConfig, description="Per-connection limits and timeouts of the HTTP server, and the connection cap.")
 
     _mode = field_validator("socket_mode", mode="before")(_octal)
 
@@ -94,6 +148,23 @@ class BatchingConfig(Section):
     stuck_after_s: float = Field(60.0, gt=0, description="A batch running longer than this marks the batcher stuck: the systemd watchdog is no longer fed.")
 
 
+class AdmissionConfig(Section):
+    """Load shedding in front of the models (serving/admission.py). The
+    daemon's event loop reads, decodes and answers every request; when it
+    falls behind, every request waits longer before the daemon even sees it,
+    so a full model queue is no longer the first sign of overload."""
+
+    shed_loop_lag_ms: float = Field(
+        50.0, ge=0,
+        description="While a request read now may have waited longer than this for the event loop (its previous turn plus the current one so far, edge_agent_event_loop_lag_seconds), refuse new inference requests with overloaded (reason loop_lag), in proportion: at twice this lag every other one, at four times three in four. 0 never sheds on lag (the wait still counts against deadlines).",
+    )
+    loop_lag_interval_ms: float = Field(25.0, gt=0, le=1000, description="How often a timer checks an idle or lightly loaded event loop for lag (how late it fires); once it fires over 1 ms late, every turn of the loop is timed until the turns are short again.")
+    shed_age_fraction: float = Field(
+        0.5, gt=0, le=1,
+        description="Refuse with overloaded (reason late) a request that reaches the service after more than this share of its deadline budget has gone since it arrived (read behind other requests): it would most likely miss its deadline, and refusing it at once leaves the time to requests that can still make theirs. 1 refuses only when the budget is spent.",
+    )
+
+
 class RateLimitConfig(Section):
     rate: float = Field(10.0, gt=0, description="Requests per second per client (token refill rate).")
     burst: int = Field(20, gt=0, description="Bucket size: requests a client may send at once.")
@@ -104,6 +175,12 @@ class MqttTlsConfig(Section):
     cert_file: Path | None = Field(None, description="Client certificate for mutual TLS.")
     key_file: Path | None = Field(None, description="Client private key for mutual TLS.")
     insecure: bool = Field(False, description="Skip hostname verification (testing only).")
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> "MqttTlsConfig":
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together")
+        return self
 
 
 class OutboxConfig(Section):
@@ -165,7 +242,7 @@ class MqttConfig(Section):
 class CacheConfig(Section):
     enabled: bool = Field(True, description="Response cache on/off for all models (model.yaml can turn it off per model).")
     memory_max_bytes: int = Field(64 * 1024 * 1024, ge=0, description="Bound of the in-memory LRU tier.")
-    disk_max_bytes: int = Field(512 * 1024 * 1024, ge=0, description="Bound of the SQLite tier; 0 disables the disk tier.")
+    disk_max_bytes: int = Field(512 * 1024 * 1024, ge=0, description="Bound of the SQLite tier, on its rows and on its files on disk (database + WAL + WAL index, which may exceed it by 64 KiB: an empty store's pages); past it the least recently used rows are evicted and the file shrinks. 0 disables the disk tier.")
     default_ttl_s: float = Field(24 * 3600.0, gt=0, description="Time to live of an entry unless model.yaml says otherwise.")
     sample_below_hit_ratio: float = Field(
         0.01, ge=0, le=1,
@@ -197,6 +274,14 @@ class OtaConfig(Section):
     bandwidth_limit_bps: int | None = Field(None, gt=0, description="Download cap in bytes per second.")
     max_attempts: int = Field(5, ge=1, description="Attempts per step before the update is marked failed.")
     canary: CanaryConfig = Field(default_factory=CanaryConfig, description="Live-traffic trial of a staged version.")
+
+    @model_validator(mode="after")
+    def _enabled_needs_registry_and_keys(self) -> "OtaConfig":
+        if self.enabled and not self.registry_url:
+            raise ValueError("ota.enabled needs ota.registry_url")
+        if self.enabled and not self.public_keys:
+            raise ValueError("ota.enabled needs at least one pinned key in ota.public_keys")
+        return self
 
 
 class OffloadConfig(Section):
@@ -237,6 +322,7 @@ class Config(Section):
     server: ServerConfig = Field(default_factory=ServerConfig, description="Local socket and optional TCP listener.")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="ONNX Runtime session options.")
     batching: BatchingConfig = Field(default_factory=BatchingConfig, description="Dynamic batcher defaults.")
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig, description="Load shedding in front of the models: when the event loop lags, or a request arrives too late to make its deadline.")
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="MQTT transport.")
     cache: CacheConfig = Field(default_factory=CacheConfig, description="Response cache.")
     ota: OtaConfig = Field(default_factory=OtaConfig, description="Over-the-air model updates.")
@@ -249,6 +335,20 @@ class Config(Section):
         if not v or any(c in v for c in "/+#") :
             raise ValueError("must be non-empty and contain none of / + #")
         return v
+
+    @model_validator(mode="after")
+    def _offload_needs_mqtt_5(self) -> "Config":
+        # Offloaded requests travel over MQTT and their answers come back by ResponseTopic +
+        # CorrelationData, which only MQTT 5 has.
+        if self.offload.enabled and not self.mqtt.enabled:
+            raise ValueError("offload.enabled needs mqtt.enabled (offloaded requests travel over MQTT)")
+        if self.offload.enabled and self.mqtt.protocol != "5":
+            raise ValueError('offload.enabled needs mqtt.protocol "5" (answers come back by ResponseTopic '
+                             "and CorrelationData)")
+        if self.mode == "companion" and self.mqtt.enabled and self.mqtt.protocol != "5":
+            raise ValueError('mode companion with mqtt.enabled needs mqtt.protocol "5" to take offloaded requests (it answers '
+                             "to their ResponseTopic)")
+        return self
 
 
 # --- YAML with line numbers -------------------------------------------------
@@ -291,32 +391,79 @@ def load_yaml_with_lines(text: str, source: str) -> tuple[object, dict[tuple, in
     return data, lines
 
 
-def validate_with_lines(model_cls: type[BaseModel], data: object, lines: dict[tuple, int], source: str):
-    """Validate ``data``; on failure raise ConfigError naming each key path and line."""
+def merge_overrides(data: object, overrides: Mapping) -> object:
+    """``data`` as the YAML file holds it, with ``overrides`` (nested the same way) laid over it."""
+    if not isinstance(data, dict):
+        return data  # not a mapping: validation says so
+    out = dict(data)
+    for key, value in overrides.items():
+        below = out.get(key)
+        out[key] = merge_overrides(below, value) if isinstance(value, Mapping) and isinstance(below, dict) else value
+    return out
+
+
+def _flatten(overrides: Mapping, prefix: tuple = ()) -> Dict[tuple, object]:
+    out: Dict[tuple, object] = {}
+    for key, value in overrides.items():
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, prefix + (key,)))
+        else:
+            out[prefix + (key,)] = value
+    return out
+
+
+def _named(loc: tuple, msg: str, paths) -> List[tuple]:
+    """The key paths an error is about: at, under or above its location; for a rule over the
+    whole configuration (location: top level), the keys its message names."""
+    if loc:
+        return [p for p in paths if p[:len(loc)] == loc or loc[:len(p)] == p]
+    return sorted((p for p in paths if _fmt(p) in msg), key=lambda p: msg.index(_fmt(p)))
+
+
+def validate_with_lines(model_cls: type[BaseModel], data: object, lines: Dict[tuple, int], source: str,
+                        overrides: Optional[Mapping] = None):
+    """Validate ``data``; on failure raise ConfigError naming each key path and its line, or the
+    command-line overrides (already merged into ``data``) the error is about."""
     try:
         return model_cls.model_validate(data if data is not None else {})
     except ValidationError as e:
+        given = _flatten(overrides or {})
         msgs = []
         for err in e.errors():
             loc = tuple(err["loc"])
-            line = None
-            for n in range(len(loc), -1, -1):
-                if loc[:n] in lines:
-                    line = lines[loc[:n]]
-                    break
             kind = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            named = _named(loc, kind, given)
+            if named:
+                said = ", ".join(f"{_fmt(p)}={given[p]}" for p in named)
+                msgs.append(f"command-line override {said}: {_fmt(loc)}: {kind.replace('Value error, ', '', 1)}")
+                continue
+            line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
+            if line is None:  # a rule over the whole file: the line of the first key it names
+                line = next((lines[p] for p in _named(loc, kind, lines) if p), lines.get(()))
             msgs.append(f"{source}:{line or '?'}: {_fmt(loc)}: {kind}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(msgs)) from None
 
 
-def load_config(path: str | os.PathLike | None) -> Config:
-    """Load and validate; ``None`` gives the embedded defaults."""
+def load_config(path: str | os.PathLike | None, overrides: Optional[Mapping] = None) -> Config:
+    """Load and validate; ``None`` gives the embedded defaults.
+
+    ``overrides`` (the command line's, nested like the file: ``{"server": {"socket": ...}}``)
+    are laid over the file's data and validated with it, so they are held to every rule the
+    file is, and a file may rely on them (``offload`` with ``--mqtt HOST:PORT``)."""
     if path is None:
-        return Config()
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
-    data, lines = load_yaml_with_lines(text, str(p))
-    return validate_with_lines(Config, data, lines, str(p))
+        if not overrides:
+            return Config()
+        data, lines, source = {}, {}, "(defaults)"
+    else:
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as e:
+            raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
+        source = str(p)
+        data, lines = load_yaml_with_lines(text, source)
+    if overrides:
+        data = merge_overrides({} if data is None else data, overrides)
+    return validate_with_lines(Config, data, lines, source, overrides)
+
+

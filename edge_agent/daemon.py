@@ -22,6 +22,7 @@ from . import __version__
 from .atomic import sweep_stale_temp_files
 from .config import Config, load_config
 from .errors import ConfigError, EdgeError, UnknownModel
+from .ops.host import DAEMON_UMASK, make_private_dir, raise_nofile_limit
 from .ops.metrics import READY, register_process_collector
 from .ops.sdnotify import Notifier
 from .serving.repository import ModelRepository
@@ -33,7 +34,6 @@ log = logging.getLogger("edge_agent.daemon")
 EXIT_OK = 0
 EXIT_STARTUP_FAILED = 3
 EXIT_FORCED = 130
-
 
 # What a running daemon cannot change (sockets, threads, files and connections
 # are built from it at start-up): a reload keeps the running values, says which
@@ -50,24 +50,11 @@ def restart_only_changes(running: Config, new: Config) -> list[str]:
     return changed
 
 
-def apply_overrides(cfg: Config, overrides: dict) -> Config:
-    """Command-line overrides win over the file (so the daemon runs unprivileged anywhere)."""
-    for dotted, value in overrides.items():
-        if value is None:
-            continue
-        obj = cfg
-        *parents, last = dotted.split(".")
-        for p in parents:
-            obj = getattr(obj, p)
-        setattr(obj, last, value)
-    return cfg
-
-
 class Daemon:
     def __init__(self, cfg: Config, config_path: Path | None = None, overrides: dict | None = None) -> None:
         self.cfg = cfg
         self.config_path = config_path
-        self.overrides = overrides or {}
+        self.overrides = overrides or {}  # the command line's, nested like the file: laid over it on reload
         self.notifier = Notifier()
         self.should_exit = False
         self.force_exit = False
@@ -75,6 +62,7 @@ class Daemon:
         self.ready = False
         self.restart_needed: list[str] = []
         self.repo: ModelRepository | None = None
+        self.routing = None  # with OTA: the routing rule installed on repo (ota/routing.py)
         self.service: InferenceService | None = None
         self.http: HttpTransport | None = None
         self.extras: list = []  # optional components with start()/stop()/status()
@@ -119,27 +107,36 @@ class Daemon:
 
     async def startup(self) -> None:
         cfg = self.cfg
+        raise_nofile_limit()
         register_process_collector()
         for d in (cfg.paths.state_dir, cfg.paths.cache_dir):
-            d.mkdir(parents=True, exist_ok=True)
+            make_private_dir(d)
+        if cfg.mqtt.enabled:
+            make_private_dir(cfg.paths.outbox_dir)
+        # The socket's directory is as reachable as the socket itself: its group too.
+        make_private_dir(cfg.server.socket.parent, cfg.server.socket_group)
+        tcp = (cfg.server.tcp.host, cfg.server.tcp.port) if cfg.server.tcp.enabled else None
+        # Before loading models (minutes, with a TensorRT build): a bad token or certificate fails fast.
+        control = self._control_security(tcp is not None)
         for d in (cfg.paths.state_dir, cfg.paths.models_dir):
             if d.is_dir():
                 sweep_stale_temp_files(d)
         loop = asyncio.get_running_loop()
         self.repo = ModelRepository(cfg, loop)
         if cfg.ota.enabled:
-            from .ota.agent import startup_admit
+            from .ota.routing import RoutingRule
 
-            # Refused and unvalidated versions stay unloaded from the first scan on
-            # (the agent installs its own hook when it starts).
-            self.repo.admit = startup_admit(cfg.paths.state_dir, cfg.ota.models)
+            # Installed once, before the first scan: refused and unvalidated versions
+            # are never loaded, and the OTA agent feeds it its records when it starts.
+            self.routing = RoutingRule(cfg.paths.state_dir, cfg.paths.models_dir, cfg.ota.models)
+            self.repo.admit = self.routing
         self.service = InferenceService(cfg, self.repo, cache=self._make_cache())
         self.notifier.status("loading models")
         await self.repo.sync()
         if not self.repo.models:
             log.warning("no model loaded from %s", cfg.paths.models_dir)
-        tcp = (cfg.server.tcp.host, cfg.server.tcp.port) if cfg.server.tcp.enabled else None
-        self.http = HttpTransport(self, cfg.server.socket, cfg.server.socket_mode, cfg.server.socket_group, tcp, cfg.server.max_body_bytes)
+        self.http = HttpTransport(self, cfg.server.socket, cfg.server.socket_mode, cfg.server.socket_group, tcp,
+                                  cfg.server.max_body_bytes, *control, limits=cfg.server.limits)
         await self.http.start()
         for comp in self._make_extras():
             await comp.start()
@@ -156,14 +153,24 @@ class Daemon:
         self.notifier.ready(f"serving {models or 'no models'}")
         log.info("edge-agent %s ready (%s mode): %s", __version__, cfg.mode, models or "no models")
 
+    def _control_security(self, tcp: bool) -> tuple:
+        """Who may use control endpoints (ControlAuthority) and the TCP
+        listener's TLS context; ConfigError (exit 3) for an unreadable or
+        short token file, unloadable certificates."""
+        from .transports.authority import ControlAuthority, load_token, tls_context
+
+        t = self.cfg.server.tcp
+        token = load_token(t) if tcp else None
+        ssl_ctx = tls_context(t.tls) if tcp and t.tls is not None else None
+        return ControlAuthority(self.cfg.server.admin_group, token), ssl_ctx
+
     def _make_cache(self):
         c = self.cfg.cache
         if not c.enabled:
             return None
         from .cache import ResponseCache
 
-        return ResponseCache(self.cfg.paths.cache_dir, c.memory_max_bytes, c.disk_max_bytes, c.default_ttl_s,
-                             memo_max_bytes=c.memo_max_bytes)
+        return ResponseCache(self.cfg.paths.cache_dir, c.memory_max_bytes, c.disk_max_bytes, c.default_ttl_s)
 
     def _make_extras(self) -> list:
         """Optional components, each with name, start(), stop(), status() and
@@ -177,12 +184,10 @@ class Daemon:
             mqtt = MqttTransport(self.cfg.mqtt, self.cfg.device_id, self.service, self.cfg.paths.outbox_dir, self.status, __version__)
             extras.append(mqtt)
             self._wire_offload(mqtt)
-        elif self.cfg.offload.enabled:
-            log.warning("offload.enabled needs mqtt.enabled: requests are not offloaded")
         if self.cfg.ota.enabled:
             from .ota.agent import OtaAgent
 
-            ota = OtaAgent(self)
+            ota = OtaAgent(self, self.routing)
             if mqtt is not None:
                 mqtt.on_ota_command(lambda topic, command, source: ota.command(command, source=source))
                 ota.add_state_listener(mqtt.publish_ota_state)
@@ -190,14 +195,12 @@ class Daemon:
         return extras
 
     def _wire_offload(self, mqtt) -> None:
-        """Companion: take offloaded requests for the served models. Edge: offload to companions."""
+        """Companion: take offloaded requests for the served models. Edge: offload to companions
+        (the config model guarantees MQTT 5 for both)."""
         o = self.cfg.offload
         if self.cfg.mode == "companion":
             mqtt.serve_offload(o.group, o.prefix, lambda: list(self.repo.models))
         elif o.enabled:
-            if self.cfg.mqtt.protocol != "5":
-                log.warning("offload needs mqtt.protocol 5 (ResponseTopic + CorrelationData): requests are not offloaded")
-                return
             from .transports.offload import Offloader
 
             self.service.offloader = Offloader(o, mqtt)
@@ -244,14 +247,16 @@ class Daemon:
             result: dict = {}
             if self.config_path is not None:
                 try:
-                    new = apply_overrides(load_config(self.config_path), self.overrides)
+                    new = load_config(self.config_path, self.overrides)
                     running = self.cfg
                     self.restart_needed = restart_only_changes(running, new)
                     if self.restart_needed:
                         log.warning("reload: %s changed; kept as running until the next restart",
                                     ", ".join(self.restart_needed))
-                    for key in RESTART_ONLY:
-                        setattr(new, key, getattr(running, key))
+                    # Not one by one (setattr): the rules between sections would judge a mix
+                    # of both. Running's sections together are valid, and no rule spans them
+                    # and the rest.
+                    new = new.model_copy(update={key: getattr(running, key) for key in RESTART_ONLY})
                     new.logging.json_format = running.logging.json_format
                     if new.logging.level != running.logging.level:
                         logging.getLogger().setLevel(new.logging.level)
@@ -328,6 +333,7 @@ class Daemon:
 
 
 def run_daemon(cfg: Config, config_path: Path | None, overrides: dict) -> int:
+    os.umask(DAEMON_UMASK)
     try:
         import uvloop
 

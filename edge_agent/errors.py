@@ -48,6 +48,27 @@ class PayloadTooLarge(EdgeError):
     http_status = 413
 
 
+class UriTooLong(EdgeError):
+    """The request line's URL is over server.limits.max_url_bytes; refused as its bytes arrive."""
+
+    code = "uri_too_long"
+    http_status = 414
+
+
+class HeaderTooLarge(EdgeError):
+    """The request head (request line and headers) is over server.limits.max_head_bytes."""
+
+    code = "header_too_large"
+    http_status = 431
+
+
+class RequestTimeout(EdgeError):
+    """The client sent its request too slowly (head not complete in time, or a stalled body)."""
+
+    code = "request_timeout"
+    http_status = 408
+
+
 class UnknownModel(EdgeError):
     """No model of that name is served."""
 
@@ -77,10 +98,17 @@ class ModelNotReady(EdgeError):
 
 
 class Overloaded(EdgeError):
-    """The model's queue is full; the request was rejected at once."""
+    """The daemon cannot take the request now (a model's queue is full, the event loop lags, the request arrived too late to make its deadline, or too many connections are open); it was refused at once, not run."""
 
     code = "overloaded"
     http_status = 503
+    # Why, for the metrics (edge_agent_request_errors_total{reason}): queue_full, loop_lag, late.
+    reason = ""
+
+    def __init__(self, message: str, reason: str | None = None, **details: object) -> None:
+        super().__init__(message, **details)
+        if reason is not None:
+            self.reason = reason
 
 
 class DeadlineExceeded(EdgeError):
@@ -146,3 +174,18 @@ class ModelLoadError(EdgeError):
 
     code = "model_load_failed"
     http_status = 500
+
+
+class Unauthorized(EdgeError):
+    """A control endpoint was asked without a valid credential (TCP: no or a wrong bearer token)."""
+
+    code = "unauthorized"
+    http_status = 401
+
+
+class Forbidden(EdgeError):
+    """The caller is known but may not use control endpoints (socket: not root, the daemon's user or
+    in server.admin_group; TCP: no server.tcp.token_file configured)."""
+
+    code = "forbidden"
+    http_status = 403

@@ -7,9 +7,11 @@ tensors are object arrays of ``bytes``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 
 import numpy as np
+
+from .compat import slotted_dataclass
 
 PRIORITY_HIGH = 0
 PRIORITY_NORMAL = 1
@@ -52,7 +54,7 @@ def v2_datatype(arr: np.ndarray) -> str:
     return name
 
 
-@dataclass(slots=True)
+@slotted_dataclass
 class InferRequest:
     model: str
     inputs: dict[str, np.ndarray]
@@ -74,9 +76,14 @@ class InferRequest:
     parameters: dict = field(default_factory=dict)
     # Client identity for rate limiting and logs (MQTT client id, socket peer).
     client: str | None = None
+    # time.monotonic() when the request arrived (HTTP: its first byte was
+    # parsed; MQTT: the message was received). Deadlines count from here,
+    # not from decoding, so time spent behind other work on the event loop
+    # is part of the budget. None: the service counts from when it sees it.
+    arrived: float | None = None
 
 
-@dataclass(slots=True)
+@slotted_dataclass
 class InferResponse:
     model: str
     version: str

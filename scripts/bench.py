@@ -508,6 +508,8 @@ def bench_minilm(args, results: dict) -> None:
         return
     import onnxruntime as ort
 
+    from edge_agent.runtime.artifacts import choose_artifact
+    from edge_agent.runtime.cpu import this_cpu
     from edge_agent.runtime.model_spec import load_model_spec
     from edge_agent.runtime.text import TextPipeline
 
@@ -516,8 +518,10 @@ def bench_minilm(args, results: dict) -> None:
     spec = load_model_spec(vdir / "model.yaml")
     so = ort.SessionOptions()
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # Raw ORT gets the version's own session settings, as the daemon does.
-    sess = ort.InferenceSession(str(vdir / "model.onnx"), so, providers=["CPUExecutionProvider"],
+    # Raw ORT gets the version's own session settings and the file the daemon serves on this CPU (model.yaml artifacts).
+    served = choose_artifact(spec, this_cpu(), ["cpu"])
+    log(f"minilm v{version}: {served.file} ({served.reason})")
+    sess = ort.InferenceSession(str(vdir / served.file), so, providers=["CPUExecutionProvider"],
                                 disabled_optimizers=spec.session.disabled_optimizers)
     pipe = TextPipeline(spec.text, vdir, [i.name for i in sess.get_inputs()])
     feeds = {b: pipe.graph_feeds(pipe.prepare(np.array([[text.encode()]] * b, dtype=object))) for b in (1, 8, 32)}

@@ -103,7 +103,7 @@ def serve(port: int, where: str) -> None:
                 handed.clear()
             loop.call_soon_threadsafe(resolve, batch, model.run_batch([p for p, _ in batch]))
 
-    def fast(req):
+    def respond(req):  # every request is an inference of digits
         try:
             ireq = decode_request(req.body, "digits", None, None)
             prepared = model.prepare(ireq)
@@ -115,11 +115,8 @@ def serve(port: int, where: str) -> None:
             loop.call_soon(flush)
         return Answer(fut, req, ireq)
 
-    async def handler(req):
-        return 404, CT_JSON, b'{"error":"not found","code":"not_found"}'
-
     async def main() -> None:
-        server = HttpServer(handler, 8 * 1024 * 1024, fast=fast)
+        server = HttpServer(respond, 8 * 1024 * 1024)
         await server.listen_tcp("127.0.0.1", port, reuse_port=True)
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -17,6 +17,8 @@ import inspect
 import json
 import pkgutil
 import sys
+import types
+import typing
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,6 +30,9 @@ import edge_agent  # noqa: E402
 from edge_agent.config import Config  # noqa: E402
 from edge_agent.errors import EdgeError  # noqa: E402
 from edge_agent.runtime.model_spec import ModelSpec  # noqa: E402
+
+
+_UnionType = getattr(types, "UnionType", None)  # X | Y, Python >= 3.10
 
 
 def _default(field) -> str:
@@ -49,9 +54,33 @@ def _default(field) -> str:
     return "`" + json.dumps(v, default=str) + "`"
 
 
+_BUILTIN_GENERIC = {list: "list", dict: "dict", tuple: "tuple", set: "set", frozenset: "frozenset", type: "type"}
+
+
+def _fmt(tp) -> str:
+    """A field type written the same on every Python (str() of a typing object
+    differs: Python 3.8 prints `Union[str, NoneType]` and `List[int]` where
+    3.11 prints `str | None` and `list[int]`): unions as `A | B` with None last,
+    builtin generics lower-case, classes by name."""
+    if tp is type(None):
+        return "None"
+    if tp is Ellipsis:
+        return "..."
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Union or (_UnionType is not None and origin is _UnionType):
+        return " | ".join([_fmt(a) for a in args if a is not type(None)] + (["None"] if type(None) in args else []))
+    if origin is typing.Literal:
+        return f"Literal[{', '.join(repr(a) for a in args)}]"
+    if origin is not None:
+        name = _BUILTIN_GENERIC.get(origin) or getattr(origin, "__name__", None) or str(origin).replace("typing.", "")
+        return f"{name}[{', '.join(_fmt(a) for a in args)}]" if args else name
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
 def _type(annotation) -> str:
-    s = str(annotation).replace("typing.", "").replace("pathlib.", "").replace("<class '", "").replace("'>", "")
-    return s.replace("|", "\\|")
+    return _fmt(annotation).replace("|", "\\|")
 
 
 def _walk(model: type[BaseModel], prefix: str, rows: list) -> None:
@@ -80,7 +109,7 @@ def config_md() -> str:
         "## Daemon configuration (`/etc/edge-agent/config.yaml`)",
         "",
         "Command-line overrides of `edge-agent run`: `--socket` (server.socket), `--state-dir` (paths.state_dir, and",
-        "cache/outbox beneath it), `--models-dir`, `--cache-dir`, `--tcp HOST:PORT`, `--mqtt HOST:PORT` / `--no-mqtt`,",
+        "cache/outbox beneath it), `--models-dir`, `--cache-dir`, `--tcp HOST:PORT` (held to server.tcp's rules: beyond loopback only with tls and token_file), `--mqtt HOST:PORT` / `--no-mqtt`,",
         "`--device-id`, `--log-level`. SIGHUP (or `edge-agent reload`) re-reads the file and applies `runtime`, `batching` (to versions loaded from then on; the default deadlines at once) and `logging.level`; changes to `mode`, `device_id`, `paths`, `server`, `mqtt`, `cache`, `ota`, `offload` and `logging.json_format` are kept as running until a restart, logged, and listed as `restart_needed` in the reload result and in `edge-agent status`.",
         "",
         "| key | type | default | meaning |",

@@ -1,13 +1,13 @@
-"""The hand-written HTTP/1.1 server (transports/httpserver.py) on a real Unix
+"""The hand-written HTTP/1.1 server (transports/httpserver/) on a real Unix
 socket, driven byte by byte with raw sockets (and curl) so every protocol
 corner is visible: keep-alive, pipelining, chunked bodies, 100-continue,
 HTTP/1.0, malformed input, oversized bodies, clients that vanish, shutdown.
 
 The server runs in its own thread on its own uvloop loop; the handler is a
 small real one (echo, sleep, a shared future) instead of the inference
-service, whose routes the daemon tests cover. Paths under /fast/ go through
-the server's task-free ``fast`` hook (an answer at once, or a ``Later``), as
-inference requests do in the daemon.
+service, whose routes the daemon tests cover. Paths under /fast/ are
+answered without a coroutine (an answer at once, or a ``Later``), as
+inference requests are in the daemon; the others by a coroutine.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import uvloop
 from edge_agent.errors import MalformedRequest
 from edge_agent.transports import httpserver
 from edge_agent.transports.http import HttpTransport
-from edge_agent.transports.httpserver import CT_JSON, HttpServer
+from edge_agent.transports.httpserver import CT_JSON, HttpLimits, HttpServer
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -38,7 +38,7 @@ pytestmark = pytest.mark.timeout(30)
 class ServerThread:
     """An HttpServer on a Unix socket, on a loop in a background thread."""
 
-    def __init__(self, max_body: int = 64 * 1024) -> None:
+    def __init__(self, max_body: int = 64 * 1024, limits: HttpLimits | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="hp-"))  # AF_UNIX paths are short
         self.path = str(self.dir / "s.sock")
         self.loop = uvloop.new_event_loop()
@@ -47,13 +47,18 @@ class ServerThread:
         self.errors: list = []  # on_error reports
         self.gate: asyncio.Future | None = None
         self.fgate: asyncio.Future | None = None  # what /fast/gate waits for
-        self.server = HttpServer(self.handle, max_body, self.errors.append, self.fast)
+        self.server = HttpServer(self.respond, max_body, self.errors.append, limits)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.run(self.server.listen_unix(self.path))
 
     def run(self, coro, timeout: float = 10):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def respond(self, req):
+        """The server's hook: ``fast`` for /fast/, else ``handle``'s coroutine."""
+        r = self.fast(req)
+        return r if r is not None else self.handle(req)
 
     async def handle(self, req):
         self.calls.append(req.path)
@@ -300,7 +305,7 @@ def test_oversized_header_block_is_refused(srv):
     s.sendall(b"GET /x HTTP/1.1\r\n" + b"X-Filler: " + b"a" * (httpserver.MAX_HEADER_BYTES + 10) + b"\r\n\r\n")
     r = Reader(s)
     status, _, data = r.response()
-    assert status == 400 and "exceeds" in orjson.loads(data)["error"]
+    assert (status, orjson.loads(data)["code"]) == (431, "header_too_large")
     assert r.closed()
 
 
@@ -401,7 +406,7 @@ async def _snapshot(server) -> tuple[bool, int]:
 
 
 def srv_calls(server) -> list[str]:
-    return server.handler.__self__.calls
+    return server.respond.__self__.calls
 
 
 def test_curl_over_the_unix_socket(srv):
@@ -615,9 +620,8 @@ def test_shutdown_leaves_a_successors_socket_alone():
         shutil.rmtree(d, ignore_errors=True)
 
 
-def test_idle_connections_are_swept_busy_ones_are_not(monkeypatch):
-    monkeypatch.setattr(httpserver, "IDLE_SWEEP_S", 0.1)
-    srv = ServerThread()
+def test_idle_connections_are_swept_busy_ones_are_not():
+    srv = ServerThread(limits=HttpLimits(idle_timeout_s=0.2))
     try:
         idle = connect(srv.path)
         busy = connect(srv.path)

@@ -12,6 +12,10 @@ from paho.mqtt.properties import Properties
 
 from edge_agent.transports import mqtt_publish_decode as fast
 
+# paho-mqtt 2.1.0 (the Python 3.8 / JetPack 5 stack) has no _packet and so no
+# decoder to compare with; test_mqtt_publish_decode_fallback.py covers that case.
+pytest.importorskip("paho.mqtt._packet", reason="paho-mqtt < 2.2 has no paho.mqtt._packet")
+
 V5, V311 = MQTTProtocolVersion.MQTTv5, MQTTProtocolVersion.MQTTv311
 paho_decode = fast._PAHO_DECODE
 

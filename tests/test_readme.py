@@ -21,6 +21,8 @@ README = (REPO / "README.md").read_text()
 def test_readme_names_the_two_commands_and_ci_runs_the_test_one():
     assert "./scripts/quickstart.sh" in README
     assert "./scripts/test.sh" in README
+    # CI runs both stacks; the README names them.
+    assert "**Python 3.11 with `requirements.txt`**" in README and "**Python 3.8 with `requirements-jetpack5.txt`**" in README
     ci = (REPO / ".ci" / "run").read_text()
     assert re.search(r"^exec \./scripts/test\.sh\s*$", ci, re.M)
 

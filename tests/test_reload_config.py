@@ -60,3 +60,16 @@ def test_an_invalid_config_on_reload_is_refused_and_the_running_one_kept(agent_f
     body["parameters"] = {"cache": False}
     assert a.client().infer("digits", body)[0] == 200
     assert _status(a)["restart_needed"] == []
+
+
+def test_reload_keeps_restart_only_sections_together_whatever_rules_join_them(agent_factory):
+    """The rules between sections (offload needs MQTT 5) judge the file; the running sections that
+    replace its restart-only ones are valid together too, never judged half swapped."""
+    a = agent_factory()
+    copy_digits(a.models_dir)
+    a.start()
+    _reload(a, {"mqtt": {"enabled": True, "host": "127.0.0.1", "port": 1}, "offload": {"enabled": True}})
+    assert "reload: keeping the running configuration" not in a.log()
+    assert _status(a)["restart_needed"] == ["mqtt", "offload"]
+    assert "mqtt" not in _status(a)  # still as running: no MQTT
+    assert a.client().infer("digits", digits_body(X[:1]))[0] == 200

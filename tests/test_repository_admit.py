@@ -1,4 +1,5 @@
-"""The repository's admit hook: a rescan (SIGHUP) leaves held-back versions on disk unloaded."""
+"""The repository's admit hook: a rescan (SIGHUP) leaves held-back versions on disk unloaded, and
+retire() unloads loaded versions it no longer admits."""
 
 from __future__ import annotations
 
@@ -58,3 +59,42 @@ def test_on_model_removed_fires_when_the_last_version_goes(tmp_path):
 
     asyncio.run(scenario())
     assert removed == ["digits"]
+
+
+def test_the_repository_retires_what_the_rule_no_longer_admits_but_never_the_last_version(tmp_path):
+    from edge_agent.ota.routing import RoutingRule
+    from edge_agent.ota.statemachine import State, UpdateRecord
+    from edge_agent.ota.versions import Pointers, write_pointers
+    from edge_agent.serving.repository import ModelRepository
+
+    models, state = tmp_path / "models", tmp_path / "state"
+    for v in ("1", "2", "3"):
+        copy_digits(models, version=v)
+    write_pointers(state, "digits", Pointers(active="1"))
+    cfg = Config.model_validate({"paths": {"models_dir": str(models), "state_dir": str(state),
+                                           "cache_dir": str(tmp_path / "cache"), "outbox_dir": str(tmp_path / "o")}})
+    live = {"digits": UpdateRecord(model="digits", state=State.CANARY, target="3")}
+    rule = RoutingRule(state, models)
+    rule.follow(["digits"], live.__getitem__)
+
+    async def scenario():
+        repo = ModelRepository(cfg, asyncio.get_running_loop())
+        repo.admit = rule
+        try:
+            await repo.sync()
+            assert sorted(repo.models["digits"].versions) == ["1", "2", "3"]
+            assert await repo.retire("digits") == []  # everything admitted
+            live["digits"] = UpdateRecord(model="digits", state=State.ROLLED_BACK, target="3", rejected=["3"])
+            assert await repo.retire("digits") == ["3"]
+            write_pointers(state, "digits", Pointers(active="2"))
+            live["digits"] = UpdateRecord(model="digits", state=State.IDLE, rejected=["1", "2", "3"])
+            assert await repo.retire("digits") == ["1"]  # 2 is active
+            write_pointers(state, "digits", Pointers())
+            assert await repo.retire("digits") == []  # refused, but the last one keeps answering
+            assert list(repo.models["digits"].versions) == ["2"]
+        finally:
+            for name, entry in list(repo.models.items()):
+                for v in list(entry.versions):
+                    await repo.unload(name, v, drain_timeout=1)
+
+    asyncio.run(scenario())

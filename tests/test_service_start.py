@@ -13,7 +13,7 @@ from daemon_proc import copy_digits
 from edge_agent.config import load_config
 from edge_agent.errors import DeadlineExceeded, UnknownModel
 from edge_agent.serving.repository import ModelRepository
-from edge_agent.serving.service import InferenceService, Pending
+from edge_agent.serving.service import InferenceService, Started
 from edge_agent.types import InferRequest, InferResponse
 
 X = np.random.default_rng(11).uniform(0, 16, (4, 64)).astype(np.float32)
@@ -42,9 +42,9 @@ def req(i: int, **kw) -> InferRequest:
 def test_start_settle_and_infer_give_the_session_answer_and_let_go(tmp_path):
     async def scenario(service, repo):
         r = service.start(req(0))
-        assert r.__class__ is Pending and service.inflight == 1
-        await asyncio.wait([r.work])
-        a = service.settle(r, r.work)
+        assert r.__class__ is Started and service.inflight == 1
+        await asyncio.wait([r.future])
+        a = service.settle(r)
         b = await service.infer(req(1))
         return a, b, service.inflight, repo.route("digits", None).model.session
 
@@ -59,10 +59,8 @@ def test_errors_are_raised_counted_and_let_go(tmp_path):
     async def scenario(service, repo):
         with pytest.raises(UnknownModel):
             service.start(InferRequest(model="nosuch", inputs={"input": X[:1]}))
-        r = service.start(req(0, deadline=time.monotonic() - 1))  # past already: never run
-        await asyncio.wait([r.work])
-        with pytest.raises(DeadlineExceeded):
-            service.settle(r, r.work)
+        with pytest.raises(DeadlineExceeded):  # past already: refused at once, never run
+            service.start(req(0, deadline=time.monotonic() - 1))
         with pytest.raises(DeadlineExceeded):
             await service.infer(req(1, deadline=time.monotonic() - 1))
         return service.count_err, service.inflight

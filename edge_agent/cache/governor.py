@@ -188,3 +188,35 @@ class Governor:
                 family.remove(self.model)
             except KeyError:  # never exported (no verdict yet)
                 pass
+
+
+class Governors:
+    """One governor per model, made at the model's first look-up and closed
+    when the model goes. ``sampling`` holds the names of the models whose
+    governor samples (one set look-up for a transport deciding whether to
+    digest a request's bytes for the memo)."""
+
+    __slots__ = ("window", "min_hit_ratio", "sampling", "by_model")
+
+    def __init__(self, window: int, min_hit_ratio: float) -> None:
+        self.window = window
+        self.min_hit_ratio = min_hit_ratio
+        self.sampling: set[str] = set()
+        # Read it (a plain dict.get on the request path), never write it: ``of`` does.
+        self.by_model: dict[str, Governor] = {}
+
+    def get(self, model: str) -> Governor | None:
+        """The model's governor, or None before its first look-up."""
+        return self.by_model.get(model)
+
+    def of(self, model: str) -> Governor:
+        """The model's governor, made now if it has none."""
+        gov = self.by_model.get(model)
+        if gov is None:
+            gov = self.by_model[model] = Governor(model, self.window, self.min_hit_ratio, self.sampling)
+        return gov
+
+    def forget(self, model: str) -> None:
+        gov = self.by_model.pop(model, None)
+        if gov is not None:
+            gov.close()

@@ -12,8 +12,8 @@ name + datatype of each input, the tail of a request with no outputs listed and
 no parameters. The preimage is byte for byte the same as the plain framing
 (tests/cache/test_keys.py checks it), so existing disk entries stay valid.
 
-Two cheaper digests live here too: ``input_fingerprint`` (which requests the
-governor samples) and ``memo_key`` (the memo of encoded answers).
+A cheaper digest lives here too: ``input_fingerprint`` (which requests the
+governor samples). The memo's key is memo.memo_key, framed the same way.
 """
 
 from __future__ import annotations
@@ -196,21 +196,4 @@ def input_fingerprint(req: InferRequest) -> int:
     return hash(parts[0] if len(parts) == 1 else tuple(parts)) & _MASK32
 
 
-MEMO_SCHEME = b"edge-agent/memo-key/v1"
-
-
-def memo_key(transport: bytes, model: str, version: str, version_digest: str, request: bytes) -> bytes:
-    """32-byte key of an encoded answer: the transport's framing of the
-    request (``transport``, e.g. its binary-header length), the model version
-    that answers, and the request's exact bytes."""
-    h = hashlib.blake2b(digest_size=32)
-    _field(h, b"K", MEMO_SCHEME)
-    _field(h, b"t", transport)
-    _field(h, b"M", model.encode("utf-8"))
-    _field(h, b"v", version.encode("utf-8"))
-    _field(h, b"V", version_digest.encode("utf-8"))
-    _field(h, b"R", request)
-    return h.digest()
-
-
-__all__ = ["IGNORED_PARAMETERS", "input_fingerprint", "memo_key", "request_key"]
+__all__ = ["IGNORED_PARAMETERS", "input_fingerprint", "request_key"]

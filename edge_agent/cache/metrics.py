@@ -17,7 +17,7 @@ EVICTIONS = Counter(
 )
 ERRORS = Counter(
     "edge_agent_cache_errors_total",
-    "Cache faults by tier (memory, disk; codec and cache for encode and internal faults) and kind (corrupt, disk_full, readonly, locked, io, queue_full, decode, internal).",
+    "Cache faults by tier (memory, disk; codec and cache for encode and internal faults) and kind (corrupt, disk_full, readonly, locked, io, queue_full, decode, internal; key: a request whose cache key could not be built, run uncached).",
     ["tier", "kind"],
 )
 AVAILABLE = Gauge("edge_agent_cache_tier_available", "1 while a tier serves, 0 while it has stepped aside after a fault.", ["tier"])

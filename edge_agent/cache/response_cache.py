@@ -13,13 +13,9 @@ earns it:
 What a kill -9 or power cut loses is the answers seen only once since they
 entered memory. Without a memory tier, every put goes to disk.
 
-Encoded answers (the memo). A transport may keep the bytes it sent for an
-answer that came from the cache, under a digest of the exact request bytes
-and the version that answered (``memo_get``/``memo_put``; the service makes
-the key). The next byte-identical request is then answered without being
-decoded, keyed, looked up or encoded. A memo entry never outlives its cache
-entry's TTL, and ``delete``/``clear`` make every memo entry stale. Memory
-only; it is not written to disk.
+The memo of encoded answers (memo.py) lives beside this cache: it reads
+``expires_at`` of the memory entry an answer encodes, and drops what it
+holds when ``generation`` moves (every ``delete``/``clear``).
 """
 
 from __future__ import annotations
@@ -48,12 +44,6 @@ SPILL_TIMEOUT_S = 5.0
 DOORKEEPER_ROW_BYTES = 1024
 
 
-class MemoTier(MemoryTier):
-    """Encoded answers by request digest: (generation, answer) values."""
-
-    name = "memo"
-
-
 class ResponseCache:
     """``get``/``put`` never raise and never wait on the disk: a disk fault
     makes that tier step aside (see sqlite_tier). Returned dicts are the
@@ -70,7 +60,6 @@ class ResponseCache:
         *,
         clock=time.time,
         spill_timeout_s: float = SPILL_TIMEOUT_S,
-        memo_max_bytes: int = 0,
         **disk_options,
     ) -> None:
         self.default_ttl_s = default_ttl_s
@@ -94,10 +83,9 @@ class ResponseCache:
             if self.memory is not None and self.disk is not None
             else None
         )
-        self.memo: MemoTier | None = MemoTier(memo_max_bytes, clock=clock) if memo_max_bytes > 0 and self.memory is not None else None
-        # Bumped by delete/clear: memo entries of an older generation are stale.
-        self._generation = 0
-        self.hits = {"memory": 0, "disk": 0, "memo": 0}
+        # Moves at every delete/clear: the memo (memo.py) then drops what it holds.
+        self.generation = 0
+        self.hits = {"memory": 0, "disk": 0}
         self.misses = 0
         self.spilled = {"reuse": 0, "evicted": 0, "close": 0}
         self.not_spilled = 0  # pushed out unused for the first time: not written
@@ -195,33 +183,18 @@ class ResponseCache:
             self.disk.put(key, partial(encode_outputs, entry[VALUE]), entry[EXPIRES_AT])
             self.spilled["evicted"] += 1
 
-    def memo_get(self, key: bytes):
-        """The encoded answer kept under ``key`` (see the module doc), or None."""
-        entry = self.memo.get_entry(key)
-        if entry is None:
-            return None
-        generation, answer = entry[VALUE]
-        if generation != self._generation:
-            self.memo.delete(key)
-            return None
-        self.hits["memo"] += 1
-        self._hit_counters["memo"].inc()
-        return answer
-
-    def memo_put(self, key: bytes, cache_key: bytes, answer, size: int) -> None:
-        """Keep ``answer`` (``size`` bytes) under ``key`` for as long as the
-        memory entry ``cache_key`` it encodes lives."""
-        entry = self.memory.get_entry(cache_key)
-        if entry is not None:
-            self.memo.put(key, (self._generation, answer), entry[EXPIRES_AT], size)
+    def expires_at(self, key: bytes) -> float | None:
+        """When the memory entry under ``key`` expires; None if there is none."""
+        entry = self.memory.get_entry(key) if self.memory is not None else None
+        return None if entry is None else entry[EXPIRES_AT]
 
     def delete(self, key: bytes) -> None:
-        self._generation += 1
+        self.generation += 1
         for tier in self._tiers():
             tier.delete(key)
 
     def clear(self) -> None:
-        self._generation += 1
+        self.generation += 1
         for tier in self._tiers():
             tier.clear()
 
@@ -269,7 +242,7 @@ class ResponseCache:
         }
 
     def _tiers(self) -> list:
-        return [t for t in (self.memo, self.memory, self.disk) if t is not None]
+        return [t for t in (self.memory, self.disk) if t is not None]
 
     def _decode(self, key: bytes, value: bytes) -> dict[str, np.ndarray] | None:
         try:

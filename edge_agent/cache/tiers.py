@@ -1,12 +1,15 @@
-"""The tier interface and the in-memory LRU tier.
+"""The tier contract and the in-memory LRU tier.
 
 A tier stores values under 32-byte keys with an absolute expiry time (wall
 clock, because entries outlive the process). ``get`` returns the expiry with
-the value so a lower tier's hit can be promoted without extending its life.
-Values are answers (``dict[str, np.ndarray]``); how a tier stores them is its
-own business: memory keeps them as they are, the disk encodes them in its
-writer thread. A shared Redis tier for the central host would implement the
-same protocol.
+the value (``Found``) so a lower tier's hit can be promoted without extending
+its life. What a value is, is the caller's business: the response cache
+keeps answers in memory as they are (``dict[str, np.ndarray]``) and hands
+the disk bytes, or an encoder its writer thread runs (values.py); the memo
+keeps encoded answers. Every tier keeps ``CacheTier``, and
+tests/cache/test_tier_contract.py runs the same checks over each of them:
+a new tier (a shared Redis for the central host, say) is added by passing
+them, then wiring it into ResponseCache.
 """
 
 from __future__ import annotations
@@ -14,8 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Callable, NamedTuple, Optional, Protocol, runtime_checkable
 
 from . import metrics
 
@@ -24,7 +26,7 @@ from . import metrics
 ENTRY_OVERHEAD = 128
 
 
-class Hit(NamedTuple):
+class Found(NamedTuple):
     value: Any
     expires_at: float
 
@@ -40,16 +42,24 @@ VALUE, EXPIRES_AT, SIZE, ON_DISK, TOUCHED_AT, FROZEN = range(6)
 Entry = tuple
 
 
+@runtime_checkable
 class CacheTier(Protocol):
-    name: str
+    """What every tier does. ``put`` may take effect later (the disk applies
+    writes in its own thread); ``flush`` waits until it has. No method
+    raises: a tier that cannot serve misses and drops writes."""
 
-    def get(self, key: bytes) -> Hit | None: ...
+    name: str
+    max_bytes: int
+
+    def get(self, key: bytes) -> Optional[Found]: ...
 
     def put(self, key: bytes, value: Any, expires_at: float) -> None: ...
 
     def delete(self, key: bytes) -> None: ...
 
     def clear(self) -> None: ...
+
+    def flush(self, timeout: Optional[float] = ...) -> bool: ...
 
     def stats(self) -> dict: ...
 
@@ -66,7 +76,7 @@ class MemoryTier:
 
     name = "memory"
 
-    def __init__(self, max_bytes: int, clock=time.time, on_evict: Callable[[bytes, Entry], None] | None = None) -> None:
+    def __init__(self, max_bytes: int, clock=time.time, on_evict: Optional[Callable[[bytes, Entry], None]] = None) -> None:
         self.max_bytes = max_bytes
         self._clock = clock
         self._on_evict = on_evict
@@ -95,9 +105,9 @@ class MemoryTier:
             self._entries.move_to_end(key)
             return entry
 
-    def get(self, key: bytes) -> Hit | None:
+    def get(self, key: bytes) -> Found | None:
         entry = self.get_entry(key)
-        return None if entry is None else Hit(entry[VALUE], entry[EXPIRES_AT])
+        return None if entry is None else Found(entry[VALUE], entry[EXPIRES_AT])
 
     def put(self, key: bytes, value: Any, expires_at: float, size: int | None = None,
             on_disk: bool = False, touched_at: float = 0.0, frozen: bool = True) -> None:
@@ -162,6 +172,10 @@ class MemoryTier:
                 "max_bytes": self.max_bytes,
                 "evictions": dict(self.evictions),
             }
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Writes take effect at once: nothing to wait for."""
+        return True
 
     def close(self) -> None:
         pass

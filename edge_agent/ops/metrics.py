@@ -15,13 +15,15 @@ LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 REQUESTS = Counter("edge_agent_requests_total", "Inference requests by model, version and outcome (ok or error code).", ["model", "version", "outcome"])
-REQUEST_ERRORS = Counter("edge_agent_request_errors_total", "Requests refused before reaching a model, by transport and error code.", ["transport", "code"])
+REQUEST_ERRORS = Counter("edge_agent_request_errors_total", "Requests refused before reaching a model, by transport and error code; and every overloaded refusal, by reason (queue_full, loop_lag, late; empty for other codes).", ["transport", "code", "reason"])
 REQUEST_LATENCY = Histogram("edge_agent_request_duration_seconds", "End-to-end latency inside the daemon, decode to encode.", ["model", "version"], buckets=LATENCY_BUCKETS)
 QUEUE_LATENCY = Histogram("edge_agent_queue_duration_seconds", "Time a request waited in the batcher queue.", ["model", "version"], buckets=LATENCY_BUCKETS)
 COMPUTE_LATENCY = Histogram("edge_agent_compute_duration_seconds", "Time of one batch in ONNX Runtime, post-processing included.", ["model", "version"], buckets=LATENCY_BUCKETS)
 BATCH_SIZE = Histogram("edge_agent_batch_size", "Rows per executed batch.", ["model", "version"], buckets=BATCH_BUCKETS)
 QUEUE_DEPTH = Gauge("edge_agent_queue_depth", "Requests waiting in the batcher queue.", ["model", "version"])
 MODEL_INFO = Gauge("edge_agent_model_info", "Loaded model versions; value 1, the bound provider as a label.", ["model", "version", "provider", "precision", "default"])
+MODEL_ARTIFACT = Gauge("edge_agent_model_artifact_info", "The ONNX file each loaded version serves, chosen for this CPU/provider "
+                       "from model.yaml artifacts (model.onnx when none are declared); value 1.", ["model", "version", "artifact", "target"])
 MODEL_LOAD_FAILURES = Counter("edge_agent_model_load_failures_total", "Model versions that failed to load.", ["model"])
 WARMUP_SECONDS = Gauge("edge_agent_model_warmup_seconds", "Warm-up time of a loaded model version.", ["model", "version"])
 READY = Gauge("edge_agent_ready", "1 when every model is loaded and warm and the daemon takes requests.")

@@ -22,11 +22,10 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from typing import Callable, Literal
+from typing import Callable
 
 from ..config import CanaryConfig
-
-Verdict = Literal["promote", "rollback"] | None
+from .intents import Verdict
 LATENCY_NOISE_S = 0.002
 P99_MIN_SAMPLES = 100
 _MAX_SAMPLES = 20_000

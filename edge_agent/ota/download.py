@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import random
 import re
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Callable
 import requests
 
 from ..atomic import fsync_dir
+from ..backoff import backoff_delay
 from ..digests import sha256_file
 from .errors import ArtifactDigestMismatch, ArtifactSizeMismatch, DownloadFailed
 from .metrics import DOWNLOAD_BYTES, DOWNLOAD_RETRIES
@@ -33,11 +33,6 @@ _CHUNK = 64 * 1024
 
 class _Transient(Exception):
     """One attempt failed in a way worth retrying."""
-
-
-def backoff_delay(attempt: int, base_s: float, max_s: float) -> float:
-    # Full jitter keeps a fleet from retrying in lockstep after a registry outage.
-    return random.uniform(0.5, 1.0) * min(max_s, base_s * (2 ** attempt))
 
 
 def _http_error(url: str, r: requests.Response) -> Exception:

@@ -13,15 +13,15 @@ daemon's text pipeline, because their client input is a string, not tokens.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Dict
 
 import numpy as np
 
-from ..runtime.model_spec import ModelSpec, np_dtype
+from ..runtime.model_spec import DEFAULT_ARTIFACT, ModelSpec, np_dtype
 from .errors import GoldenMismatch, GoldenRunnerMissing, ManifestInvalid
 from .manifest import GoldenSpec, Tolerance
 
-GoldenRunner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+GoldenRunner = Callable[[Dict[str, np.ndarray]], Dict[str, np.ndarray]]
 RunnerFactory = Callable[[Path, ModelSpec], GoldenRunner]
 
 GOLDEN_TEXTS = [b"the quick brown fox jumps over the lazy dog", b"edge inference", b"hello world"]
@@ -68,16 +68,19 @@ def default_tolerance(precision: str) -> Tolerance:
 
 
 class OrtRunner:
-    """Raw graph on the CPU execution provider: the reference every device can reproduce."""
+    """Raw graph on the CPU execution provider: the reference every device can reproduce.
 
-    def __init__(self, version_dir: Path, spec: ModelSpec) -> None:
+    ``artifact`` is the ONNX file of the version to run (model.yaml artifacts):
+    validation runs the one the device will serve."""
+
+    def __init__(self, version_dir: Path, spec: ModelSpec, artifact: str = DEFAULT_ARTIFACT) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(version_dir / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(version_dir / artifact), opts, providers=["CPUExecutionProvider"])
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -85,13 +88,13 @@ class OrtRunner:
         return dict(zip(self.output_names, self.session.run(self.output_names, feed)))
 
 
-def default_runner_factory(version_dir: Path, spec: ModelSpec) -> GoldenRunner:
+def default_runner_factory(version_dir: Path, spec: ModelSpec, artifact: str = DEFAULT_ARTIFACT) -> GoldenRunner:
     if spec.text is not None:
         raise GoldenRunnerMissing(
             "text model: golden outputs need the daemon's text pipeline; pass a runner factory",
             model=spec.name,
         )
-    return OrtRunner(version_dir, spec)
+    return OrtRunner(version_dir, spec, artifact)
 
 
 def save(path: Path, inputs: list[dict[str, np.ndarray]], outputs: list[dict[str, np.ndarray]],
@@ -161,13 +164,34 @@ def mismatch(actual: np.ndarray, expected: np.ndarray, tol: Tolerance) -> str | 
     return f"max abs error {float(err.max()):.3g} exceeds atol {tol.atol} + rtol {tol.rtol}"
 
 
-def check(runner: GoldenRunner, cases: list[tuple[dict, dict]], golden: GoldenSpec) -> None:
-    """Run every case; raise GoldenMismatch naming the first case and output that differs."""
+def check(runner: GoldenRunner, cases: list[tuple[dict, dict]], golden: GoldenSpec, artifact: str = DEFAULT_ARTIFACT) -> None:
+    """Run every case; raise GoldenMismatch naming the first case and output that differs.
+
+    ``artifact`` is the file the runner serves: its tolerance applies (GoldenSpec.tolerance_for)."""
+    tolerance = golden.tolerance_for(artifact)
+    where = f" ({artifact})" if artifact != DEFAULT_ARTIFACT else ""
     for i, (ins, expected) in enumerate(cases):
         got = runner(ins)
         for name in golden.outputs:
             if name not in got:
-                raise GoldenMismatch(f"case {i}: output {name!r} not produced", case=i, output=name)
-            why = mismatch(got[name], expected[name], golden.tolerance[name])
+                raise GoldenMismatch(f"case {i}: output {name!r} not produced{where}", case=i, output=name)
+            why = mismatch(got[name], expected[name], tolerance[name])
             if why:
-                raise GoldenMismatch(f"case {i}, output {name!r}: {why}", case=i, output=name)
+                raise GoldenMismatch(f"case {i}, output {name!r}{where}: {why}", case=i, output=name)
+
+
+def pipeline_runner_factory(config: Callable[[], object]) -> RunnerFactory:
+    """Runners that go through the daemon's own pipeline (tokenizer + pooling of text
+    models), as live requests do; ``config()`` is the daemon's current Config."""
+    from ..runtime.session import LoadedModel
+    from ..types import InferRequest
+
+    def factory(version_dir: Path, spec: ModelSpec) -> GoldenRunner:
+        cfg = config()
+        model = LoadedModel(spec.name or version_dir.parent.name, version_dir.name, version_dir,
+                            cfg.runtime, cfg.paths.state_dir)
+
+        def run(inputs):
+            return model.run_batch([model.prepare(InferRequest(model=model.name, inputs=inputs))])[0]
+        return run
+    return factory

@@ -11,7 +11,7 @@ import json
 import re
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
-from typing import Literal
+from typing import Dict, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -113,13 +113,26 @@ class GoldenSpec(Section):
     outputs: list[str] = Field(min_length=1, description="Outputs compared, in npz order.")
     tolerance: dict[str, Tolerance] = Field(description="Tolerance per compared output.")
     runner: Literal["onnxruntime", "pipeline"] = Field("onnxruntime", description="onnxruntime: raw graph; pipeline: the daemon's pre/post-processing (text models).")
+    artifact_tolerance: Dict[str, Dict[str, Tolerance]] = Field(
+        default_factory=dict,
+        description="For versions with several ONNX files (model.yaml artifacts): tolerance per output for a device that serves "
+        "the named file, replacing `tolerance` there. The expected outputs come from one file (the publisher's), so another "
+        "build of the graph (e.g. int8 instead of uint8 weights) is compared within its own bounds.",
+    )
 
     @model_validator(mode="after")
     def _tolerance_for_each(self):
         missing = set(self.outputs) - self.tolerance.keys()
         if missing:
             raise ValueError(f"no tolerance for outputs {sorted(missing)}")
+        for f, tol in self.artifact_tolerance.items():
+            if set(tol) != set(self.outputs):
+                raise ValueError(f"artifact_tolerance[{f!r}] must give a tolerance for exactly the outputs {self.outputs}")
         return self
+
+    def tolerance_for(self, artifact: str) -> Dict[str, Tolerance]:
+        """The tolerances that apply on a device serving ``artifact``."""
+        return self.artifact_tolerance.get(artifact, self.tolerance)
 
 
 class Lineage(Section):
@@ -153,6 +166,10 @@ class Manifest(Section):
                 raise ValueError(f"artifacts must include {required}")
         if self.golden is not None and self.golden.file not in paths:
             raise ValueError(f"golden file {self.golden.file} is not an artifact")
+        if self.golden is not None:
+            unknown = sorted(set(self.golden.artifact_tolerance) - set(paths))
+            if unknown:
+                raise ValueError(f"golden.artifact_tolerance names files that are not artifacts: {unknown}")
         return self
 
     def artifact(self, path: str) -> Artifact:

@@ -20,7 +20,8 @@ from .. import __version__
 from ..atomic import atomic_write, fsync_dir
 from ..digests import sha256_file
 from ..errors import ModelLoadError
-from ..runtime.model_spec import load_model_spec
+from ..runtime.artifacts import check_artifact_files, check_artifact_signatures
+from ..runtime.model_spec import DEFAULT_ARTIFACT, load_model_spec
 from . import golden as golden_mod
 from .errors import OtaError, PublishError
 from .manifest import (GOLDEN, MANIFEST, SIGNATURE, Artifact, GoldenSpec, IndexEntry, IOSignature, Lineage,
@@ -41,6 +42,7 @@ def publish(
     golden_inputs: list[dict[str, np.ndarray]] | None = None,
     golden_cases: int = 2,
     tolerance: Tolerance | dict[str, Tolerance] | None = None,
+    artifact_tolerance: dict[str, Tolerance | dict[str, Tolerance]] | None = None,
     accuracy: dict | None = None,
     lineage: Lineage | None = None,
     min_agent_version: str = __version__,
@@ -51,6 +53,13 @@ def publish(
     ``name`` or the parent directory's name. Golden outputs are computed with
     ``runner_factory(version_dir, spec)`` (default: raw ONNX Runtime; text models
     must pass the daemon's text pipeline).
+
+    A version with several ONNX files (model.yaml ``artifacts``) gets its
+    expected outputs from one of them (the default runner: model.onnx) and a
+    tolerance for each other file (``artifact_tolerance``, by file; default:
+    the default tolerance of that file's precision), so that a device serving
+    another build is judged within that build's own bounds. All files must
+    exist and have the same inputs and outputs, or nothing is published.
     """
     model_dir, registry_root = Path(model_dir), Path(registry_root)
     if golden_cases < 1:
@@ -71,6 +80,11 @@ def publish(
             raise PublishError(f"channel: {e}") from None
     if not (model_dir / "model.onnx").is_file():
         raise PublishError(f"{model_dir}: no model.onnx")
+    try:
+        check_artifact_files(spec, model_dir)
+        check_artifact_signatures(spec, model_dir)
+    except ModelLoadError as e:
+        raise PublishError(e.message) from None
     key = load_private_key(key_file)
     model_root = registry_root / model
     dest = model_root / version
@@ -80,7 +94,7 @@ def publish(
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".tmp", dir=model_root))
     try:
         _copy_tree(model_dir, tmp)
-        gspec = _write_golden(tmp, spec, runner_factory, golden_inputs, golden_cases, tolerance)
+        gspec = _write_golden(tmp, spec, runner_factory, golden_inputs, golden_cases, tolerance, artifact_tolerance)
         artifacts = [Artifact(path=p.relative_to(tmp).as_posix(), sha256=sha256_file(p), size=p.stat().st_size)
                      for p in sorted(tmp.rglob("*")) if p.is_file()]
         manifest = Manifest(
@@ -150,7 +164,7 @@ def _copy_tree(src: Path, dst: Path) -> None:
                 os.fsync(f.fileno())
 
 
-def _write_golden(vdir: Path, spec, runner_factory, inputs, cases, tolerance) -> GoldenSpec:
+def _write_golden(vdir: Path, spec, runner_factory, inputs, cases, tolerance, artifact_tolerance=None) -> GoldenSpec:
     factory = runner_factory or golden_mod.default_runner_factory
     try:
         runner = factory(vdir, spec)
@@ -164,9 +178,19 @@ def _write_golden(vdir: Path, spec, runner_factory, inputs, cases, tolerance) ->
     if isinstance(tolerance, Tolerance) or tolerance is None:
         tol = tolerance or golden_mod.default_tolerance(spec.precision)
         tolerance = {n: tol for n in names}
+    per_file = {}
+    given = artifact_tolerance or {}
+    unknown = sorted(set(given) - set(spec.artifact_files()))
+    if unknown:
+        raise PublishError(f"artifact_tolerance names files the version does not declare: {unknown}")
+    for a in spec.artifacts or ():
+        if a.file == DEFAULT_ARTIFACT or a.file in per_file:
+            continue
+        tol = given.get(a.file) or golden_mod.default_tolerance(a.precision or spec.precision)
+        per_file[a.file] = tol if isinstance(tol, dict) else {n: tol for n in names}
     golden_mod.save(vdir / GOLDEN, inputs, outputs, [t.name for t in spec.inputs], names)
     return GoldenSpec(cases=len(inputs), outputs=names, tolerance=tolerance,
-                      runner="pipeline" if runner_factory else "onnxruntime")
+                      runner="pipeline" if runner_factory else "onnxruntime", artifact_tolerance=per_file)
 
 
 def _lineage(raw: dict | None) -> Lineage:

@@ -1,20 +1,22 @@
 """Drives one model's update through the state machine, step by step.
 
-Blocking (HTTP, disk, ONNX Runtime): the daemon runs ``step``/``advance`` in a
-worker thread. Daemon-side actions are injected through ``DaemonHooks``; they
-are called from that thread. Without hooks the updater works standalone and
-promotes right after validation (no canary).
+Blocking (HTTP, disk, ONNX Runtime), and never touching the daemon: what the
+serving side must do (start a canary, promote, roll back) is queued as an
+intent (``intents.py``) for the caller to take and carry out. In the daemon the
+OTA agent calls it from the model's single worker thread (``worker.py``), so
+its calls never overlap, and carries the intents out on the event loop.
+
+Standalone (no daemon), ``advance()`` carries the intents out itself through
+``DaemonHooks``; the default hooks have no canary, so an update is promoted
+right after validation.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import threading
 import time
 from pathlib import Path
-from typing import Callable, Literal, Protocol
-from urllib.parse import quote
+from typing import Callable, List, Optional
 
 import requests
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -23,52 +25,19 @@ from .. import __version__
 from ..atomic import atomic_write, fsync_dir
 from ..digests import sha256_file
 from ..errors import EdgeError, ModelLoadError
-from . import download as dl
-from .errors import (AgentTooOld, ArtifactDigestMismatch, ArtifactSizeMismatch, InvalidTransition, ManifestInvalid,
-                     OtaError, UnknownChannel)
+from ..runtime.artifacts import serving_providers
+from .errors import ArtifactDigestMismatch, ArtifactSizeMismatch, InvalidTransition, OtaError, UnknownChannel
 from .golden import RunnerFactory
-from .manifest import MANIFEST, SIGNATURE, IOSignature, Manifest, RegistryIndex, parse_agent_version, safe_name, version_key
+from .intents import DaemonHooks, Intent, Promote, RollBack, StandaloneHooks, StartCanary, Verdict, carry_out
+from .manifest import MANIFEST, SIGNATURE, IOSignature, Manifest, safe_name, version_key
 from .metrics import REJECTIONS
-from .signing import load_public_keys, verify
+from .registry import RegistryClient
 from .statemachine import IN_FLIGHT, Event, State, UpdateRecord, UpdateStateMachine
 from .validate import served_signature, validate_version
 from .versions import STAGING_SUFFIX, Pointers, cleanup, read_pointers, remove_dir, served_version, write_pointers
 
 log = logging.getLogger(__name__)
-Verdict = Literal["promote", "rollback"] | None
-Validator = Callable[[Path, Manifest, IOSignature | None], None]
-
-
-class DaemonHooks(Protocol):
-    def start_canary(self, model: str, version: str, version_dir: Path) -> None:
-        """Load ``version_dir`` and route the configured share of traffic to it. Raise to refuse."""
-
-    def canary_verdict(self, model: str, version: str) -> Verdict | tuple[Verdict, str]:
-        """None while the window is open; then 'promote' or 'rollback', optionally with a reason."""
-
-    def promote(self, model: str, version: str) -> None:
-        """Serve ``version`` for all traffic (pointers are already written)."""
-
-    def rollback(self, model: str, version: str) -> None:
-        """Stop routing to ``version`` and unload it (pointers are already written)."""
-
-
-class StandaloneHooks:
-    """No daemon: no canary, validation is the whole gate."""
-
-    def start_canary(self, model, version, version_dir): pass
-    def canary_verdict(self, model, version): return "promote"
-    def promote(self, model, version): pass
-    def rollback(self, model, version): pass
-
-
-def _serialized(method):
-    """Methods that move the state machine run one at a time per Updater."""
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        with self._lock:
-            return method(self, *args, **kwargs)
-    return wrapper
+Validator = Callable[[Path, Manifest, Optional[IOSignature]], None]
 
 
 class Updater:
@@ -84,6 +53,7 @@ class Updater:
         hooks: DaemonHooks | None = None,
         validator: Validator | None = None,
         runner_factory: RunnerFactory | None = None,
+        providers: list[str] | None = None,
         on_progress: Callable[[UpdateRecord], None] | None = None,
         max_attempts: int = 5,
         max_canary_attempts: int = 2,
@@ -95,26 +65,21 @@ class Updater:
         session: requests.Session | None = None,
     ) -> None:
         self.model = safe_name(model)
-        self.registry_url = registry_url.rstrip("/")
+        self.registry = RegistryClient(registry_url, self.model, public_keys, download_attempts=download_attempts,
+                                       backoff_s=backoff_s, bandwidth_limit_bps=bandwidth_limit_bps,
+                                       agent_version=agent_version, session=session)
         self.models_dir, self.state_dir = Path(models_dir), Path(state_dir)
-        self.keys = [k if isinstance(k, Ed25519PublicKey) else None for k in public_keys]
-        if None in self.keys:
-            self.keys = load_public_keys([Path(k) for k in public_keys])
         self.channel = channel
         self.hooks = hooks or StandaloneHooks()
         self.runner_factory = runner_factory
-        self.validator = validator or (lambda d, m, s: validate_version(d, m, s, self.runner_factory))
+        # providers: the daemon's (configured and available), so validation picks the file it will serve.
+        self.validator = validator or (lambda d, m, s: validate_version(d, m, s, self.runner_factory, providers=providers))
         self.keep_versions = keep_versions
-        self.bandwidth_limit_bps = bandwidth_limit_bps
-        self.download_attempts, self.backoff_s = download_attempts, backoff_s
-        self.agent_version = agent_version
-        self.session = session or requests.Session()
         self.sm = UpdateStateMachine(self.state_dir, model, max_attempts=max_attempts,
                                      max_canary_attempts=max_canary_attempts, on_change=on_progress)
         self._canary_started = False
         self._last_progress = 0.0
-        # step() runs in a worker thread while ctl promote/rollback arrive from the event loop.
-        self._lock = threading.RLock()
+        self._intents: List[Intent] = []  # for the caller to carry out, in order (take_intents)
 
     @classmethod
     def from_config(cls, cfg, model: str, **kw) -> Updater:
@@ -122,7 +87,8 @@ class Updater:
         ota = cfg.ota
         args = dict(registry_url=ota.registry_url, models_dir=cfg.paths.models_dir, state_dir=cfg.paths.state_dir,
                     public_keys=ota.public_keys, channel=ota.channel, max_attempts=ota.max_attempts,
-                    keep_versions=ota.keep_versions, bandwidth_limit_bps=ota.bandwidth_limit_bps)
+                    keep_versions=ota.keep_versions, bandwidth_limit_bps=ota.bandwidth_limit_bps,
+                    providers=serving_providers(cfg.runtime))
         args.update(kw)
         return cls(model, **args)
 
@@ -136,30 +102,23 @@ class Updater:
     def state(self) -> State:
         return self.sm.state
 
+    @property
+    def canary_routed(self) -> bool:
+        """In canary, and the serving side routes its share: waiting for ``decide``."""
+        return self.state is State.CANARY and self._canary_started
+
     def version_dir(self, version: str) -> Path:
         return self.models_dir / self.model / version
 
     def served(self) -> str | None:
         return served_version(self.models_dir, self.state_dir, self.model)
 
-    def _url(self, *parts: str) -> str:
-        return "/".join([self.registry_url, quote(self.model)] + [quote(p) for p in parts])
-
-    def fetch_index(self) -> RegistryIndex:
-        data = dl.fetch_bytes(self._url("index.json"), attempts=self.download_attempts, backoff_s=self.backoff_s,
-                              session=self.session)
-        index = RegistryIndex.parse(data, self._url("index.json"))
-        if index.model != self.model:
-            raise ManifestInvalid(f"index.json is for model {index.model!r}, not {self.model!r}")
-        return index
-
     # -- starting an update --------------------------------------------------------------
 
-    @_serialized
     def check(self, channel: str | None = None) -> str | None:
         """Poll: start an update if the channel points at a version worth installing. Returns it or None."""
         channel = channel or self.channel
-        index = self.fetch_index()
+        index = self.registry.index()
         target = index.channels.get(channel)
         if target is None:
             raise UnknownChannel(f"{self.model}: channel {channel!r} not in index", channel=channel)
@@ -175,7 +134,6 @@ class Updater:
         self.begin(target, channel=channel)
         return target
 
-    @_serialized
     def begin(self, version: str, *, channel: str | None = None, force: bool = False) -> None:
         """Command: install ``version``. ``force`` allows downgrades and previously rejected versions."""
         safe_name(version)
@@ -193,16 +151,63 @@ class Updater:
 
     # -- running -------------------------------------------------------------------------
 
-    @_serialized
-    def advance(self) -> State:
-        """Step until the update rests or waits for a canary verdict."""
+    def take_intents(self) -> list[Intent]:
+        """What the serving side must do now, in order (``intents.py``); the caller carries it out.
+        Any call that moves the machine may queue some (``proceed``, ``canary_started``, ``decide``,
+        ``resume``, ``promote``, ``rollback``, ``abandon_active``); none calls the daemon."""
+        intents, self._intents = self._intents, []
+        return intents
+
+    def proceed(self) -> State:
+        """Step until the update rests, waits for a canary verdict, or has intents the
+        caller must carry out before it can go on."""
         while True:
             before = (self.state, len(self.record.history))
             state = self.step()
+            if self._intents or state not in IN_FLIGHT or (state, len(self.record.history)) == before:
+                return state
+
+    def advance(self) -> State:
+        """Standalone: step until the update rests or waits for a canary verdict, carrying
+        the intents out through ``self.hooks`` and asking them for the verdict."""
+        while True:
+            before = (self.state, len(self.record.history))
+            self.step()
+            carry_out(self, self.hooks)
+            if self.canary_routed:
+                verdict = self.hooks.canary_verdict(self.model, self.record.target)
+                self.decide(*(verdict if isinstance(verdict, tuple) else (verdict, None)))
+                carry_out(self, self.hooks)
+            state = self.state
             if state not in IN_FLIGHT or (state is State.CANARY and (state, len(self.record.history)) == before):
                 return state
 
-    @_serialized
+    def canary_started(self, error: BaseException | None = None) -> State:
+        """The serving side's answer to ``StartCanary``: routing a share of traffic to the
+        target, or ``error`` saying why it could not (the update is then rolled back)."""
+        if self.state is not State.CANARY:
+            return self.state  # decided meanwhile (operator)
+        if error is None:
+            self._canary_started = True
+        elif isinstance(error, EdgeError):
+            self._reject(error)
+        else:  # the daemon's loader: report, roll back
+            self._reject(OtaError(f"canary could not start: {type(error).__name__}: {error}"))
+        return self.state
+
+    def decide(self, verdict: Verdict, why: str | None = None) -> State:
+        """The canary's verdict from live traffic: None (window still open), 'promote' or 'rollback'."""
+        if self.state is not State.CANARY or not self._canary_started:
+            return self.state  # decided meanwhile (operator), or no canary routing yet
+        if verdict == "promote":
+            self.sm.fire(Event.PROMOTE, reason="canary verdict: promote" + (f" ({why})" if why else ""))
+            self._finish_active()
+        elif verdict == "rollback":
+            self.sm.fire(Event.ROLLBACK, reason="canary verdict: rollback" + (f" ({why})" if why else ""),
+                         code="canary_rollback")
+            self._finish_rolled_back()
+        return self.state
+
     def step(self) -> State:
         """Do the current state's work once and fire the resulting event."""
         work = {State.DOWNLOADING: self._download, State.VERIFYING: self._verify,
@@ -219,7 +224,6 @@ class Updater:
             self._failed(OtaError(f"{type(e).__name__}: {e}"), retry=True)
         return self.state
 
-    @_serialized
     def resume(self) -> State:
         """After a restart: redo or revert whatever was interrupted (docs/OTA.md has the table)."""
         state = self.state
@@ -234,7 +238,6 @@ class Updater:
             self._discard_target()
         return self.state
 
-    @_serialized
     def promote(self, reason: str = "operator") -> State:
         if self.state is not State.CANARY:
             raise InvalidTransition(f"{self.model}: nothing in canary to promote (state {self.state.value})")
@@ -242,7 +245,6 @@ class Updater:
         self._finish_active()
         return self.state
 
-    @_serialized
     def rollback(self, reason: str = "operator") -> State:
         if self.state not in (State.CANARY, State.ACTIVE):
             raise InvalidTransition(f"{self.model}: nothing to roll back (state {self.state.value})")
@@ -252,7 +254,6 @@ class Updater:
         self._finish_rolled_back()
         return self.state
 
-    @_serialized
     def abandon_active(self, reason: str) -> State:
         """The promoted version fails to load after a restart: go back to the previous one."""
         ptr = read_pointers(self.state_dir, self.model)
@@ -281,40 +282,17 @@ class Updater:
             self.sm.fire(Event.DOWNLOADED, reason="already on disk")
             return
         staging.mkdir(parents=True, exist_ok=True)
-        body = dl.fetch_bytes(self._url(target, MANIFEST), attempts=self.download_attempts,
-                              backoff_s=self.backoff_s, session=self.session)
-        sig = dl.fetch_bytes(self._url(target, SIGNATURE), attempts=self.download_attempts,
-                             backoff_s=self.backoff_s, session=self.session)
-        manifest = self._check_manifest(body, sig)
+        body, sig, manifest = self.registry.manifest(target)
         atomic_write(staging / MANIFEST, body)
         atomic_write(staging / SIGNATURE, sig)
-        total, done_before = manifest.total_size, 0
-        for a in manifest.artifacts:
-            dest = staging / a.path
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            base = done_before
-            dl.download(self._url(target, *a.path.split("/")), dest, a.size, a.sha256,
-                        bandwidth_limit_bps=self.bandwidth_limit_bps, attempts=self.download_attempts,
-                        backoff_s=self.backoff_s, session=self.session,
-                        progress=lambda done, _size, base=base: self._progress(base + done, total))
-            done_before += a.size
-        self.sm.fire(Event.DOWNLOADED, reason=f"{len(manifest.artifacts)} artifacts, {total} bytes")
-
-    def _check_manifest(self, body: bytes, sig: bytes) -> Manifest:
-        signer = verify(body, sig, self.keys)
-        manifest = Manifest.parse(body)
-        if (manifest.model, manifest.version) != (self.model, self.record.target):
-            raise ManifestInvalid(f"manifest is for {manifest.model} {manifest.version}, expected "
-                                  f"{self.model} {self.record.target}")
-        if parse_agent_version(self.agent_version) < parse_agent_version(manifest.min_agent_version):
-            raise AgentTooOld(f"needs edge-agent >= {manifest.min_agent_version}, this is {self.agent_version}")
-        log.debug("%s %s: manifest signed by %s", self.model, manifest.version, signer.key_id)
-        return manifest
+        self.registry.download(manifest, staging, self._progress)
+        self.sm.fire(Event.DOWNLOADED, reason=f"{len(manifest.artifacts)} artifacts, {manifest.total_size} bytes")
 
     def _verify(self) -> None:
         final, staging = self.version_dir(self.record.target), self._staging()
         vdir = final if final.is_dir() else staging
-        manifest = self._check_manifest((vdir / MANIFEST).read_bytes(), (vdir / SIGNATURE).read_bytes())
+        manifest = self.registry.check_manifest((vdir / MANIFEST).read_bytes(), (vdir / SIGNATURE).read_bytes(),
+                                                self.record.target)
         try:
             for a in manifest.artifacts:
                 p = vdir / a.path
@@ -344,39 +322,24 @@ class Updater:
         manifest = Manifest.parse((vdir / MANIFEST).read_bytes())
         fallback = self.record.fallback
         served = served_signature(self.version_dir(fallback) if fallback else None)
-        self.validator(vdir, manifest, served)
-        self.sm.fire(Event.VALIDATED, reason="loads, IO signature matches, golden outputs reproduced")
+        checked = self.validator(vdir, manifest, served)
+        on = f" by {checked.file}, the file this device serves" if getattr(checked, "file", "model.onnx") != "model.onnx" else ""
+        self.sm.fire(Event.VALIDATED, reason=f"loads, IO signature matches, golden outputs reproduced{on}")
 
     def _canary(self) -> None:
-        target = self.record.target
+        """Until the serving side routes traffic to it, ask for that; then wait for ``decide``."""
         if not self._canary_started:
-            try:
-                self.hooks.start_canary(self.model, target, self.version_dir(target))
-            except EdgeError as e:
-                self._reject(e)
-                return
-            except Exception as e:  # the daemon's loader: report, roll back
-                self._reject(OtaError(f"canary could not start: {type(e).__name__}: {e}"))
-                return
-            self._canary_started = True
-        verdict = self.hooks.canary_verdict(self.model, target)
-        verdict, why = verdict if isinstance(verdict, tuple) else (verdict, None)
-        if verdict == "promote":
-            self.sm.fire(Event.PROMOTE, reason="canary verdict: promote" + (f" ({why})" if why else ""))
-            self._finish_active()
-        elif verdict == "rollback":
-            self.sm.fire(Event.ROLLBACK, reason="canary verdict: rollback" + (f" ({why})" if why else ""),
-                         code="canary_rollback")
-            self._finish_rolled_back()
+            target = self.record.target
+            self._intents.append(StartCanary(target, self.version_dir(target)))
 
     def _finish_active(self) -> None:
         self._settle_active()
-        self.hooks.promote(self.model, self.record.target)
+        self._intents.append(Promote(self.record.target))
         self.cleanup()
 
     def _finish_rolled_back(self) -> None:
         self._settle_rolled_back()
-        self.hooks.rollback(self.model, self.record.target)
+        self._intents.append(RollBack(self.record.target))
         self._canary_started = False
 
     def _settle_active(self) -> None:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Union
+from typing import Callable, Iterable, Sequence, Union
 
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader

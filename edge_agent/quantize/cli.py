@@ -15,6 +15,7 @@ from ..errors import EdgeError
 MODES = ("dynamic", "fp16", "qdq")
 CALIBRATE_METHODS = ("Entropy", "MinMax", "Percentile")
 DYNAMIC_WEIGHTS = ("int8", "uint8")
+TARGETS = ("avx512vnni", "avxvnni", "avx2")  # checked against targets.TARGETS by the tests
 DEFAULT_MIN_MEAN_COSINE, DEFAULT_MIN_MIN_COSINE, DEFAULT_MAX_TOP1_DROP_PP = 0.99, 0.98, 3.0
 
 EXIT_OK, EXIT_ERROR, EXIT_GATE_FAILED = 0, 2, 3
@@ -46,9 +47,13 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--smooth-nodes", nargs="*", default=["*"], metavar="GLOB", help="MatMul node names (fnmatch globs) to smooth (default: all)")
     p.add_argument("--disable-optimizers", nargs="*", default=[], metavar="NAME",
                    help="ONNX Runtime graph optimizers to turn off for this version (written to model.yaml session:)")
-    p.add_argument("--dynamic-weights", choices=DYNAMIC_WEIGHTS, default="int8",
-                   help="dynamic mode: int8 weights (U8S8 kernels, fastest with VNNI or Arm dot product; saturate on x86 AVX2 "
-                        "without VNNI) or uint8 (U8U8 kernels, exact on every CPU)")
+    p.add_argument("--dynamic-weights", choices=DYNAMIC_WEIGHTS, default=None,
+                   help="dynamic mode, one file: int8 weights (U8S8 kernels, fastest with VNNI or Arm dot product; saturate on x86 AVX2 "
+                        "without VNNI) or uint8 (U8U8 kernels, exact on every CPU). Default int8")
+    p.add_argument("--targets", type=lambda v: [t.strip() for t in v.split(",") if t.strip()], metavar="T1,T2",
+                   help=f"dynamic mode: build one file per CPU kind and declare them in model.yaml artifacts ({', '.join(TARGETS)}); "
+                        "int8-weight files for VNNI targets, uint8 weights for avx2 and the default model.onnx. Each file passes "
+                        "the gate or nothing is written; on a CPU without VNNI an int8-weight file is gated as its exact twin")
     p.add_argument("--no-per-channel", dest="per_channel", action="store_false", help="per-tensor weight scales")
     p.add_argument("--asymmetric-activations", dest="symmetric", action="store_false", help="QDQ activations with zero points (not for TensorRT)")
     p.add_argument("--min-cosine", type=float, default=DEFAULT_MIN_MEAN_COSINE, help="embedding gate: minimum mean cosine")
@@ -70,14 +75,18 @@ def run(args: argparse.Namespace) -> int:
     if args.smooth_alpha is not None and (args.mode == "fp16" or not args.calibration or not 0 < args.smooth_alpha < 1):
         print("edge-agent quantize: --smooth-alpha needs an INT8 mode, --calibration, and 0 < A < 1", file=sys.stderr)
         return EXIT_ERROR
+    if args.targets is not None and (args.mode != "dynamic" or args.dynamic_weights is not None):
+        print("edge-agent quantize: --targets needs --mode dynamic and sets the weight type per target (no --dynamic-weights)", file=sys.stderr)
+        return EXIT_ERROR
     th = GateThresholds(max_top1_drop_pp=args.max_top1_drop, min_mean_cosine=args.min_cosine, min_min_cosine=args.min_min_cosine)
     try:
         report = quantize_version(
             args.version_dir, args.out, args.mode, eval_source=args.eval_source, calibration=args.calibration,
             task=args.task, thresholds=th, per_channel=args.per_channel, calibrate_method=args.calibrate_method,
             op_types_to_quantize=args.op_types or None, exclude_op_types=args.exclude_op_types, exclude_nodes=args.exclude_nodes,
-            symmetric_activations=args.symmetric, dynamic_weights=args.dynamic_weights, smooth_alpha=args.smooth_alpha, smooth_nodes=args.smooth_nodes,
-            disabled_optimizers=args.disable_optimizers, output=args.output, progress=args.progress,
+            symmetric_activations=args.symmetric, dynamic_weights=args.dynamic_weights or "int8", smooth_alpha=args.smooth_alpha,
+            smooth_nodes=args.smooth_nodes, disabled_optimizers=args.disable_optimizers, output=args.output, progress=args.progress,
+            targets=args.targets,
         )
     except AccuracyGateFailed as e:
         print(json.dumps(e.report.to_dict()) if args.json else e.report.summary(), file=sys.stdout)

@@ -39,6 +39,37 @@ class QuantizationError(EdgeError):
     http_status = 500
 
 
+def _used_domains(graph: onnx.GraphProto, used: set) -> set:
+    for node in graph.node:
+        used.add(node.domain or "")
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _used_domains(attr.g, used)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    _used_domains(g, used)
+    return used
+
+
+def drop_unused_opsets(path: Path) -> list[str]:
+    """Remove opset imports of domains no node uses; returns what went.
+
+    Why: ORT's quantizer (1.32) declares ``ai.onnx.ml`` opset 5 and half a
+    dozen other domains whether the graph uses them or not, and ORT 1.16 (the
+    JetPack 5 units' runtime) refuses to load a model that imports a version
+    it does not know ("Opset 5 is under development"), though no node needs
+    it. The default domain always stays."""
+    model = onnx.load(str(path))
+    used = _used_domains(model.graph, set()) | {f.domain for f in model.functions}
+    keep = [o for o in model.opset_import if (o.domain or "") in ("", "ai.onnx") or o.domain in used]
+    dropped = [f"{o.domain}:{o.version}" for o in model.opset_import if o not in keep]
+    if dropped:
+        del model.opset_import[:]
+        model.opset_import.extend(keep)
+        onnx.save(model, str(path))
+    return dropped
+
+
 def graph_input_names(model: onnx.ModelProto) -> list[str]:
     inits = {i.name for i in model.graph.initializer}
     return [i.name for i in model.graph.input if i.name not in inits]
@@ -152,6 +183,7 @@ def quantize(
             raise
         except Exception as e:  # ORT raises plain exceptions of many kinds
             raise QuantizationError(f"{fp32_model}: {mode} quantization failed: {type(e).__name__}: {e}") from e
+        drop_unused_opsets(result)
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(result), str(out))
     log.info("quantized %s -> %s (%s)", fp32_model, out, mode)

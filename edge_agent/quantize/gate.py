@@ -62,10 +62,12 @@ class AccuracyGateFailed(EdgeError):
         self.report = report
 
 
-def _session(path: Path, disabled_optimizers: Sequence[str] = ()) -> ort.InferenceSession:
+def _session(model: Path | bytes, disabled_optimizers: Sequence[str] = ()) -> ort.InferenceSession:
+    """A CPU session of a file, or of serialized ONNX bytes (an exact twin built in memory)."""
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled_optimizers))
+    src = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled_optimizers))
 
 
 def evaluate(
@@ -87,32 +89,59 @@ def evaluate(
     into what clients see (e.g. TextPipeline.pool for token-state models);
     without it ``output`` (default: the first graph output) is compared.
     """
+    return evaluate_set(reference, {"candidate": candidate}, eval_source, task, thresholds, output=output, postprocess=postprocess,
+                        text_pipeline=text_pipeline, progress=progress, disabled_optimizers=disabled_optimizers)["candidate"]
+
+
+def evaluate_set(
+    reference: Path,
+    candidates: dict[str, Path | bytes],
+    eval_source: CalibrationSource,
+    task: Task,
+    thresholds: GateThresholds | None = None,
+    *,
+    output: str | None = None,
+    postprocess: Callable[[dict, dict], np.ndarray] | None = None,
+    text_pipeline=None,
+    progress: bool = True,
+    disabled_optimizers: Sequence[str] = (),
+) -> dict[str, GateReport]:
+    """``evaluate`` for several candidates (the artifacts of one version) on the same batches; the
+    reference runs once. Each candidate is a file or serialized ONNX bytes; returns a report per key."""
     th = thresholds or GateThresholds()
-    ref, cand = _session(reference), _session(candidate, disabled_optimizers)
+    ref = _session(reference)
+    cands = {k: _session(m, disabled_optimizers) for k, m in candidates.items()}
     names = [i.name for i in ref.get_inputs()]
     out_name = output or ref.get_outputs()[0].name
     batches = load_batches(eval_source, names, text_pipeline)
-    ref_vals, cand_vals, labels = [], [], []
+    ref_vals, labels = [], []
+    cand_vals: dict[str, list] = {k: [] for k in cands}
+
+    def value(sess, feeds):
+        o = dict(zip([x.name for x in sess.get_outputs()], sess.run(None, feeds)))
+        v = postprocess(o, feeds) if postprocess is not None else o[out_name]
+        return np.asarray(v, np.float64).reshape(len(v), -1)
+
     for b in tqdm(batches, desc="evaluating", unit="batch", disable=not progress, leave=False):
         feeds = feeds_of(b, names)
-        r = dict(zip([o.name for o in ref.get_outputs()], ref.run(None, feeds)))
-        c = dict(zip([o.name for o in cand.get_outputs()], cand.run(None, feeds)))
-        if postprocess is not None:
-            r_v, c_v = postprocess(r, feeds), postprocess(c, feeds)
-        else:
-            r_v, c_v = r[out_name], c[out_name]
-        ref_vals.append(np.asarray(r_v, np.float64).reshape(len(r_v), -1))
-        cand_vals.append(np.asarray(c_v, np.float64).reshape(len(c_v), -1))
+        ref_vals.append(value(ref, feeds))
+        for k, sess in cands.items():
+            cand_vals[k].append(value(sess, feeds))
         lab = labels_of(b)
         labels.append(lab if lab is not None else None)
-    R, C = np.concatenate(ref_vals), np.concatenate(cand_vals)
-    if task == "classification":
-        have_labels = all(lab is not None for lab in labels)
-        truth = np.concatenate(labels) if have_labels else R.argmax(1)
-        return _judge_classification(R, C, truth, have_labels, th)
-    if task == "embedding":
-        return _judge_embedding(R, C, th)
-    raise ValueError(f"unknown task {task!r}")
+    R = np.concatenate(ref_vals)
+    out = {}
+    for k in cands:
+        C = np.concatenate(cand_vals[k])
+        if task == "classification":
+            have_labels = all(lab is not None for lab in labels)
+            truth = np.concatenate(labels) if have_labels else R.argmax(1)
+            out[k] = _judge_classification(R, C, truth, have_labels, th)
+        elif task == "embedding":
+            out[k] = _judge_embedding(R, C, th)
+        else:
+            raise ValueError(f"unknown task {task!r}")
+    return out
 
 
 def _judge_classification(R, C, truth, have_labels, th: GateThresholds) -> GateReport:
@@ -151,8 +180,10 @@ def enforce(report: GateReport) -> GateReport:
     return report
 
 
-def record(model_yaml: Path, report: GateReport, precision: str, lineage: dict, disabled_optimizers: Sequence[str] = ()) -> None:
-    """Write the passing figures, precision and lineage into model.yaml.
+def record(model_yaml: Path, report: GateReport, precision: str, lineage: dict, disabled_optimizers: Sequence[str] = (),
+           artifacts: list[dict] | None = None) -> None:
+    """Write the passing figures, precision, lineage and ``artifacts`` (None: none, whatever the
+    source declared) into model.yaml.
 
     The raw YAML mapping is edited (not a re-dump of ModelSpec) so the
     author's keys stay as written; the result is validated before it lands.
@@ -161,6 +192,9 @@ def record(model_yaml: Path, report: GateReport, precision: str, lineage: dict, 
     data["precision"] = precision
     data["accuracy"] = report.to_dict()
     data["lineage"] = lineage
+    data.pop("artifacts", None)
+    if artifacts is not None:
+        data["artifacts"] = artifacts
     if disabled_optimizers:
         data.setdefault("session", {})["disabled_optimizers"] = list(disabled_optimizers)
     ModelSpec.model_validate(data)

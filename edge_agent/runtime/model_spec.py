@@ -8,14 +8,15 @@ inside the daemon from a BYTES input.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Literal
+from pathlib import Path, PurePosixPath
+from typing import List, Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..config import Section, load_yaml_with_lines, validate_with_lines
 from ..errors import ConfigError, ModelLoadError
 from ..types import V2_TO_NP
+from .cpu import KNOWN_FEATURES
 
 V2Type = Literal["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"]
 
@@ -78,6 +79,59 @@ class SessionSpec(Section):
     intra_op_num_threads: int | None = Field(None, ge=0, description="Threads inside one operator for this model; default from runtime.intra_op_num_threads.")
 
 
+DEFAULT_ARTIFACT = "model.onnx"
+
+
+class ArtifactSpec(Section):
+    """One ONNX file of a model version and the CPUs / providers it is built for.
+
+    INT8 speed and even accuracy depend on the CPU's integer instructions
+    (runtime/cpu.py), so one version may ship several builds of the same
+    graph; the daemon serves the first whose requirements this machine meets.
+    """
+
+    file: str = Field(description="ONNX file in the version directory (a plain file name ending in .onnx). Several entries may name the same file.")
+    requires: List[str] = Field(
+        default_factory=list,
+        description="CPU features that must all be present, named as in /proc/cpuinfo (x86 'flags', aarch64 'Features'), "
+        "e.g. [avx512_vnni] or [asimddp]. Unknown names are refused (a typo would never match).",
+    )
+    provider: Optional[Literal["tensorrt", "cuda"]] = Field(
+        None, description="Execution provider this file is for (e.g. tensorrt for a QDQ graph): chosen only when it is in "
+        "runtime.providers and this ONNX Runtime has it; if it then does not bind, the next artifact is loaded instead.",
+    )
+    target: Optional[str] = Field(None, description="Name of the build target (e.g. avx512vnni, avx2), shown in status and metrics.")
+    precision: Optional[Literal["fp32", "fp16", "int8-qdq", "int8-dynamic"]] = Field(
+        None, description="This file's numeric form when it differs from the version's precision (e.g. int8-qdq for a TensorRT file).")
+    accuracy: Optional[dict] = Field(None, description="This file's accuracy gate report, written by `edge-agent quantize`.")
+    recipe: Optional[dict] = Field(None, description="How this file was built (quantization recipe), written by `edge-agent quantize`.")
+
+    @field_validator("file")
+    @classmethod
+    def _plain_onnx_name(cls, v: str) -> str:
+        p = PurePosixPath(v)
+        if len(p.parts) != 1 or v.startswith(".") or "\\" in v or not v.endswith(".onnx"):
+            raise ValueError("must be a plain file name in the version directory ending in .onnx")
+        return v
+
+    @field_validator("requires")
+    @classmethod
+    def _known_features(cls, v: List[str]) -> List[str]:
+        unknown = [f for f in v if f not in KNOWN_FEATURES]
+        if unknown:
+            raise ValueError(f"unknown CPU features {unknown} (known: {', '.join(sorted(KNOWN_FEATURES))})")
+        return v
+
+    @property
+    def is_default(self) -> bool:
+        return not self.requires and self.provider is None
+
+    def condition(self) -> str:
+        """What this entry needs, for messages: 'avx512_vnni', 'tensorrt', 'always'."""
+        parts = list(self.requires) + ([f"provider {self.provider}"] if self.provider else [])
+        return " + ".join(parts) or "always"
+
+
 class ModelSpec(Section):
     name: str | None = Field(None, description="Model name; must match the directory name when given.")
     platform: Literal["onnxruntime"] = Field("onnxruntime", description="Only ONNX Runtime is served.")
@@ -91,9 +145,21 @@ class ModelSpec(Section):
     cache: CacheSpec = Field(default_factory=CacheSpec, description="Response cache settings.")
     session: SessionSpec = Field(default_factory=SessionSpec, description="ONNX Runtime session settings that belong to this graph.")
     text: TextSpec | None = Field(None, description="Text model: tokenize a BYTES input in the daemon and pool the token states.")
+    non_finite_inputs: Literal["reject", "allow"] = Field(
+        "reject",
+        description="NaN or ±Inf in a floating-point input (FP16/FP32/FP64): `reject` refuses the request with "
+        "invalid_input naming the input and the first bad index (a model given NaN answers with confidence all "
+        "the same); `allow` passes them to the graph, for models that handle them (e.g. NaN as a missing-value mark).",
+    )
     precision: Literal["fp32", "fp16", "int8-qdq", "int8-dynamic"] = Field("fp32", description="Numeric form of the graph (drives TensorRT int8/fp16 flags).")
     accuracy: dict | None = Field(None, description="Figures written by the accuracy gate of `edge-agent quantize`.")
     lineage: dict | None = Field(None, description="Source model digest and quantization recipe.")
+    artifacts: Optional[List[ArtifactSpec]] = Field(
+        None,
+        description="Several builds of this version for different CPUs / providers, in order of preference; the daemon "
+        "serves the first whose requirements this machine meets. The last entry is the default: model.onnx without "
+        "requires or provider. Absent: model.onnx alone, as before. Every file must have the same inputs and outputs.",
+    )
 
     @model_validator(mode="after")
     def _unique_names(self):
@@ -102,6 +168,27 @@ class ModelSpec(Section):
             if len(set(names)) != len(names):
                 raise ValueError(f"{kind} names must be unique")
         return self
+
+    @model_validator(mode="after")
+    def _artifacts_ordered(self):
+        arts = self.artifacts
+        if arts is None:
+            return self
+        if not arts or not arts[-1].is_default or arts[-1].file != DEFAULT_ARTIFACT:
+            raise ValueError(f"artifacts: the last entry must be the default {{file: {DEFAULT_ARTIFACT}}} without requires or provider")
+        for i, later in enumerate(arts):
+            for j, earlier in enumerate(arts[:i]):
+                # An earlier entry that matches whenever this one does hides it for good.
+                if set(earlier.requires) <= set(later.requires) and earlier.provider in (None, later.provider):
+                    raise ValueError(f"artifacts: entry {i + 1} ({later.file}, needs {later.condition()}) can never be chosen: "
+                                     f"entry {j + 1} ({earlier.file}, needs {earlier.condition()}) comes first and matches whenever it does")
+        return self
+
+    def artifact_files(self) -> list[str]:
+        """The distinct ONNX files of this version, in order of first mention."""
+        if self.artifacts is None:
+            return [DEFAULT_ARTIFACT]
+        return list(dict.fromkeys(a.file for a in self.artifacts))
 
     def input(self, name: str) -> TensorSpec | None:
         for t in self.inputs:

@@ -17,9 +17,13 @@ clients ran 28 % of its batches with one text (on one thread, a text costs
 ~30 % more alone than in a batch of 8) and its workers waited on an empty
 queue 11-14 % of the time (docs/BENCHMARKS.md).
 
-A request past its deadline is never run: the worker drops it when it reaches
-the head, and a sweeper on the loop fails queued ones that expire while the
-worker is busy. A full queue rejects at once.
+A request is never run past its deadline. A queued request is answered
+``deadline_exceeded`` at its deadline, by a timer on the loop armed for the
+earliest deadline in the queue (the loop is where answers are written, so
+the answer leaves then, not at the next periodic sweep: that one answered up
+to 50 ms late). A worker does not start a request whose deadline is nearer
+than the model's usual batch time (``expected_run``): it would finish late.
+A full queue rejects at once.
 """
 
 from __future__ import annotations
@@ -39,6 +43,14 @@ from ..types import PRIORITY_HIGH, PRIORITY_NORMAL
 log = logging.getLogger("edge_agent.batcher")
 
 _now = time.monotonic
+INF = float("inf")
+# The deadline timer fires no sooner than this after it is armed: when many
+# queued requests expire one after another, one sweep every millisecond
+# answers them all (each within a millisecond of its deadline) instead of one
+# sweep of the queue per request.
+TIMER_MIN_S = 0.001
+# Weight of the newest batch in expected_run (a moving average over ~8 batches).
+RUN_EWMA = 0.125
 
 
 class _Pending:
@@ -55,6 +67,12 @@ class _Pending:
 def _set_exception(fut: asyncio.Future, exc: BaseException) -> None:
     if not fut.done():
         fut.set_exception(exc)
+
+
+def _fail_all(futures: list, exc: BaseException) -> None:
+    for fut in futures:
+        if not fut.done():
+            fut.set_exception(exc)
 
 
 class Batcher:
@@ -89,6 +107,12 @@ class Batcher:
         self.heartbeat = _now()  # last time a worker looped (idle or not)
         self._started: dict[int, float] = {}  # worker index -> when its running batch began
         self.batches = 0
+        # Seconds one batch usually takes (moving average; 0 until one ran).
+        self.expected_run = 0.0
+        # The deadline timer (loop thread only): armed for the earliest
+        # deadline of a queued request, or later than none.
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = INF
         self.instances = max(1, instances)
         QUEUE_DEPTH.labels(model.name, model.version).set_function(lambda: self.queued)
         self._threads = [
@@ -124,12 +148,29 @@ class Batcher:
         incoming = self._incoming
         # Only this thread adds to _size, so a stale read can only overcount.
         if self._size + len(incoming) >= self.max_queue:
-            raise Overloaded(f"model '{self.model.name}': queue full ({self.max_queue} waiting)")
+            raise Overloaded(f"model '{self.model.name}': queue full ({self.max_queue} waiting)", reason="queue_full")
         fut = self.loop.create_future()
         incoming.append((priority, _Pending(prepared, fut, deadline, _now(), store)))
         if len(incoming) == 1:
             self.loop.call_soon(self._hand_over)
+        if deadline < self._timer_at:
+            self._arm(deadline)
         return fut
+
+    def _arm(self, when: float) -> None:
+        """(Re)arm the deadline timer for ``when`` (loop thread). Requests
+        of one priority mostly share one budget, so deadlines mostly grow
+        in submit order and this runs about once per queue turnover."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        delay = when - _now()
+        self._timer = self.loop.call_later(delay if delay > TIMER_MIN_S else TIMER_MIN_S, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = INF
+        self.sweep_expired()
 
     def _hand_over(self) -> None:
         """On the loop, once per turn: move the turn's requests to the workers."""
@@ -150,21 +191,44 @@ class Batcher:
                 _set_exception(p.future, ShuttingDown("model unloaded before the request ran"))
 
     def sweep_expired(self) -> int:
-        """Fail queued requests whose deadline has passed (called on the loop)."""
-        if not self._size:
-            return 0
+        """Fail queued requests whose deadline has passed, and arm the
+        deadline timer for the earliest deadline left (on the loop; the
+        timer calls it, and so may anyone, e.g. a periodic safety net)."""
         now = _now()
-        expired = []
-        with self._cond:
-            for q in self._order:
-                if q and any(p.deadline <= now for p in q):
-                    keep = [p for p in q if p.deadline > now]
-                    expired += [p for p in q if p.deadline <= now]
-                    q.clear()
-                    q.extend(keep)
-            self._size -= len(expired)
-        for p in expired:
-            _set_exception(p.future, DeadlineExceeded("deadline passed while queued; the request was not run"))
+        expired: list[_Pending] = []
+        earliest = INF
+        if self._size:
+            with self._cond:
+                for q in self._order:
+                    n = len(expired)
+                    for p in q:
+                        d = p.deadline
+                        if d <= now:
+                            expired.append(p)
+                        elif d < earliest:
+                            earliest = d
+                    if len(expired) > n:
+                        keep = [p for p in q if p.deadline > now]
+                        q.clear()
+                        q.extend(keep)
+                self._size -= len(expired)
+        incoming = self._incoming
+        if incoming:  # submitted this turn, not handed over yet
+            n = len(expired)
+            for _, p in incoming:
+                d = p.deadline
+                if d <= now:
+                    expired.append(p)
+                elif d < earliest:
+                    earliest = d
+            if len(expired) > n:
+                incoming[:] = [e for e in incoming if e[1].deadline > now]
+        if earliest < self._timer_at:
+            self._arm(earliest)
+        if expired:
+            exc = DeadlineExceeded("deadline passed while queued; the request was not run")
+            for p in expired:
+                _set_exception(p.future, exc)
         return len(expired)
 
     @property
@@ -190,6 +254,9 @@ class Batcher:
         return not (self.queued or self.inflight)
 
     def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         with self._cond:
             self._closing = True
             self._stop = True
@@ -256,13 +323,15 @@ class Batcher:
     def _run(self, batch: list[_Pending], now: float, index: int = 0) -> None:
         live = []
         expired = []
+        # Not started unless it can finish by its deadline, as far as the
+        # recent batches tell.
+        last_start = now + self.expected_run
         for p in batch:
-            (live if p.deadline > now else expired).append(p)
+            (live if p.deadline > last_start else expired).append(p)
         loop = self.loop
         if expired:
-            exc = DeadlineExceeded("deadline passed while queued; the request was not run")
-            for p in expired:
-                loop.call_soon_threadsafe(_set_exception, p.future, exc)
+            exc = DeadlineExceeded("deadline passed, or too near to run the model, while queued; the request was not run")
+            loop.call_soon_threadsafe(_fail_all, [p.future for p in expired], exc)
         if not live:
             self._done(len(batch))
             return
@@ -275,6 +344,8 @@ class Batcher:
         finally:
             t = time.monotonic()
             m.compute.observe(t - started)
+            e = self.expected_run
+            self.expected_run = t - started if not e else e + (t - started - e) * RUN_EWMA
             del self._started[index]
             self.heartbeat = t
             with self._cond:

@@ -5,6 +5,14 @@ extension (``Inference-Header-Content-Length``: the first N bytes are the JSON
 header, binary tensors follow in input order). Decoding checks structure and
 turns data into numpy arrays; checking against a model signature is the
 service's job (validation.py).
+
+The body is hostile until decoded: every size it claims (a shape's element
+count, ``binary_data_size``, the JSON header's length) is checked against the
+bytes actually present before anything is allocated for it, JSON nesting is
+walked without recursion and bounded, and what numpy or Python would raise on
+a hostile value becomes a coded 4xx ``EdgeError``. So what one request can make
+the daemon allocate is a small multiple of its body (itself capped by
+``server.max_body_bytes`` / ``mqtt.max_payload_bytes``), never what it claims.
 """
 
 from __future__ import annotations
@@ -15,11 +23,52 @@ import struct
 import numpy as np
 import orjson
 
-from ..errors import InvalidInput, MalformedRequest
+from ..errors import InvalidInput, MalformedRequest, PayloadTooLarge
 from ..types import PRIORITY_HIGH, PRIORITY_NAMES, V2_TO_NP, InferRequest, InferResponse, v2_datatype
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _OPT = orjson.OPT_SERIALIZE_NUMPY
+
+# Dimensions of one tensor. numpy's own limit is 64 (32 before numpy 2); no
+# served model comes near. Checked first, so a shape of a million entries
+# costs one len() before it is refused.
+MAX_RANK = 32
+# Nesting of a tensor's JSON ``data`` and of request ``parameters``: data can
+# nest no deeper than a tensor's rank; parameters are echoed and hashed
+# (orjson refuses to write past depth 255, Python's repr() recurses).
+MAX_DEPTH = MAX_RANK
+# An input's name is echoed in error messages and logs: names are identifiers.
+MAX_NAME = 256
+# Each binary BYTES element carries at least its 4-byte length.
+_BYTES_LEN = 4
+
+
+def _brief(value, limit: int = 64) -> str:
+    """repr() of a client's value for an error message: scalars only, and cut
+    short. A container is named by its type, because repr() of data nested
+    hundreds deep raises RecursionError and of megabytes makes a megabyte
+    message (that is logged)."""
+    if isinstance(value, (dict, list)):
+        return f"<{type(value).__name__}>"
+    r = repr(value)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
+def _too_deep(value, limit: int) -> bool:
+    """True when lists/objects in ``value`` nest more than ``limit`` deep.
+    Iterative: hostile JSON may be nested 1,000 deep (orjson's own limit is
+    1,024), past Python's recursion limit."""
+    if not isinstance(value, (list, dict)):
+        return False
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > limit:
+            return True
+        for item in v.values() if isinstance(v, dict) else v:
+            if isinstance(item, (list, dict)):
+                stack.append((item, depth + 1))
+    return False
 
 
 def parse_priority(value) -> int:
@@ -27,15 +76,23 @@ def parse_priority(value) -> int:
         try:
             return PRIORITY_NAMES[value.lower()]
         except KeyError:
-            raise MalformedRequest(f"parameters.priority must be one of {sorted(PRIORITY_NAMES)}, got {value!r}") from None
+            raise MalformedRequest(f"parameters.priority must be one of {sorted(PRIORITY_NAMES)}, got {_brief(value)}") from None
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         # 0 is the highest level; everything above high is normal.
         return PRIORITY_HIGH if value == PRIORITY_HIGH else PRIORITY_NAMES["normal"]
-    raise MalformedRequest(f"parameters.priority must be 'high', 'normal' or an integer >= 0, got {value!r}")
+    raise MalformedRequest(f"parameters.priority must be 'high', 'normal' or an integer >= 0, got {_brief(value)}")
 
 
 def decode_bytes_tensor(raw: bytes | memoryview, count: int, name: str) -> np.ndarray:
-    """Binary BYTES: each element is a 4-byte little-endian length then the bytes."""
+    """Binary BYTES: each element is a 4-byte little-endian length then the bytes.
+
+    ``count`` comes from the client's shape: refused before the object array
+    is allocated when ``raw`` cannot hold that many length prefixes."""
+    if count * _BYTES_LEN > len(raw):
+        raise InvalidInput(
+            f"input '{name}': {count} BYTES elements need at least {count * _BYTES_LEN} bytes, "
+            f"binary_data_size is {len(raw)}"
+        )
     out = np.empty(count, dtype=object)
     pos = 0
     raw = bytes(raw)
@@ -63,7 +120,7 @@ def encode_bytes_tensor(arr: np.ndarray) -> bytes:
 
 
 def _json_bytes_data(data, count: int, name: str) -> np.ndarray:
-    flat = _flatten(data)
+    flat = _flatten(data, name)
     if len(flat) != count:
         raise InvalidInput(f"input '{name}': shape needs {count} elements, data has {len(flat)}")
     out = np.empty(count, dtype=object)
@@ -77,15 +134,39 @@ def _json_bytes_data(data, count: int, name: str) -> np.ndarray:
     return out
 
 
-def _flatten(data) -> list:
+def _flatten(data, name: str) -> list:
+    """The leaves of nested lists, row-major; iterative, and refused past
+    MAX_DEPTH (hostile JSON nests deeper than Python can recurse)."""
     if not isinstance(data, list):
         return [data]
-    if data and isinstance(data[0], list):
-        out: list = []
-        for d in data:
-            out.extend(_flatten(d))
-        return out
-    return data
+    if not data or not isinstance(data[0], list):
+        return data  # flat already: the common case costs nothing
+    out: list = []
+    stack = [(iter(data), 1)]
+    while stack:
+        it, depth = stack[-1]
+        for item in it:
+            if isinstance(item, list):
+                if depth >= MAX_DEPTH:
+                    raise InvalidInput(f"input '{name}': data is nested deeper than {MAX_DEPTH} levels")
+                stack.append((iter(item), depth + 1))
+                break
+            out.append(item)
+        else:
+            stack.pop()
+    return out
+
+
+def _numeric_data(data, dtype: np.dtype, datatype: str, name: str) -> np.ndarray:
+    """JSON numbers -> an array of ``dtype``. numpy builds it from the leaves
+    present (so its size is bounded by the body, whatever the shape claims)
+    and stops at its own dimension limit; what it raises on a hostile value
+    (ragged or too deep nesting, strings, objects, out-of-range integers)
+    becomes invalid_input."""
+    try:
+        return np.asarray(data, dtype=dtype)
+    except (ValueError, TypeError, OverflowError, RecursionError) as e:
+        raise InvalidInput(f"input '{name}': data does not fit datatype {datatype}: {str(e)[:200]}") from None
 
 
 def decode_request(
@@ -94,7 +175,18 @@ def decode_request(
     version: str | None = None,
     header_length: int | None = None,
 ) -> InferRequest:
-    """Decode a v2 infer body. Raises MalformedRequest / InvalidInput."""
+    """Decode a v2 infer body. Raises MalformedRequest / InvalidInput, and
+    only those (PayloadTooLarge should memory still run out)."""
+    try:
+        return _decode_request(body, model, version, header_length)
+    except RecursionError:
+        # Every walk of client data here is iterative; this is the net under them.
+        raise MalformedRequest("request is nested too deeply") from None
+    except MemoryError:
+        raise PayloadTooLarge("request needs more memory to decode than is available") from None
+
+
+def _decode_request(body: bytes, model: str, version: str | None, header_length: int | None) -> InferRequest:
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
             raise MalformedRequest(f"{HEADER_LENGTH} {header_length} is outside the body of {len(body)} bytes")
@@ -116,6 +208,9 @@ def decode_request(
     params = doc.get("parameters") or {}
     if not isinstance(params, dict):
         raise MalformedRequest("'parameters' must be an object")
+    for v in params.values():  # scalars (priority, timeout_ms) cost one isinstance each
+        if isinstance(v, (list, dict)) and _too_deep(v, MAX_DEPTH - 1):
+            raise MalformedRequest(f"'parameters' is nested deeper than {MAX_DEPTH} levels")
 
     inputs: dict[str, np.ndarray] = {}
     offset = 0
@@ -125,24 +220,27 @@ def decode_request(
         name = t.get("name")
         shape = t.get("shape")
         datatype = t.get("datatype")
-        if not isinstance(name, str):
-            raise MalformedRequest(f"inputs[{idx}].name must be a string")
+        if not isinstance(name, str) or len(name) > MAX_NAME:
+            raise MalformedRequest(f"inputs[{idx}].name must be a string of at most {MAX_NAME} characters")
         if name in inputs:
             raise MalformedRequest(f"input '{name}' given twice")
+        if isinstance(shape, list) and len(shape) > MAX_RANK:  # before a walk of its entries
+            raise MalformedRequest(f"input '{name}': shape has {len(shape)} dimensions, at most {MAX_RANK}")
         # type() is int: True and False are ints to isinstance.
         if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
             raise MalformedRequest(f"input '{name}': shape must be a list of non-negative integers")
         dtype = V2_TO_NP.get(datatype) if isinstance(datatype, str) else None
         if dtype is None:
-            raise InvalidInput(f"input '{name}': unknown datatype {datatype!r}")
+            raise InvalidInput(f"input '{name}': unknown datatype {_brief(datatype)}")
+        # A Python int: exact however large the dims (no numpy overflow).
         count = math.prod(shape)
         tparams = t.get("parameters") or {}
         bsize = tparams.get("binary_data_size") if isinstance(tparams, dict) else None
         if bsize is not None:
             if binary is None:
                 raise MalformedRequest(f"input '{name}' has binary_data_size but the request has no {HEADER_LENGTH}")
-            if not isinstance(bsize, int) or bsize < 0 or offset + bsize > len(binary):
-                raise MalformedRequest(f"input '{name}': binary_data_size {bsize} overruns the binary data")
+            if type(bsize) is not int or bsize < 0 or offset + bsize > len(binary):
+                raise MalformedRequest(f"input '{name}': binary_data_size {_brief(bsize)} overruns the binary data")
             raw = binary[offset : offset + bsize]
             offset += bsize
             if datatype == "BYTES":
@@ -157,16 +255,28 @@ def decode_request(
             data = t.get("data")
             if data is None:
                 raise MalformedRequest(f"input '{name}' has neither 'data' nor binary_data_size")
+            # Every JSON leaf takes at least one byte of the document: a shape
+            # claiming more elements than that is refused before the data is
+            # looked at. (What is built below is built from leaves present.)
+            if count > len(json_part):
+                raise InvalidInput(
+                    f"input '{name}': shape {shape} needs {count} elements, more than the {len(json_part)}-byte JSON can hold"
+                )
             if datatype == "BYTES":
                 arr = _json_bytes_data(data, count, name)
             else:
-                try:
-                    arr = np.asarray(data, dtype=dtype)
-                except (ValueError, TypeError, OverflowError) as e:
-                    raise InvalidInput(f"input '{name}': data does not fit datatype {datatype}: {e}") from None
+                arr = _numeric_data(data, dtype, datatype, name)
+                if arr.ndim > MAX_DEPTH:
+                    raise InvalidInput(f"input '{name}': data is nested deeper than {MAX_DEPTH} levels")
                 if arr.size != count:
                     raise InvalidInput(f"input '{name}': shape {shape} needs {count} elements, data has {arr.size}")
-        inputs[name] = arr.reshape(shape)
+        # The sizes agree (count elements present), so only an empty shape
+        # with a dimension past numpy's index range ([0, 2**62]) can still
+        # upset numpy here; it allocates nothing for it either way.
+        try:
+            inputs[name] = arr.reshape(shape)
+        except ValueError as e:
+            raise InvalidInput(f"input '{name}': shape {shape}: {e}") from None
     if binary is not None and offset != len(binary):
         raise MalformedRequest(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
 
@@ -189,6 +299,8 @@ def decode_request(
     req = InferRequest(model=model, version=version, inputs=inputs, outputs=outputs)
     rid = doc.get("id")
     if rid is not None:
+        if isinstance(rid, (dict, list)):
+            raise MalformedRequest("'id' must be a string or a number")
         req.id = str(rid)
     if "priority" in params:
         req.priority = parse_priority(params["priority"])

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..errors import EdgeError, ModelNotReady, UnknownModel, UnknownVersion
-from ..ops.metrics import MODEL_INFO, MODEL_LOAD_FAILURES, WARMUP_SECONDS, ModelMetrics
+from ..ops.metrics import MODEL_ARTIFACT, MODEL_INFO, MODEL_LOAD_FAILURES, WARMUP_SECONDS, ModelMetrics
 # The OTA updater owns the on-disk layout: which directories are versions,
 # their order, and the active/previous pointers. The repository reads them
 # with the updater's own functions so the two can never disagree.
@@ -69,9 +69,10 @@ class ModelRepository:
         self.models: dict[str, ModelEntry] = {}
         self.failed: dict[tuple[str, str], str] = {}
         self._lock = asyncio.Lock()
-        # admit(name, version) -> False keeps a version on disk out of sync():
-        # the OTA agent refuses rejected and not yet validated versions, so a
-        # SIGHUP never makes them routable, even briefly.
+        # admit(name, version) -> False: that version may not be routed. sync()
+        # never loads it and retire() unloads it. With OTA on, the daemon installs
+        # the updater's routing rule here once (ota/routing.py), so a refused or
+        # not yet validated version is never routable, not even briefly.
         self.admit: Callable[[str, str], bool] | None = None
         # fn(name) when a model's last version goes (the service drops its per-model state).
         self.on_model_removed: list[Callable[[str], None]] = []
@@ -120,6 +121,7 @@ class ModelRepository:
             self._load_failed(name, version, str(e))
             raise EdgeError(f"model {name}/{version}: {e}") from None
         mv = self._start(model)
+        MODEL_ARTIFACT.labels(name, version, model.artifact.file, model.artifact.target).set(1)
         self.failed.pop((name, version), None)
         self.models.setdefault(name, ModelEntry()).versions[version] = mv
         return mv
@@ -162,6 +164,20 @@ class ModelRepository:
                     del self.failed[k]
             return {"added": added, "removed": removed}
 
+    async def retire(self, name: str) -> list[str]:
+        """Unload the loaded versions of ``name`` that ``admit`` no longer admits
+        (refused, rolled back, deleted from disk), draining each; never the last
+        one, which keeps answering until something replaces it. Returns them."""
+        entry = self.models.get(name)
+        if entry is None or self.admit is None:
+            return []
+        gone = []
+        for version in list(entry.versions):
+            if len(entry.versions) > 1 and not self.admit(name, version):
+                await self.unload(name, version)
+                gone.append(version)
+        return gone
+
     async def unload(self, name: str, version: str, drain_timeout: float = 30.0) -> None:
         entry = self.models.get(name)
         if entry is None or version not in entry.versions:
@@ -174,6 +190,10 @@ class ModelRepository:
         await mv.batcher.drain(drain_timeout)
         mv.batcher.close()
         self._remove_info(mv)
+        try:
+            MODEL_ARTIFACT.remove(name, version, mv.model.artifact.file, mv.model.artifact.target)
+        except KeyError:
+            pass
         mv.model.close()
         if not entry.versions:
             del self.models[name]
@@ -206,12 +226,12 @@ class ModelRepository:
         entry.default = choice
         for v, mv in entry.versions.items():
             self._remove_info(mv)
-            MODEL_INFO.labels(name, v, mv.model.provider, mv.model.spec.precision, "true" if v == choice else "false").set(1)
+            MODEL_INFO.labels(name, v, mv.model.provider, mv.model.artifact.precision, "true" if v == choice else "false").set(1)
 
     def _remove_info(self, mv: ModelVersion) -> None:
         for d in ("true", "false"):
             try:
-                MODEL_INFO.remove(mv.name, mv.version, mv.model.provider, mv.model.spec.precision, d)
+                MODEL_INFO.remove(mv.name, mv.version, mv.model.provider, mv.model.artifact.precision, d)
             except KeyError:
                 pass
 
@@ -260,7 +280,11 @@ class ModelRepository:
                     "default": v == entry.default,
                     "canary": bool(entry.canary and entry.canary.version == v),
                     "provider": mv.model.provider,
-                    "precision": mv.model.spec.precision,
+                    "provider_fallback": mv.model.provider_fallback,
+                    "precision": mv.model.artifact.precision,
+                    "artifact": mv.model.artifact.file,
+                    "artifact_target": mv.model.artifact.target,
+                    "artifact_reason": mv.model.artifact.reason,
                     "queue_depth": mv.batcher.queued,
                 })
         for (name, v), reason in sorted(self.failed.items()):

@@ -1,24 +1,36 @@
-"""The transport-independent core: validate -> route -> cache -> batch -> respond.
+"""The transport-independent core: admit -> route -> cache -> batch -> respond.
 
 Every transport calls ``InferenceService.infer`` with an ``InferRequest`` and
 gets an ``InferResponse`` or an ``EdgeError`` (with its stable code). Nothing
 here knows about HTTP or MQTT.
+
+A request's deadline counts from its arrival (``InferRequest.arrived``: the
+first byte of an HTTP request, the receipt of an MQTT message), not from when
+the service sees it: time spent waiting for the event loop is part of the
+budget the client gave. Admission comes first, before the cache and the
+batcher, and costs a few float comparisons: a request whose deadline has
+passed, or is nearer than its model's usual batch time, gets
+``deadline_exceeded``; while the event loop lags (serving/admission.py), or
+when a request has used most of its budget before reaching the service, it
+gets ``overloaded``. No answer is sent after its deadline: an answer that
+is ready only after it is replaced by ``deadline_exceeded``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
 from functools import partial
+from types import CoroutineType
 
-from ..cache import SingleFlight, request_key
-from ..cache.governor import Governor
-from ..cache.keys import input_fingerprint, memo_key
+from ..cache import SKIP, CacheFront, Hit
 from ..config import Config
-from ..errors import EdgeError, ModelNotReady, ShuttingDown, UnknownModel, UnknownVersion
+from ..errors import DeadlineExceeded, EdgeError, ModelNotReady, Overloaded, ShuttingDown, UnknownModel, UnknownVersion
 from ..ops.metrics import REQUEST_ERRORS
 from ..types import PRIORITY_HIGH, InferRequest, InferResponse
+from .admission import LoopLag
 from .repository import ModelRepository, ModelVersion
 
 log = logging.getLogger("edge_agent.service")
@@ -26,33 +38,37 @@ log = logging.getLogger("edge_agent.service")
 _now = time.monotonic
 
 
-class Pending:
-    """A request ``InferenceService.start`` has set going. ``work`` is a
-    future when ``is_future``, else a coroutine to await or run as a task;
-    it ends with the outputs, or with the whole response when ``whole``
-    (offloaded work)."""
+class Started:
+    """A request ``InferenceService.start`` has set going: ``future`` ends
+    with the outputs, or with the whole response when ``whole`` (offloaded
+    work); the rest is what ``settle`` needs to count and finish it. Work
+    that is a coroutine (single flight, offload) is run as a task here, so
+    every caller waits on a future, the same way; any other ``work`` must
+    be a future (the batcher's)."""
 
-    __slots__ = ("work", "is_future", "req", "mv", "t0", "whole")
+    __slots__ = ("future", "req", "mv", "t0", "whole", "deadline")
 
-    def __init__(self, work, is_future: bool, req: InferRequest, mv: ModelVersion | None, t0: float, whole: bool) -> None:
-        self.work = work
-        self.is_future = is_future
+    def __init__(self, work, req: InferRequest, mv: ModelVersion | None, t0: float, whole: bool,
+                 deadline: float = float("inf")) -> None:
+        # A class check, not asyncio.isfuture: this runs for every request.
+        self.future = asyncio.ensure_future(work) if work.__class__ is CoroutineType else work
         self.req = req
         self.mv = mv
         self.t0 = t0
         self.whole = whole
+        self.deadline = deadline
 
 
 class InferenceService:
     def __init__(self, cfg: Config, repo: ModelRepository, cache=None) -> None:
         self.repo = repo
         self.cache = cache
-        self.flights = SingleFlight()
-        # Per model: look up only a sample while its answers are not reused.
-        self._governors: dict[str, Governor] = {}
+        # What the cache decides per request (Hit, Miss or Skip), with its
+        # governors, single flight and memo of encoded answers (cache/front.py).
+        self.front = CacheFront(cache, cfg.cache, route=repo.route, answered=self._count_ok)
         # Names of the models whose governor samples: transports skip the memo for them.
-        self.sampling_models: set[str] = set()
-        repo.on_model_removed.append(self._forget_model)
+        self.sampling_models = self.front.governors.sampling
+        repo.on_model_removed.append(self.front.forget)
         self.accepting = True
         self.inflight = 0
         self.started = _now()
@@ -60,6 +76,18 @@ class InferenceService:
         self.count_err = 0
         # Recent end-to-end latencies (seconds) for telemetry percentiles.
         self.recent = deque(maxlen=4096)
+        # Refusal counters by (transport, code, reason), bound once: under
+        # load shedding they count thousands of refusals a second.
+        self._refusals: dict[tuple[str, str, str], object] = {}
+        self._admit_credit = 0.0  # loop_lag shedding: admit a request each time this reaches 1
+        # How late the event loop runs. Measured from here, the one object
+        # every transport goes through, on the loop the service is built on
+        # (none: never sheds on lag, e.g. a service built outside a loop).
+        self.loop_lag = LoopLag(cfg.admission.loop_lag_interval_ms / 1000.0)
+        try:
+            self.loop_lag.start(asyncio.get_running_loop())
+        except RuntimeError:
+            pass
         self.configure(cfg)
         # Observers of finished requests, e.g. the OTA canary judge:
         # fn(model_version, ok: bool, seconds: float). They see what says
@@ -70,84 +98,108 @@ class InferenceService:
         self.offloader = None
 
     def configure(self, cfg: Config) -> None:
-        """Take a (re)loaded configuration: default deadlines per priority."""
+        """Take a (re)loaded configuration: default deadlines per priority,
+        and the admission thresholds."""
         self.cfg = cfg
         self._deadline = {PRIORITY_HIGH: cfg.batching.deadline_high_s}
         self._deadline_normal = cfg.batching.deadline_normal_s
+        a = cfg.admission
+        self._shed_lag = a.shed_loop_lag_ms / 1000.0 if a.shed_loop_lag_ms > 0 else float("inf")
+        self._shed_age = a.shed_age_fraction
+        self.loop_lag.interval = a.loop_lag_interval_ms / 1000.0
+
+    def close(self) -> None:
+        """Stop measuring the event loop's lag."""
+        self.loop_lag.stop()
 
     async def infer(self, req: InferRequest, transport: str = "socket") -> InferResponse:
-        """The answer to ``req``; raises an ``EdgeError`` (counted and observed)."""
+        """The answer to ``req``; raises an ``EdgeError`` (counted and observed).
+        ``start``, then ``settle`` once its future is done: the same two
+        halves the HTTP transport calls from callbacks."""
         r = self.start(req, transport)
-        if r.__class__ is not Pending:
+        if r.__class__ is not Started:
             return r
         try:
-            value = await r.work
-        except EdgeError as e:
-            self.inflight -= 1
-            self._failed(r.mv, e, r.t0, transport)
-            raise
-        except BaseException:
+            await r.future
+        except Exception:
+            pass  # the work's own error: settle raises it, counted
+        except BaseException:  # this task was cancelled (the future with it)
             self.inflight -= 1
             raise
-        self.inflight -= 1
-        return self._complete(r, value)
+        return self.settle(r, transport)
 
-    def start(self, req: InferRequest, transport: str = "socket") -> InferResponse | Pending:
+    def start(self, req: InferRequest, transport: str = "socket") -> InferResponse | Started:
         """``infer`` without a coroutine, for transports that answer from a
         callback (the HTTP server), with no task or coroutine per request.
 
         Returns the response when it is known at once (a cache hit), else a
-        ``Pending`` whose ``work`` (a future, or a coroutine that the caller
-        runs as a task) ends with the answer; the caller then hands the done
-        future to ``settle``. Raises an ``EdgeError`` as ``infer`` does."""
+        ``Started`` whose ``future`` ends with the answer; once it is done,
+        the caller hands the ``Started`` to ``settle``. Raises an
+        ``EdgeError`` as ``infer`` does."""
         t0 = _now()
         mv: ModelVersion | None = None
         self.inflight += 1
         try:
             if not self.accepting:
                 raise ShuttingDown("the daemon is shutting down")
+            # Admission, before routing, the cache and the batcher: a few
+            # float operations (the clock was read above). ``late``: how long
+            # the request's bytes may have waited for the loop before the
+            # transport saw them (admission.py), counted as part of its age,
+            # so no answer reaches a client after the deadline it set though
+            # a lagging loop hid that wait.
+            lag = self.loop_lag
+            late = t0 - lag.since
+            if late < lag.floor:
+                late = lag.floor
+            arrived = req.arrived
+            if arrived is None or arrived > t0:
+                arrived = t0
+            arrived -= late
+            deadline = req.deadline
+            if deadline is None:
+                limit = self._deadline.get(req.priority, self._deadline_normal)
+                if req.timeout_s is not None and req.timeout_s < limit:
+                    limit = req.timeout_s
+                deadline = req.deadline = arrived + limit
+            if deadline <= t0:
+                raise DeadlineExceeded(f"deadline passed {(t0 - deadline) * 1000:.1f} ms before the request reached the "
+                                       f"service (event loop {late * 1000:.1f} ms late); it was not run")
+            if late > self._shed_lag and lag.sustained > self._shed_lag:
+                # Refuse in proportion to the lag (at twice the threshold,
+                # every other request), not all: when refusing alone keeps
+                # the loop this busy, refusing all would answer nobody.
+                self._admit_credit += self._shed_lag / late
+                if self._admit_credit < 1.0:
+                    raise Overloaded(f"the daemon's event loop runs {late * 1000:.0f} ms late (admission.shed_loop_lag_ms "
+                                     f"{self._shed_lag * 1000:.0f}); refused at once", reason="loop_lag")
+                self._admit_credit -= 1.0
+            if t0 - arrived > self._shed_age * (deadline - arrived):
+                raise Overloaded(f"the request reached the service {(t0 - arrived) * 1000:.1f} ms after it arrived, more than "
+                                 f"{self._shed_age:g} of its {(deadline - arrived) * 1000:.1f} ms budget; refused at once", reason="late")
             try:
                 mv = self.repo.route(req.model, req.version)
             except (UnknownModel, UnknownVersion, ModelNotReady) as e:
                 if self.offloader is None or not self.offloader.wants_unavailable(req.model):
                     raise
-                return Pending(self._offload_unavailable(req, e, t0), False, req, None, t0, True)
+                return Started(self._offload_unavailable(req, e, t0), req, None, t0, True, deadline)
             model = mv.model
+            if deadline - t0 < mv.batcher.expected_run:
+                raise DeadlineExceeded(f"{(deadline - t0) * 1000:.1f} ms left before the deadline, model '{model.name}' needs "
+                                       f"about {mv.batcher.expected_run * 1000:.1f} ms; the request was not run")
             prepared = model.prepare(req)
-            cache = self.cache
-            key = None
-            if cache is not None and req.use_cache and model.spec.cache.enabled:
-                gov = self._governors.get(model.name)
-                if gov is None:
-                    c = self.cfg.cache
-                    gov = self._governors[model.name] = Governor(model.name, c.sample_window, c.sample_below_hit_ratio,
-                                                                       self.sampling_models)
-                # While this model's answers are not reused, only a sample of
-                # requests is keyed, and between two windows of samples no
-                # request is even fingerprinted (governor.py: dormancy); the
-                # others run as with the cache off.
-                if gov.dormant_left:
-                    gov.dormant_left -= 1
-                elif gov.looks_up(fp := input_fingerprint(req)):
-                    # The key holds the model file's digest, so a new version
-                    # never reads another version's answers.
-                    key = request_key(model.name, model.digest, req)
-                    hit = cache.get(key)
-                    if hit is not None:
-                        gov.hit(fp)
-                        self.inflight -= 1
-                        resp = self._finish(req, mv, hit, t0, cached=True)
-                        resp.cache_key = key
-                        return resp
-            limit = self._deadline.get(req.priority, self._deadline_normal)
-            if req.timeout_s is not None and req.timeout_s < limit:
-                limit = req.timeout_s
-            deadline = req.deadline if req.deadline is not None else t0 + limit
+            # The cache's one decision (cache/front.py): Hit, Miss or SKIP.
+            found = self.front.lookup(mv, req)
+            if found.__class__ is Hit:
+                self.inflight -= 1
+                resp = self._finish(req, mv, found.outputs, t0, cached=True)
+                resp.cache_key = found.key
+                return resp
             if self.offloader is not None and self.offloader.wants(mv):
-                return Pending(self._offload_first(req, mv, prepared, deadline, key, t0), False, req, mv, t0, True)
-            if key is not None:
-                return Pending(self._submit_shared(mv, prepared, req.priority, deadline, key), False, req, mv, t0, False)
-            return Pending(mv.batcher.submit(prepared, req.priority, deadline), True, req, mv, t0, False)
+                return Started(self._offload_first(req, mv, prepared, deadline, found, t0), req, mv, t0, True, deadline)
+            if found is not SKIP:
+                return Started(self._submit_shared(mv, prepared, req.priority, deadline, found), req, mv, t0, False, deadline)
+            return Started(mv.batcher.submit(prepared, req.priority, deadline), req, mv, t0, False, deadline)
         except EdgeError as e:
             self.inflight -= 1
             self._failed(mv, e, t0, transport)
@@ -156,35 +208,37 @@ class InferenceService:
             self.inflight -= 1
             raise
 
-    def settle(self, r: Pending, done, transport: str = "socket") -> InferResponse:
-        """The answer of a ``Pending`` whose work (as the future ``done``) has
-        finished; raises its ``EdgeError``, counted and observed."""
+    def settle(self, r: Started, transport: str = "socket") -> InferResponse:
+        """The answer of a ``Started`` whose future is done; raises its
+        ``EdgeError``, counted and observed."""
         self.inflight -= 1
         try:
-            value = done.result()
+            value = r.future.result()
+            if _now() > r.deadline:
+                raise _late(r)
         except EdgeError as e:
             self._failed(r.mv, e, r.t0, transport)
             raise
         return self._complete(r, value)
 
-    def _complete(self, r: Pending, value) -> InferResponse:
+    def _complete(self, r: Started, value) -> InferResponse:
         if r.whole:  # the work ended with the response itself
             return value
         return self._finish(r.req, r.mv, value, r.t0, cached=False)
 
-    def _submit_shared(self, mv: ModelVersion, prepared, priority: int, deadline: float, key):
+    def _submit_shared(self, mv: ModelVersion, prepared, priority: int, deadline: float, miss):
         # Identical requests arriving while this one runs share its
         # inference. The batcher's worker thread stores the answer (off the
         # event loop) before any of them, or a later request, sees it.
-        put = partial(self.cache.put, key, ttl_s=mv.model.spec.cache.ttl_s)
-        return self.flights.run(key, lambda: mv.batcher.submit(prepared, priority, deadline, put))
+        store = miss.store
+        return self.front.share(miss, lambda: mv.batcher.submit(prepared, priority, deadline, store))
 
-    async def _offload_first(self, req: InferRequest, mv: ModelVersion, prepared, deadline: float, key, t0: float) -> InferResponse:
+    async def _offload_first(self, req: InferRequest, mv: ModelVersion, prepared, deadline: float, found, t0: float) -> InferResponse:
         resp = await self.offloader.offload(req)
         if resp is not None:
             return self._offloaded(resp, t0)
-        if key is not None:
-            outputs = await self._submit_shared(mv, prepared, req.priority, deadline, key)
+        if found is not SKIP:
+            outputs = await self._submit_shared(mv, prepared, req.priority, deadline, found)
         else:
             outputs = await mv.batcher.submit(prepared, req.priority, deadline)
         return self._finish(req, mv, outputs, t0, cached=False)
@@ -199,10 +253,19 @@ class InferenceService:
             if e.http_status >= 500:
                 for fn in self.observers:
                     fn(mv, False, _now() - t0)
+            if e.__class__ is Overloaded:  # queue full: counted with the other refusals too, by reason
+                self._refused(transport, e)
         else:
-            REQUEST_ERRORS.labels(transport, e.code).inc()
+            self._refused(transport, e)
 
-    # --- the memo of encoded answers (cache/response_cache.py) --------------
+    def _refused(self, transport: str, e: EdgeError) -> None:
+        key = (transport, e.code, getattr(e, "reason", ""))
+        c = self._refusals.get(key)
+        if c is None:
+            c = self._refusals[key] = REQUEST_ERRORS.labels(*key)
+        c.inc()
+
+    # --- the memo of encoded answers (cache/memo.py) ---------------------------
 
     def memo_lookup(self, transport: bytes, name: str, version: str | None, request: bytes):
         """Before decoding: the encoded answer a transport kept for a request
@@ -213,39 +276,17 @@ class InferenceService:
         keeps with ``memo_keep`` is that version's answer, whatever a canary
         split would pick next. Transports need not call it for the models in
         ``sampling_models``: their inputs do not repeat, so their bytes are
-        not digested."""
-        cache = self.cache
-        if cache is None or cache.memo is None:
+        not digested. The rules are the memo's (cache/memo.py); a daemon
+        shutting down answers nothing from it."""
+        memo = self.front.memo
+        if memo is None or not self.accepting:
             return None, None
-        gov = self._governors.get(name)
-        if gov is None or gov.sampling:
-            return None, None
-        t0 = _now()
-        try:
-            mv = self.repo.route(name, version)
-        except EdgeError:
-            return None, None  # the full path says why, in its own words
-        model = mv.model
-        if not model.spec.cache.enabled or not self.accepting:
-            return None, None
-        key = memo_key(transport, name, mv.version, model.digest, request)
-        answer = cache.memo_get(key)
-        if answer is None:
-            return None, (key, mv.version)
-        gov.memo_hit()
-        self._count_ok(mv, _now() - t0)
-        return answer, None
+        return memo.lookup(transport, name, version, request)
 
     def memo_keep(self, key: bytes, resp: InferResponse, answer, size: int) -> None:
         """After encoding a cached answer: keep ``answer`` (``size`` bytes)
         under the ``key`` that ``memo_lookup`` gave."""
-        if resp.cache_key is not None:
-            self.cache.memo_put(key, resp.cache_key, answer, size)
-
-    def _forget_model(self, name: str) -> None:
-        gov = self._governors.pop(name, None)
-        if gov is not None:
-            gov.close()
+        self.front.memo.keep(key, resp, answer, size)
 
     def _count_ok(self, mv: ModelVersion, dt: float) -> None:
         m = mv.metrics
@@ -271,7 +312,7 @@ class InferenceService:
     def refused(self, transport: str, err: EdgeError) -> None:
         """Count an error raised by a transport before the request reached us."""
         self.count_err += 1
-        REQUEST_ERRORS.labels(transport, err.code).inc()
+        self._refused(transport, err)
 
     def stats(self) -> dict:
         lat = sorted(self.recent)
@@ -286,4 +327,11 @@ class InferenceService:
             "inflight": self.inflight,
             "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99)},
             "queue_depth": sum(mv.batcher.queued for mv in self.repo.all_versions()),
+            "event_loop_lag_ms": round(self.loop_lag.recent_max() * 1000, 1),
         }
+
+
+def _late(r: Started) -> DeadlineExceeded:
+    """An answer ready only after its deadline is not sent: the client was
+    promised none after it (and has most likely given up waiting)."""
+    return DeadlineExceeded(f"the answer was ready {(_now() - r.deadline) * 1000:.1f} ms after the deadline; not sent")

@@ -1,10 +1,13 @@
 """KServe v2 HTTP API on a Unix socket (and an optional loopback TCP port).
 
-The HTTP protocol layer is httpserver.py (raw asyncio + httptools); this
-module owns the listeners' setup and the routes, with a hand-written router
-that checks infer first: at ~10k requests/s on two cores every microsecond
-per request counts. Decoding/encoding is in serving/codec.py, the core in
-serving/service.py.
+The HTTP protocol layer is the httpserver package (raw asyncio + httptools);
+this module owns the listeners' setup and answers each request: its route is
+parsed once (http_routes.py), and ``respond`` answers it. Inference has one
+path: decode, ``service.start``, and either the answer at once (a cache hit,
+an error) or an ``_InferLater`` holding the service's future, which the
+server finishes from a callback or, behind pipelined requests, from its
+connection's task: the same future and the same ``settle`` either way.
+Decoding/encoding is in serving/codec.py, the core in serving/service.py.
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from .. import __version__
 from ..errors import EdgeError, MalformedRequest, NotFound
 from ..serving.codec import HEADER_LENGTH, decode_request, encode_error, encode_response
-from ..serving.service import Pending
+from ..serving.service import Started
 from ..types import InferRequest, InferResponse
+from .authority import ControlAuthority
+from .http_routes import (INFER, LIVE, METRICS, MODEL, MODEL_ACTION, MODEL_READY, READY, RELOAD, REPOSITORY_INDEX,
+                          SERVER, STATUS, parse_route)
 from .httpserver import CT_JSON, HttpServer, Later, Request
 
 log = logging.getLogger("edge_agent.http")
@@ -33,6 +39,7 @@ _EXTENSIONS = ["binary_tensor_data", "model_repository", "edge_agent"]
 _HL_KEY = HEADER_LENGTH.lower().encode()
 _CT_BINARY = b"Content-Type: application/octet-stream\r\n" + HEADER_LENGTH.encode() + b": %d\r\n"
 _CT_METRICS = b"Content-Type: " + CONTENT_TYPE_LATEST.encode() + b"\r\n"
+_BEARER = b'WWW-Authenticate: Bearer realm="edge-agent control"\r\n'
 
 
 class ErrorLog:
@@ -97,20 +104,23 @@ def _body(req: Request) -> bytes:
 
 
 class _InferLater(Later):
-    __slots__ = ("http", "ireq", "pending", "pin")
+    """An inference request the service has started: its future, and how
+    to turn the settled response into the answer."""
 
-    def __init__(self, future, req: Request, http: "HttpTransport", ireq: InferRequest, pending: Pending, pin) -> None:
-        self.future = future
+    __slots__ = ("http", "ireq", "started", "pin")
+
+    def __init__(self, started: Started, req: Request, http: "HttpTransport", ireq: InferRequest, pin) -> None:
+        self.future = started.future
         self.req = req
         self.http = http
         self.ireq = ireq
-        self.pending = pending
+        self.started = started
         self.pin = pin
 
     def answer(self) -> tuple[int, bytes, bytes]:
         http = self.http
         try:
-            resp = http.app.service.settle(self.pending, self.future)
+            resp = http.app.service.settle(self.started)
         except EdgeError as e:
             http.errlog(f"infer {self.ireq.model}", e)
             return _error(e)
@@ -125,15 +135,21 @@ class HttpTransport:
     """
 
     def __init__(self, app, socket_path: Path | None, socket_mode: int, socket_group: str | None,
-                 tcp: tuple[str, int] | None, max_body: int) -> None:
+                 tcp: tuple[str, int] | None, max_body: int, authority: ControlAuthority | None = None,
+                 tcp_ssl=None, limits=None) -> None:
         self.app = app
+        # Control endpoints need authority (transports/authority.py); the
+        # default allows root and this process's user only, and no TCP peer.
+        self.authority = authority or ControlAuthority(None, None)
+        self.tcp_ssl = tcp_ssl
         self.socket_path = socket_path
         self.socket_mode = socket_mode
         self.socket_group = socket_group
         self.tcp = tcp
         self.max_body = max_body
         self.errlog = ErrorLog(log)
-        self._server = HttpServer(self._handle, max_body, self._protocol_error, self._fast)
+        # limits: server.limits (HttpLimits' attributes); None: HttpLimits' defaults
+        self._server = HttpServer(self.respond, max_body, self._protocol_error, limits)
         self.tcp_port: int | None = None
         self.draining = False
         self._socket_id: tuple[int, int] | None = None
@@ -163,8 +179,9 @@ class HttpTransport:
             self._socket_id = _file_id(path)
             log.info("serving KServe v2 on unix:%s", path)
         if self.tcp is not None:
-            self.tcp_port = await self._server.listen_tcp(self.tcp[0], self.tcp[1])
-            log.info("serving KServe v2 on http://%s:%d", self.tcp[0], self.tcp_port)
+            self.tcp_port = await self._server.listen_tcp(self.tcp[0], self.tcp[1], ssl=self.tcp_ssl)
+            log.info("serving KServe v2 on %s://%s:%d (control over TCP: %s)", "https" if self.tcp_ssl else "http",
+                     self.tcp[0], self.tcp_port, "bearer token" if self.authority.token else "off")
 
     def stop_listening(self) -> None:
         """Stop accepting connections; open ones get their answers with
@@ -190,71 +207,66 @@ class HttpTransport:
         self.app.service.refused("socket", err)
         self.errlog("http", err)
 
-    # --- routing -----------------------------------------------------------------
+    # --- answering ------------------------------------------------------------------
 
-    async def _handle(self, req: Request) -> tuple[int, bytes, bytes]:
-        path = req.path
-        method = req.method
+    def respond(self, req: Request):
+        """The answer to ``req`` (httpserver's hook): a tuple, an
+        ``_InferLater``, or a coroutine for the control routes that wait."""
+        route = parse_route(req.method, req.path)
+        if route.kind == INFER:  # the hot path
+            return self._infer(req, route.model, route.version)
         try:
-            if path.startswith("/v2/models/"):
-                parts = path[11:].split("/")
-                if len(parts) == 2 and parts[1] == "infer" and method == "POST":  # the hot path
-                    return await self._infer(req, parts[0], None)
-                name = parts[0]
-                version = None
-                rest = parts[1:]
-                if len(rest) >= 2 and rest[0] == "versions":
-                    version = rest[1]
-                    rest = rest[2:]
-                if rest == ["infer"] and method == "POST":
-                    return await self._infer(req, name, version)
-                if not rest and method == "GET":
-                    return self._model_metadata(name, version)
-                if rest == ["ready"] and method == "GET":
-                    return self._model_ready(name, version)
-                raise NotFound(f"no route {method} {path}")
-            if method == "GET":
-                if path == "/v2/health/live":
-                    return _json({"live": True})
-                if path == "/v2/health/ready":
-                    ready = self.app.ready and not self.draining
-                    return _json({"ready": ready}, 200 if ready else 503)
-                if path == "/v2":
-                    return _json({"name": "edge-agent", "version": __version__, "extensions": _EXTENSIONS})
-                if path == "/metrics":
-                    return 200, _CT_METRICS, generate_latest(REGISTRY)
-                if path == "/edge/status":
-                    return _json(self.app.status())
-            if method == "POST":
-                if path == "/v2/repository/index":
-                    return _json(self.app.repo.index())
-                if path == "/edge/reload":
-                    return _json(await self.app.reload())
-                if path.startswith("/edge/models/"):
-                    parts = path[13:].split("/")
-                    if len(parts) == 2:
-                        body = _body(req)
-                        try:
-                            doc = orjson.loads(body) if body else {}
-                        except orjson.JSONDecodeError as e:
-                            raise MalformedRequest(f"body is not valid JSON: {e}") from None
-                        return _json(await self.app.ctl(parts[0], parts[1], doc))
-            raise NotFound(f"no route {method} {path}")
+            return self._answer(req, route)
         except EdgeError as e:
-            self.errlog(f"{method} {path}", e)
-            return _error(e)
+            return self._refused(req, e)
 
-    def _fast(self, req: Request):
-        """Inference requests, answered without a task (httpserver.Later)."""
-        if req.method == "POST" and req.path.startswith("/v2/models/"):
-            parts = req.path[11:].split("/")
-            if len(parts) == 2 and parts[1] == "infer":
-                return self._infer_now(req, parts[0], None)
-            if len(parts) == 4 and parts[1] == "versions" and parts[3] == "infer":
-                return self._infer_now(req, parts[0], parts[2])
-        return None
+    def _answer(self, req: Request, route):
+        kind = route.kind
+        if route.control:  # every POST under /edge/ changes state
+            who = self.authority.check(req.transport, req.headers)
+            log.info("control: %s %s by %s", req.method, req.path, who)
+        if kind == MODEL:
+            return self._model_metadata(route.model, route.version)
+        if kind == MODEL_READY:
+            return self._model_ready(route.model, route.version)
+        if kind == LIVE:
+            return _json({"live": True})
+        if kind == READY:
+            ready = self.app.ready and not self.draining
+            return _json({"ready": ready}, 200 if ready else 503)
+        if kind == SERVER:
+            return _json({"name": "edge-agent", "version": __version__, "extensions": _EXTENSIONS})
+        if kind == METRICS:
+            return 200, _CT_METRICS, generate_latest(REGISTRY)
+        if kind == STATUS:
+            return _json(self.app.status())
+        if kind == REPOSITORY_INDEX:
+            return _json(self.app.repo.index())
+        if kind == RELOAD:
+            return self._control(req, self.app.reload())
+        if kind == MODEL_ACTION:
+            body = _body(req)
+            try:
+                doc = orjson.loads(body) if body else {}
+            except orjson.JSONDecodeError as e:
+                raise MalformedRequest(f"body is not valid JSON: {e}") from None
+            return self._control(req, self.app.ctl(route.model, route.action, doc))
+        raise NotFound(f"no route {req.method} {req.path}")
 
-    def _infer_now(self, req: Request, name: str, version: str | None):
+    async def _control(self, req: Request, work) -> tuple[int, bytes, bytes]:
+        try:
+            return _json(await work)
+        except EdgeError as e:
+            return self._refused(req, e)
+
+    def _refused(self, req: Request, e: EdgeError) -> tuple[int, bytes, bytes]:
+        self.errlog(f"{req.method} {req.path}", e)
+        if e.http_status == 401:
+            return 401, CT_JSON + _BEARER, encode_error(e)
+        return _error(e)
+
+    def _infer(self, req: Request, name: str, version: str | None):
+        """The one inference path: the answer, or an ``_InferLater``."""
         answer, ireq, pin = self._decode(req, name, version)
         if answer is not None:
             return answer
@@ -263,20 +275,9 @@ class HttpTransport:
         except EdgeError as e:
             self.errlog(f"infer {name}", e)
             return _error(e)
-        if r.__class__ is not Pending:
+        if r.__class__ is not Started:
             return self._encode(ireq, r, pin)
-        return _InferLater(r.work if r.is_future else self._server.loop.create_task(r.work), req, self, ireq, r, pin)
-
-    async def _infer(self, req: Request, name: str, version: str | None) -> tuple[int, bytes, bytes]:
-        answer, ireq, pin = self._decode(req, name, version)
-        if answer is not None:
-            return answer
-        try:
-            resp = await self.app.service.infer(ireq)
-        except EdgeError as e:
-            self.errlog(f"infer {name}", e)
-            return _error(e)
-        return self._encode(ireq, resp, pin)
+        return _InferLater(r, req, self, ireq, pin)
 
     def _decode(self, req: Request, name: str, version: str | None):
         """(answer, None, None) when the request is answered already (from
@@ -304,6 +305,7 @@ class HttpTransport:
             return _error(e), None, None
         if pin is not None:
             ireq.version = pin[1]
+        ireq.arrived = req.arrived
         return None, ireq, pin
 
     def _encode(self, ireq: InferRequest, resp: InferResponse, pin) -> tuple[int, bytes, bytes]:

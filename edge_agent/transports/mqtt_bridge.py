@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import socket
 import ssl
@@ -35,6 +34,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties, VariableByteIntegers
 from prometheus_client import Counter, Gauge
 
+from ..config import read_secret
 from ..errors import ConfigError
 from . import mqtt_publish_decode
 
@@ -83,16 +83,7 @@ def read_password(password_file: Path | None) -> str | None:
 
     The value is never logged; errors name the file only.
     """
-    if password_file is None:
-        return None
-    path = Path(password_file)
-    creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    if not path.is_absolute() and creds:
-        path = Path(creds) / path
-    try:
-        return path.read_text().rstrip("\r\n")
-    except OSError as e:
-        raise ConfigError(f"mqtt.password_file: cannot read {path}: {e.strerror}") from None
+    return read_secret(password_file, "mqtt.password_file")
 
 
 def backoff_delay(attempt: int, lo: float, hi: float) -> float:

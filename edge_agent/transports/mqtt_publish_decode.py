@@ -12,16 +12,23 @@ paho's own decoder, so errors and edge cases are exactly paho's.
 
 ``install()`` puts it in place of ``paho.mqtt._packet.decode_publish``, which
 paho's client looks up on each PUBLISH; tests compare the two decoders.
+paho-mqtt 2.1.0 (the last release for Python 3.8, the JetPack 5 stack) has no
+``paho.mqtt._packet``: it decodes inside ``client.py``, so there ``install()``
+warns once and leaves paho's own decoder in place.
 """
 
 from __future__ import annotations
 
 import logging
 
-from paho.mqtt import _packet
 from paho.mqtt.enums import MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+try:
+    from paho.mqtt import _packet
+except ImportError:  # paho-mqtt < 2.2
+    _packet = None
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +181,10 @@ def decode_publish(header: int, packet, protocol) -> _packet.PublishPacket:
 def install() -> bool:
     """Use this decoder for every paho client in the process; False if paho has changed shape."""
     if _PAHO_DECODE is None or not hasattr(_packet, "PublishPacket"):
-        log.warning("mqtt: paho-mqtt without _packet.decode_publish; incoming PUBLISH properties use paho's slower decoder")
+        import paho.mqtt
+
+        log.warning("mqtt: paho-mqtt %s has no _packet.decode_publish; incoming PUBLISH properties use paho's slower decoder",
+                    getattr(paho.mqtt, "__version__", "?"))
         return False
     _packet.decode_publish = decode_publish
     return True

@@ -1,5 +1,7 @@
 """The per-model governor: a cache that earns nothing looks up only a sample, and comes back."""
 
+from __future__ import annotations
+
 import logging
 import zlib
 

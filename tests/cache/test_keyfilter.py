@@ -89,7 +89,7 @@ def test_clear_empties_the_filter_and_later_puts_are_found(tmp_path):
 
 def test_a_stale_filter_is_rebuilt_from_the_database(tmp_path):
     cache = ResponseCache(tmp_path, 0, 1 << 20, 3600.0)
-    f = cache.disk._filter
+    f = cache.disk._store.filter
     for i in range(f.capacity + 1):
         f.add(digest(10_000 + i))  # as if many keys had come and gone
     cache.put(digest(1), out(1))

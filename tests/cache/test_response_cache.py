@@ -254,35 +254,3 @@ def test_an_entry_hot_in_memory_stays_recent_on_disk(tmp_path):
         order = [row[0] for row in conn.execute("SELECT key FROM entries ORDER BY last_access")]
     assert order[-1] == keys[0]
     cache.close()
-
-
-def test_memo_keeps_encoded_answers_while_their_entry_lives(tmp_path):
-    clock = FakeClock()
-    cache = ResponseCache(tmp_path, 1 << 20, 0, 3600.0, clock=clock, memo_max_bytes=1 << 16)
-    outputs = {"y": np.arange(4, dtype=np.float32)}
-    cache.put(b"k" * 32, outputs, ttl_s=10.0)
-    answer = (200, b"ct", b"encoded")
-    cache.memo_put(b"m" * 32, b"k" * 32, answer, 9)
-    assert cache.memo_get(b"m" * 32) == answer and cache.stats()["hits"]["memo"] == 1
-    # No memory entry behind it: nothing is kept.
-    cache.memo_put(b"n" * 32, b"x" * 32, answer, 9)
-    assert cache.memo_get(b"n" * 32) is None
-    # The entry's TTL is the memo's.
-    clock.advance(10.5)
-    assert cache.memo_get(b"m" * 32) is None
-
-
-def test_delete_and_clear_make_the_memo_stale(tmp_path):
-    cache = ResponseCache(tmp_path, 1 << 20, 0, 3600.0, memo_max_bytes=1 << 16)
-    cache.put(b"k" * 32, {"y": np.zeros(2, np.float32)})
-    cache.put(b"j" * 32, {"y": np.ones(2, np.float32)})
-    cache.memo_put(b"m" * 32, b"k" * 32, "a", 1)
-    cache.memo_put(b"n" * 32, b"j" * 32, "b", 1)
-    cache.delete(b"k" * 32)
-    # A delete cannot tell which memo entries encode that key: all go stale.
-    assert cache.memo_get(b"m" * 32) is None and cache.memo_get(b"n" * 32) is None
-    cache.memo_put(b"n" * 32, b"j" * 32, "b", 1)
-    assert cache.memo_get(b"n" * 32) == "b"
-    cache.clear()
-    assert cache.memo_get(b"n" * 32) is None
-    assert ResponseCache(tmp_path / "off", 1 << 20, 0, 3600.0).memo is None  # 0 bytes: no memo

@@ -1,7 +1,10 @@
 """The disk tier against real SQLite files: restarts, bounds, TTL and every fault."""
 
+from __future__ import annotations
+
 import logging
 import os
+import random
 import sqlite3
 import time
 
@@ -48,7 +51,7 @@ def test_entries_survive_a_restart(tmp_path):
     assert got is not None and got["probs"].tolist() == [1.0] * 4 and got["label"].tolist() == ["class-0001"]
     assert metric("edge_agent_cache_hits_total", tier="disk") - hits == 1
     assert cache.get(k(1)) is not None
-    assert cache.stats()["hits"] == {"memory": 1, "disk": 1, "memo": 0}  # promoted on the first hit
+    assert cache.stats()["hits"] == {"memory": 1, "disk": 1}  # promoted on the first hit
     cache.close()
 
 
@@ -126,6 +129,64 @@ def test_filling_past_the_bound_evicts_least_recently_used(tmp_path):
     assert cache.get(k(1)) is None and cache.get(k(2)) is None
     assert all(cache.get(k(i)) is not None for i in (0, 3, 10))
     cache.close()
+
+
+# The documented allowance over cache.disk_max_bytes (sqlite_store.FILE_SLACK).
+FILE_SLACK = 64 * 1024
+
+
+def files_on_disk(path) -> int:
+    """What the disk tier takes on disk: the database, its WAL and the WAL index."""
+    return sum(os.stat(path / (DB_NAME + suffix)).st_size for suffix in ("", "-wal", "-shm")
+               if (path / (DB_NAME + suffix)).exists())
+
+
+def test_the_files_on_disk_wal_included_stay_within_the_bound(tmp_path):
+    bound = 512 * 1024
+    cache = disk_only(tmp_path, disk_max_bytes=bound)
+    rng = random.Random(7)
+    keys, worst = [], 0
+    for i in range(600):  # ~2.2 KB answers under random keys: 1.3 MB written, 2.5x the bound
+        keys.append(rng.getrandbits(256).to_bytes(32, "big"))
+        cache.put(keys[-1], out(i, n=500))
+        if i % 20 == 19:
+            cache.flush()
+            worst = max(worst, files_on_disk(tmp_path))
+    disk = cache.stats()["tiers"]["disk"]
+    assert worst <= bound + FILE_SLACK, (worst, disk)
+    assert disk["file_bytes"] <= bound + FILE_SLACK and disk["bytes"] <= bound
+    # Still a cache: it evicted the oldest and serves the newest.
+    assert disk["evictions"]["size"] > 0 and disk["entries"] > 100
+    assert cache.get(keys[-1])["probs"][0] == 599 and cache.get(keys[0]) is None
+    cache.close()
+    assert files_on_disk(tmp_path) <= bound + FILE_SLACK
+
+    # A lower bound after a restart shrinks the files (auto-vacuum) at the first write.
+    small = 128 * 1024
+    cache = disk_only(tmp_path, disk_max_bytes=small)
+    cache.put(keys[0], out(0, n=500))
+    cache.flush()
+    assert files_on_disk(tmp_path) <= small + FILE_SLACK
+    assert cache.get(keys[-1])["probs"][0] == 599
+    cache.close()
+
+
+def test_a_store_from_before_the_file_bound_is_replaced_by_an_empty_one(tmp_path):
+    db = tmp_path / DB_NAME
+    with sqlite3.connect(db) as conn:  # as the tier used to make it: no auto-vacuum
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("CREATE TABLE entries (key BLOB PRIMARY KEY, size INTEGER NOT NULL, expires_at REAL NOT NULL,"
+                     " last_access REAL NOT NULL, value BLOB NOT NULL)")
+    conn.close()
+    cache = disk_only(tmp_path)
+    cache.put(k(1), out(1))
+    cache.flush()
+    assert cache.get(k(1))["probs"][0] == 1
+    assert cache.stats()["tiers"]["disk"]["rebuilds"] == 0 and not list(tmp_path.glob("*.corrupt-*"))
+    cache.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
+    conn.close()
 
 
 def test_expired_entries_are_not_served_and_are_swept(tmp_path):

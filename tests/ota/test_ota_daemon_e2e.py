@@ -8,6 +8,7 @@ own state file, status, socket answers, metrics and log.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -27,6 +28,13 @@ from edge_agent.ota.signing import load_private_key, sign
 
 MODEL = "linear"
 HOLD_ENV = "EDGE_AGENT_OTA_HOLD"
+FAILPOINT = Path(__file__).resolve().parent / "failpoint"
+
+
+def hold_env(states: str) -> dict:
+    """The daemon's environment to hold its updates in ``states`` (failpoint/sitecustomize.py)."""
+    path = [str(FAILPOINT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {HOLD_ENV: states, "PYTHONPATH": os.pathsep.join(path)}
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -262,7 +270,8 @@ def test_cut_download_resumes_with_fewer_bytes_than_the_artifact(agent_factory, 
     gets = [r for r in devserver.requests if r[0] == "GET" and r[1] == path]
     assert len(gets) == 2, gets
     assert gets[0][2] is None and gets[0][3] == 200
-    offset = int(gets[1][2].removeprefix("bytes=").rstrip("-"))
+    assert gets[1][2].startswith("bytes=")
+    offset = int(gets[1][2][len("bytes="):].rstrip("-"))
     assert 0 < offset <= 600_000 and gets[1][3] == 206
     first, second = devserver.bytes_by_path[path]
     assert first == 600_000 and second == size - offset < size
@@ -339,8 +348,11 @@ def test_bad_updates_are_rejected_before_any_traffic(agent_factory, devserver, r
 def test_canary_rolls_back_slow_and_failing_versions_and_promotes_a_good_one(agent_factory, devserver, registry,
                                                                              src_models, keys, v1):
     # A slow canary slows the whole box (shared cores), active side included: judge at 2x.
+    # It slows the event loop too, past admission.shed_loop_lag_ms on a slower Python
+    # (3.8) or a busy machine: shedding is not what this test judges (test_overload.py
+    # does), so it is off here and every failed answer is the flaky canary's.
     a = device(agent_factory, registry, devserver.url, keys[1], min_requests=20, max_seconds=30,
-               max_p99_ratio=2.0).start()
+               max_p99_ratio=2.0, extra={"admission": {"shed_loop_lag_ms": 0}}).start()
     with Load(a, threads=3, big_share=0.3) as load:
         load.wait_for(20)
         for v, kind, why in [("2", "slow", "latency"), ("3", "flaky", "error rate")]:
@@ -390,7 +402,7 @@ KILLS = [
 def test_kill_9_in_each_state_serves_one_version_and_finishes_or_reverts(state, hold, kills, final, served, agent_factory,
                                                                          devserver, registry, src_models, keys, v1):
     publish(src_models("2", seed=1, pad_bytes=1_000_000), registry, keys[0])
-    env = {HOLD_ENV: state} if hold == "hold" else {}
+    env = hold_env(state) if hold == "hold" else {}
     a = device(agent_factory, registry, devserver.url, keys[1], env=env, max_seconds=60)
     if hold == "throttle":
         devserver.throttle_bps = 400_000
@@ -443,7 +455,7 @@ def test_kill_9_in_each_state_serves_one_version_and_finishes_or_reverts(state, 
 
 def test_sighup_while_an_update_is_unvalidated_does_not_load_it(agent_factory, devserver, registry, src_models, keys, v1):
     publish(src_models("2", seed=1), registry, keys[0])
-    a = device(agent_factory, registry, devserver.url, keys[1], env={HOLD_ENV: "staged"}).start()
+    a = device(agent_factory, registry, devserver.url, keys[1], env=hold_env("staged")).start()
     set_channel(registry, MODEL, "stable", "2")
     wait_until(lambda: record(a).get("state") == "staged", a, "state staged")
     assert (a.models_dir / MODEL / "2" / "model.onnx").is_file()  # in place, not yet validated

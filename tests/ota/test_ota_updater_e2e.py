@@ -223,3 +223,30 @@ u.check(); u.advance()
     assert resumed_bytes < size
     assert any(rng and rng.startswith("bytes=") for (_, p, rng, _) in devserver.requests if p.endswith("model.onnx"))
     assert read_pointers(device / "state", "linear") == Pointers(active="2", previous="1")
+
+
+def test_the_daemon_side_is_asked_through_intents_never_called(published, src_models, keys, device, devserver):
+    """How the daemon drives it (ota/agent.py): each call returns, then its intents are carried out."""
+    from edge_agent.ota.intents import Promote, RollBack, StartCanary
+
+    publish(src_models("2", seed=1), published, keys[0], channel="stable")
+    upd = make_updater(devserver.url, device, keys[1], hooks=FakeDaemonSide(fail_start=True))
+    assert upd.check() == "2" and upd.take_intents() == []
+    assert upd.proceed() is State.CANARY
+    assert upd.take_intents() == [StartCanary("2", device / "models" / "linear" / "2")]
+    assert upd.hooks.calls == []  # the hooks are the standalone mode's; the daemon gets intents
+    assert not upd.canary_routed and upd.decide("promote") is State.CANARY  # no verdict before it routes
+    assert upd.canary_started(None) is State.CANARY and upd.canary_routed
+    assert upd.proceed() is State.CANARY and upd.take_intents() == []  # waits for the verdict
+    assert upd.decide(None) is State.CANARY
+    assert upd.decide("promote", "fine") is State.ACTIVE
+    assert upd.take_intents() == [Promote("2")] and "canary verdict: promote (fine)" in upd.record.reason
+    assert read_pointers(device / "state", "linear") == Pointers(active="2", previous="1")
+
+    publish(src_models("3", seed=2), published, keys[0], channel="stable")
+    assert upd.check() == "3" and upd.proceed() is State.CANARY and len(upd.take_intents()) == 1
+    assert upd.canary_started(RuntimeError("session failed to load")) is State.ROLLED_BACK
+    assert upd.take_intents() == [RollBack("3")]
+    assert "canary could not start: RuntimeError" in upd.record.reason and "3" in upd.record.rejected
+    assert read_pointers(device / "state", "linear").active == "2"
+    assert upd.canary_started(None) is State.ROLLED_BACK  # too late: nothing changes

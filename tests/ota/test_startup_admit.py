@@ -1,11 +1,11 @@
-"""startup_admit: the start-up scan applies the OTA agent's hold-back rule from persisted state."""
+"""The start-up scan applies the routing rule from persisted state, before the OTA agent runs."""
 
 from __future__ import annotations
 
 import json
 import logging
 
-from edge_agent.ota.agent import startup_admit
+from edge_agent.ota.routing import RoutingRule
 from edge_agent.ota.statemachine import State, UpdateRecord
 from edge_agent.ota.versions import Pointers, write_pointers
 
@@ -13,6 +13,17 @@ from edge_agent.ota.versions import Pointers, write_pointers
 def persist(state_dir, model: str, **fields) -> None:
     (state_dir / "ota").mkdir(parents=True, exist_ok=True)
     (state_dir / "ota" / f"{model}.json").write_text(UpdateRecord(model=model, **fields).model_dump_json())
+
+
+def startup_admit(state_dir, followed):
+    """The rule as the daemon installs it before its first scan; the scan asks only about
+    version directories it found, so every version asked about is on disk here."""
+    models = state_dir / "models-dir"
+    for model in ("m", "other"):
+        for v in "12345":
+            (models / model / v).mkdir(parents=True, exist_ok=True)
+            (models / model / v / "model.onnx").write_bytes(b"x")
+    return RoutingRule(state_dir, models, followed)
 
 
 def test_refused_and_unvalidated_versions_are_held_back_kept_ones_never(tmp_path):

@@ -105,3 +105,28 @@ def test_cpu_int8_build_is_smoothed_and_runs_without_skip_layernorm_fusion(minil
     recipe = spec.lineage["recipe"]
     assert recipe["smooth_alpha"] == 0.7 and recipe["smoothed_tensors"] == 6  # one FFN input per layer
     assert recipe["excluded_node_count"] == 1  # layer 0's FFN output projection
+
+
+def test_cpu_int8_version_ships_a_gated_file_per_cpu_kind(minilm):
+    """Version 2: int8 weights for VNNI CPUs, uint8 weights (model.onnx) for AVX2 and every other CPU."""
+    from edge_agent.quantize.targets import exact_u8u8_twin
+    from edge_agent.runtime.cpu import this_cpu
+
+    spec = load_model_spec(minilm / "2" / "model.yaml")
+    assert [(a.file, a.requires, a.target) for a in spec.artifacts] == [
+        ("model.u8s8.onnx", ["avx512_vnni"], "avx512vnni"), ("model.u8s8.onnx", ["avx_vnni"], "avxvnni"),
+        ("model.onnx", ["avx2"], "avx2"), ("model.onnx", [], None)]
+    for a in spec.artifacts:
+        assert a.accuracy["passed"] is True and a.accuracy["figures"]["mean_cosine"] >= 0.99 and a.accuracy["figures"]["min_cosine"] >= 0.98
+        assert a.recipe["weight_type"] == ("int8" if a.file == "model.u8s8.onnx" else "uint8") and a.recipe["smooth_alpha"] == 0.7
+    _, ref_sess, ref_pipe = load(minilm / "1")
+    feeds = ref_pipe.prepare(rows(TEXTS))
+    ref = embed(ref_sess, ref_pipe, feeds)[0]
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    for f in ("model.onnx", "model.u8s8.onnx"):
+        # Where this CPU's U8S8 kernels saturate, the int8-weight file is judged as a VNNI CPU runs it: its exact twin.
+        src = exact_u8u8_twin(minilm / "2" / f) if f == "model.u8s8.onnx" and not this_cpu().exact_u8s8 else str(minilm / "2" / f)
+        sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"], disabled_optimizers=spec.session.disabled_optimizers)
+        cos = (embed(sess, ref_pipe, feeds)[0] * ref).sum(1)
+        assert cos.min() >= 0.98, (f, cos)

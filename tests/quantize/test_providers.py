@@ -20,7 +20,7 @@ def test_tensorrt_options_follow_config(tmp_path):
         "tensorrt": {"fp16": True, "int8": True, "workspace_mb": 512, "dla_core": 1, "builder_optimization_level": 5, "min_subgraph_size": 3},
         "cuda": {"device_id": 0, "gpu_mem_limit_mb": 2048, "cudnn_conv_algo_search": "EXHAUSTIVE"},
     })
-    provs = P.build_providers(cfg, ALL, tmp_path, "ab" * 32, "int8-qdq", gpu="Xavier", trt_version="8.5.2")
+    provs = P.build_providers(cfg, ALL, tmp_path, "ab" * 32, "int8-qdq", gpu="Xavier", trt_version="8.5.2", ort_version_text="1.18.0")
     assert [n for n, _ in provs] == ALL
     trt, cuda = provs[0][1], provs[1][1]
     engine = tmp_path / "trt" / ("ab" * 8 + "-Xavier-8.5.2")

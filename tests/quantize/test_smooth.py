@@ -15,7 +15,7 @@ from edge_agent.config import RuntimeConfig
 from edge_agent.quantize.convert import QuantizationError, quantize
 from edge_agent.quantize.smooth import smooth, weight_matmuls
 from edge_agent.quantize.version import quantize_version
-from edge_agent.runtime import session as session_mod
+from edge_agent.runtime import providers as providers_mod
 from edge_agent.runtime.session import LoadedModel
 
 D, H, OUT = 32, 64, 8
@@ -136,13 +136,13 @@ def test_version_records_smoothing_and_session_settings_which_the_daemon_applies
     assert spec["lineage"]["recipe"]["smooth_alpha"] == 0.5
     # The daemon's loader hands the list to ONNX Runtime (spied, the real session is built).
     seen = []
-    real = ort.InferenceSession
+    real = providers_mod.NoFallbackSession  # the InferenceSession the loader builds (ORT's own fallback off)
 
     def spy(*a, **kw):
         seen.append(kw.get("disabled_optimizers"))
         return real(*a, **kw)
 
-    monkeypatch.setattr(session_mod.ort, "InferenceSession", spy)
+    monkeypatch.setattr(providers_mod, "NoFallbackSession", spy)
     m = LoadedModel("m", "2", out, RuntimeConfig(), tmp_path / "state")
     assert seen == [["SkipLayerNormFusion"]]
     assert m.provider == "cpu"
