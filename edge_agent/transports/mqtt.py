@@ -26,7 +26,6 @@ import os
 import struct
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -35,6 +34,7 @@ import orjson
 import psutil
 from prometheus_client import Counter, Histogram
 
+from ..compat import slotted_dataclass
 from ..config import MqttConfig
 from ..errors import EdgeError, MalformedRequest, PayloadTooLarge, RateLimited, ReplyTopicRefused
 from ..serving.codec import HEADER_LENGTH, parse_priority, decode_request, encode_response
@@ -84,7 +84,7 @@ _REDELIVERY_WINDOW_S = 60.0
 _FLUSH_WINDOW = 128
 
 
-@dataclass(slots=True)
+@slotted_dataclass
 class _Reply:
     topic: str
     correlation: bytes | None
@@ -550,6 +550,9 @@ class MqttTransport:
             self._answer_error(reply, err)
             return False
         req.client = client
+        # Deadlines count from receipt (the service adds how long the message
+        # may have waited for the event loop before this callback ran).
+        req.arrived = t0
         if reply.id is not None and req.id is None:
             req.id = reply.id
         if expiry:

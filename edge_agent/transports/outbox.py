@@ -13,11 +13,12 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 from prometheus_client import Counter, Gauge
+
+from ..compat import slotted_dataclass
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 """
 
 
-@dataclass(slots=True)
+@slotted_dataclass
 class OutMessage:
     topic: str
     payload: bytes

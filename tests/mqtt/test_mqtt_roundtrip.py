@@ -134,3 +134,26 @@ async def test_status_telemetry_and_ota_hooks(broker, prefix, make_transport, ma
     doc = orjson.loads(seen[f"{prefix}/{DEVICE}/ota/state"][-1].payload)
     assert doc["models"]["tiny"]["state"] == "downloading"
 
+
+
+async def test_deadline_counts_from_receipt(broker, prefix, make_transport, make_client, tiny_model):
+    """The request reaches the service stamped with when the transport got it
+    (InferRequest.arrived, time.monotonic()), so its deadline counts from there."""
+    import time
+
+    from tests.mqtt.tiny_service import TinyService
+
+    seen = []
+
+    class Stamped(TinyService):
+        async def infer(self, req, transport="socket"):
+            seen.append((req.arrived, time.monotonic()))
+            return await super().infer(req, transport)
+
+    await make_transport(mqtt_cfg(broker, prefix), svc=Stamped(tiny_model))
+    client = await make_client("5")
+    before = time.monotonic()
+    ans = await client.infer("tiny", body(ROWS), timeout=10)
+    assert ans.error_code is None
+    (arrived, called), = seen
+    assert arrived is not None and before <= arrived <= called
