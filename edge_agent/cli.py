@@ -182,7 +182,7 @@ def cmd_infer(args) -> int:
 def _infer_mqtt(args) -> int:
     import socket as _socket
 
-    from .transports.mqtt_client import run_infer
+    from .transports.mqtt.client import run_infer
 
     if args.file is not None and args.file.endswith(".npy") and args.input is None:
         print("edge-agent infer --mqtt: give --input NAME with a .npy file", file=sys.stderr)

@@ -222,7 +222,7 @@ class MqttConfig(Section):
     @field_validator("reply_topics")
     @classmethod
     def _reply_topics_are_filters(cls, v: List[str]) -> List[str]:
-        from .transports.reply_topics import split_filter
+        from .transports.mqtt.reply_topics import split_filter
 
         for f in v:
             try:

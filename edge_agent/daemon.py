@@ -201,7 +201,7 @@ class Daemon:
         if self.cfg.mode == "companion":
             mqtt.serve_offload(o.group, o.prefix, lambda: list(self.repo.models))
         elif o.enabled:
-            from .transports.offload import Offloader
+            from .transports.mqtt.offload import Offloader
 
             self.service.offloader = Offloader(o, mqtt)
 

@@ -329,7 +329,7 @@ class Load:
 
     def mqtt(self, target: str) -> None:
         """MQTT requests (valid and malformed) at a paced rate, each awaited."""
-        from edge_agent.transports.mqtt_client import MqttInferClient, parse_hostport
+        from edge_agent.transports.mqtt.client import MqttInferClient, parse_hostport
 
         host, port = parse_hostport(target)
         rng = random.Random(4)
@@ -389,7 +389,7 @@ def start_daemon(args):
         "cache": {"memory_max_bytes": 4 * 2**20, "memo_max_bytes": 2**20, "disk_max_bytes": 64 * 2**20},
     }
     if args.mqtt:
-        from edge_agent.transports.mqtt_client import parse_hostport
+        from edge_agent.transports.mqtt.client import parse_hostport
 
         host, port = parse_hostport(args.mqtt)
         config["device_id"] = args.mqtt_device

@@ -10,7 +10,7 @@ from paho.mqtt.enums import MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_agent.transports import mqtt_publish_decode as fast
+from edge_agent.transports.mqtt import paho_fast as fast
 
 # paho-mqtt 2.1.0 (the Python 3.8 / JetPack 5 stack) has no _packet and so no
 # decoder to compare with; test_mqtt_publish_decode_fallback.py covers that case.
@@ -121,6 +121,6 @@ def test_random_mutations_agree_with_paho():
 def test_installed_for_the_daemon_client():
     from paho.mqtt import _packet
 
-    import edge_agent.transports.mqtt_bridge  # noqa: F401 - importing the bridge installs the decoder
+    import edge_agent.transports.mqtt.bridge  # noqa: F401 - importing the bridge installs the decoder
 
     assert _packet.decode_publish is fast.decode_publish

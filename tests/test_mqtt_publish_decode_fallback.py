@@ -10,7 +10,7 @@ import logging
 import paho.mqtt
 from paho.mqtt.enums import MQTTProtocolVersion
 
-from edge_agent.transports import mqtt_publish_decode as fast
+from edge_agent.transports.mqtt import paho_fast as fast
 
 HAS_PACKET = importlib.util.find_spec("paho.mqtt._packet") is not None
 
@@ -33,7 +33,7 @@ def test_install_uses_the_fast_decoder_only_where_paho_has_packet(caplog):
 
 def test_mqtt_bridge_imports_with_either_paho():
     # The bridge installs the decoder at import; with paho 2.1.0 that must not raise.
-    from edge_agent.transports import mqtt_bridge
+    from edge_agent.transports.mqtt import bridge as mqtt_bridge
 
-    assert mqtt_bridge.mqtt_publish_decode is fast
+    assert mqtt_bridge.paho_fast is fast
     assert MQTTProtocolVersion.MQTTv5  # paho 2.x enums exist on both stacks

@@ -10,8 +10,8 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
-from edge_agent.transports import mqtt as mqtt_module
-from edge_agent.transports.mqtt_bridge import PublishProperties
+from edge_agent.transports.mqtt import inbound as mqtt_module
+from edge_agent.transports.mqtt.bridge import PublishProperties
 from tests.mqtt.conftest import DEVICE, body, mqtt_cfg, wait_for
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
@@ -142,7 +142,7 @@ async def test_hostile_requests_each_get_one_coded_answer_and_the_ack(broker, pr
     }
     for name, (payload, user, _) in cases.items():
         client.send("tiny", payload, correlation=name, user_properties=user)
-    answers = {name: client._futures[name.encode()] for name in cases}  # noqa: SLF001
+    answers = {name: client._calls.futures[name.encode()] for name in cases}  # noqa: SLF001
     await wait_for(lambda: all(client.answers[n.encode()] == 1 for n in cases), what="an answer to each")
     await asyncio.sleep(0.2)
     for name, (_, _, code) in cases.items():

@@ -9,7 +9,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_agent.transports.mqtt_bridge import BrokerSettings, PahoBridge, PublishProperties, TlsSettings
+from edge_agent.transports.mqtt.bridge import BrokerSettings, PahoBridge, PublishProperties, TlsSettings
 from tests.brokers import Mosquitto
 from tests.certs import make_certs
 from tests.mqtt.conftest import wait_for

@@ -15,7 +15,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from daemon_proc import DIGITS, copy_digits, digits_body
-from edge_agent.transports.mqtt_client import MqttInferClient
+from edge_agent.transports.mqtt.client import MqttInferClient
 from tests.brokers import Mosquitto
 
 X, _ = load_digits(return_X_y=True)

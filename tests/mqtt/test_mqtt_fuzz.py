@@ -37,8 +37,9 @@ from paho.mqtt.properties import Properties
 from edge_agent import errors
 from edge_agent.serving.codec import HEADER_LENGTH
 from edge_agent.transports.mqtt import MqttTransport
-from edge_agent.transports.mqtt_bridge import PublishProperties
-from edge_agent.transports.outbox import Outbox
+from edge_agent.transports.mqtt.bridge import PublishProperties
+from edge_agent.transports.mqtt.delivery import Delivery
+from edge_agent.transports.mqtt.outbox import Outbox
 from tests.mqtt.conftest import DEVICE, mqtt_cfg, wait_for
 
 PREFIX = "fz"
@@ -269,7 +270,7 @@ class RecordingBridge:
         mid = next(self._mids)
         self.published.append((topic, bytes(payload), properties))
         if qos:
-            self._loop.call_soon(self._t._on_publish, mid)  # noqa: SLF001
+            self._loop.call_soon(self._t._delivery.on_publish, mid)  # noqa: SLF001
         return SimpleNamespace(rc=0, mid=mid)
 
     def publish_events(self, on: bool) -> None:
@@ -344,7 +345,7 @@ def test_inbound_fuzz(tmp_path, broker_less_cfg, service, error_logs):
     t = MqttTransport(broker_less_cfg, DEVICE, service, tmp_path / "outbox", service.info, "fuzz")
     bridge = RecordingBridge(loop, t)
     t._bridge, t._loop = bridge, loop  # noqa: SLF001 -- the recording bridge stands in for paho
-    t._outbox = Outbox(tmp_path / "outbox", 64 << 20, 3600)  # noqa: SLF001
+    t._delivery = Delivery(Outbox(tmp_path / "outbox", 64 << 20, 3600), loop, bridge)  # noqa: SLF001
     mids = itertools.count(1)
     stats: Counter = Counter()
     proc = psutil.Process()
@@ -397,7 +398,7 @@ def test_inbound_fuzz(tmp_path, broker_less_cfg, service, error_logs):
             loop.run_until_complete(one(m))
         rss2 = proc.memory_info().rss
     finally:
-        t._outbox.close()  # noqa: SLF001
+        t._delivery.outbox.close()  # noqa: SLF001
         loop.close()
     print(f"fuzz: {stats['messages']} messages in {time.monotonic() - t0:.1f} s, RSS +{(rss1 - rss0) >> 20} MiB with "
           f"hypothesis, +{(rss2 - rss1) >> 20} MiB over 4,000 more; outcomes {dict(stats.most_common())}")
@@ -406,8 +407,9 @@ def test_inbound_fuzz(tmp_path, broker_less_cfg, service, error_logs):
     assert error_logs.records == []
     assert rss2 - rss1 < 32 << 20
     # Every per-request structure is empty or at its bound.
-    assert not t._tasks and not t._running and not t._waiting and not t._pending  # noqa: SLF001
-    assert len(t._answered) <= 4096 and t._answered_bytes <= 4 << 20  # noqa: SLF001
+    d = t._delivery  # noqa: SLF001
+    assert not t._tasks and not d.running and not d.waiting and not d.unconfirmed  # noqa: SLF001
+    assert len(d.answered) <= 4096 and d.answered_bytes <= 4 << 20
     assert len(t._reply_topics._cache) <= 1024 and len(t._limiter) <= 10_000  # noqa: SLF001
 
 

@@ -11,7 +11,7 @@ import sys
 import orjson
 import pytest
 
-from edge_agent.transports.mqtt_bridge import BrokerSettings, PahoBridge
+from edge_agent.transports.mqtt.bridge import BrokerSettings, PahoBridge
 from tests.mqtt.conftest import DEVICE, ROOT
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]

@@ -14,8 +14,8 @@ from paho.mqtt.properties import Properties
 from prometheus_client import REGISTRY
 
 from daemon_proc import REPO
-from edge_agent.transports.mqtt_bridge import PublishProperties
-from edge_agent.transports.mqtt_client import MqttInferClient
+from edge_agent.transports.mqtt.bridge import PublishProperties
+from edge_agent.transports.mqtt.client import MqttInferClient
 from tests.brokers import Mosquitto
 from tests.mqtt.conftest import DEVICE, body, mqtt_cfg, wait_for
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from prometheus_client import REGISTRY
 
-from edge_agent.transports.mqtt_client import parse_hostport
-from edge_agent.transports.outbox import KIND_RESPONSE, KIND_TELEMETRY, Outbox, OutMessage
-from edge_agent.transports.ratelimit import TokenBuckets
+from edge_agent.transports.mqtt.client import parse_hostport
+from edge_agent.transports.mqtt.outbox import KIND_RESPONSE, KIND_TELEMETRY, Outbox, OutMessage
+from edge_agent.transports.mqtt.ratelimit import TokenBuckets
 
 
 def msg(i: int, kind=KIND_RESPONSE, size=100, expires=None) -> OutMessage:

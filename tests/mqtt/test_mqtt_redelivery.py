@@ -72,7 +72,7 @@ async def test_redelivery_of_an_answered_request_gets_the_same_answer_not_a_seco
     dropped = []
     t._bridge.ack = lambda mid, qos, gen: dropped.append(mid) if not dropped else real_ack(mid, qos, gen)  # noqa: SLF001
     first = await client.infer("tiny", body(ROWS), correlation="ans-1", qos=1, timeout=10)
-    await wait_for(lambda: not t._pending, what="the answer's PUBACK")  # noqa: SLF001
+    await wait_for(lambda: not t._delivery.unconfirmed, what="the answer's PUBACK")  # noqa: SLF001
     t._bridge.ack = real_ack  # noqa: SLF001
     calls, before = service.calls, duplicates()
     await reconnect(t)
@@ -97,7 +97,7 @@ async def test_redelivery_while_the_answer_is_still_queued_is_only_acknowledged(
     broker.stop()
     await wait_for(lambda: not t._bridge.connected, what="the transport to see the broker go")  # noqa: SLF001
     gated.gate.set()
-    await wait_for(lambda: len(t._outbox) == 1, what="the answer queued")  # noqa: SLF001
+    await wait_for(lambda: len(t._delivery.outbox) == 1, what="the answer queued")  # noqa: SLF001
     before = duplicates()
     broker.start()
     await asyncio.wait_for(fut, 20)
@@ -115,12 +115,12 @@ async def test_same_bytes_soon_after_a_reconnect_are_a_redelivery_other_bytes_ar
     t = await make_transport(mqtt_cfg(broker, prefix))
     client = await make_client("5")
     await client.infer("tiny", body(ROWS), correlation="same-1", qos=1, timeout=10)
-    await wait_for(lambda: not t._pending, what="the answer's PUBACK")  # noqa: SLF001
+    await wait_for(lambda: not t._delivery.unconfirmed, what="the answer's PUBACK")  # noqa: SLF001
     calls, before = service.calls, duplicates()
     client.send("tiny", body(ROWS), correlation="same-1", qos=1)  # first connection: a new request
     await wait_for(lambda: client.answers[b"same-1"] == 2, what="its answer")
     assert service.calls == calls + 1 and duplicates() == before
-    await wait_for(lambda: not t._pending, what="the answer's PUBACK")  # noqa: SLF001
+    await wait_for(lambda: not t._delivery.unconfirmed, what="the answer's PUBACK")  # noqa: SLF001
     await reconnect(t)
     client.send("tiny", body(ROWS), correlation="same-1", qos=1)  # same bytes, just after a reconnect
     await wait_for(lambda: client.answers[b"same-1"] == 3, what="the remembered answer sent again")

@@ -113,7 +113,7 @@ async def test_outbox_survives_restart_and_flushes_in_order(broker, prefix, make
     broker.stop()
     await wait_for(lambda: not t._bridge.connected, what="transport to notice the broker is gone")
     gated.gate.set()
-    await wait_for(lambda: len(t._outbox) == 20, what="answers in the outbox")
+    await wait_for(lambda: len(t._delivery.outbox) == 20, what="answers in the outbox")
     await t.stop(timeout=2)
 
     db = sqlite3.connect(outbox / "outbox.sqlite3")
@@ -130,7 +130,7 @@ async def test_outbox_survives_restart_and_flushes_in_order(broker, prefix, make
     await asyncio.sleep(0.3)
     assert all(n == 1 for n in client.answers.values())
     assert service.calls == 20
-    await wait_for(lambda: len(t2._outbox) == 0, what="outbox emptied after PUBACKs")
+    await wait_for(lambda: len(t2._delivery.outbox) == 0, what="outbox emptied after PUBACKs")
 
 
 async def test_start_returns_while_broker_down_then_connects(tmp_path, prefix, make_transport, service):

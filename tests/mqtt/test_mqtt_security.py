@@ -9,7 +9,7 @@ from prometheus_client import REGISTRY
 from edge_agent.config import MqttTlsConfig
 from edge_agent.errors import ConfigError
 from edge_agent.transports.mqtt import MqttTransport
-from edge_agent.transports.mqtt_bridge import TlsSettings
+from edge_agent.transports.mqtt.bridge import TlsSettings
 from tests.brokers import Mosquitto
 from tests.certs import make_certs
 from tests.mqtt.conftest import DEVICE, body, mqtt_cfg, wait_for
@@ -36,7 +36,7 @@ async def test_tls_round_trip(tmp_path, prefix, make_transport, certs, mutual):
     with Mosquitto(tmp_path / "b", tls=certs, require_client_cert=mutual) as b:
         tls = MqttTlsConfig(ca_file=certs.ca_cert, cert_file=certs.client_cert if mutual else None, key_file=certs.client_key if mutual else None)
         t = await make_transport(mqtt_cfg(b, prefix, tls=tls))
-        from edge_agent.transports.mqtt_client import MqttInferClient
+        from edge_agent.transports.mqtt.client import MqttInferClient
 
         c = MqttInferClient("127.0.0.1", b.port, device=DEVICE, prefix=prefix,
                             tls=TlsSettings(certs.ca_cert, certs.client_cert, certs.client_key))

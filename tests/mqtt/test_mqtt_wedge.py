@@ -19,8 +19,8 @@ import pytest
 from sklearn.datasets import load_digits
 
 from daemon_proc import copy_digits, digits_body
-from edge_agent.transports.mqtt_bridge import PublishProperties
-from edge_agent.transports.mqtt_client import MqttInferClient
+from edge_agent.transports.mqtt.bridge import PublishProperties
+from edge_agent.transports.mqtt.client import MqttInferClient
 from tests.brokers import Mosquitto
 
 pytestmark = pytest.mark.timeout(180)

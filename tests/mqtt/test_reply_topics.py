@@ -6,7 +6,7 @@ import pytest
 
 from edge_agent.config import MqttConfig
 from edge_agent.errors import ConfigError, ReplyTopicRefused
-from edge_agent.transports.reply_topics import DEFAULT_REPLY_TOPICS, ReplyTopics, match, split_filter
+from edge_agent.transports.mqtt.reply_topics import DEFAULT_REPLY_TOPICS, ReplyTopics, match, split_filter
 
 
 def policy(filters=DEFAULT_REPLY_TOPICS, **kw) -> ReplyTopics:

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from tokenizers import Tokenizer
 
-from edge_agent.transports.mqtt_client import MqttInferClient
+from edge_agent.transports.mqtt.client import MqttInferClient
 from tests.brokers import Mosquitto
 
 TEXTS = [

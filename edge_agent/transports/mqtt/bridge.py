@@ -23,20 +23,19 @@ import asyncio
 import logging
 import socket
 import ssl
-import struct
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties, VariableByteIntegers
+from paho.mqtt.properties import Properties
 from prometheus_client import Counter, Gauge
 
-from ..backoff import backoff_delay
-from ..config import read_secret
-from ..errors import ConfigError
-from . import mqtt_publish_decode
+from ...backoff import backoff_delay
+from ...errors import ConfigError
+from . import paho_fast
+from .settings import BrokerSettings, TlsSettings, read_password  # noqa: F401 - re-exported
+from .wire import BrokerSocket, PublishProperties  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -47,204 +46,9 @@ MQTT_CONNECT_FAILURES = Counter(
 )
 
 
-@dataclass
-class TlsSettings:
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    insecure: bool = False
-
-
-@dataclass
-class BrokerSettings:
-    host: str
-    port: int
-    client_id: str
-    protocol: str = "5"  # "5" or "3.1.1"
-    keepalive_s: int = 30
-    # Persistent session: the broker keeps subscriptions and queues QoS 1
-    # messages for us while we are away, for session_expiry_s (MQTT 5).
-    persistent: bool = True
-    session_expiry_s: int = 3600
-    tls: TlsSettings | None = None
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    reconnect_min_s: float = 0.5
-    reconnect_max_s: float = 30.0
-    # How many unacknowledged QoS 1 messages the broker may send us at once
-    # (MQTT 5 Receive Maximum); requests are acknowledged only once answered.
-    receive_maximum: int = 256
-    # Our own unacknowledged QoS 1 publishes on the wire at once (paho queues the rest).
-    max_inflight: int = 256
-
-
-def read_password(password_file: Path | None) -> str | None:
-    """Password from a file, or a systemd credential name under $CREDENTIALS_DIRECTORY.
-
-    The value is never logged; errors name the file only.
-    """
-    return read_secret(password_file, "mqtt.password_file")
-
-
-# paho 2.x calls _create_socket() from reconnect() only; _LoopClient relies on that.
-if not hasattr(paho.Client, "_create_socket"):  # pragma: no cover - guards a paho upgrade
-    raise ImportError("paho-mqtt without Client._create_socket: edge-agent needs paho-mqtt 2.x")
-
 # Incoming MQTT 5 PUBLISH properties decoded in one pass instead of paho's
-# ~25 us per message (mqtt_publish_decode.py; same result, paho's on doubt).
-mqtt_publish_decode.install()
-
-_RECV_SIZE = 65536
-
-
-def _str16(s: str) -> bytes:
-    b = s.encode()
-    return struct.pack("!H", len(b)) + b
-
-
-class PublishProperties:
-    """MQTT 5 PUBLISH properties, encoded once.
-
-    paho's Properties checks every attribute assignment and walks all of its
-    property names on each pack() (about 18 us an answer). For an outgoing
-    PUBLISH paho only ever calls pack() (and str() when logging), so this
-    stands in for it. Incoming messages keep paho's Properties class, filled
-    by mqtt_publish_decode.
-    """
-
-    __slots__ = ("_packed",)
-
-    def __init__(
-        self,
-        *,
-        correlation: bytes | None = None,
-        response_topic: str | None = None,
-        expiry_s: int | None = None,
-        user: list[tuple[str, str]] | None = None,
-    ) -> None:
-        b = bytearray()
-        if expiry_s is not None:
-            b += b"\x02" + struct.pack("!I", expiry_s)  # Message Expiry Interval
-        if response_topic is not None:
-            b += b"\x08" + _str16(response_topic)
-        if correlation is not None:
-            b += b"\x09" + struct.pack("!H", len(correlation)) + correlation
-        for k, v in user or ():
-            b += b"\x26" + _str16(k) + _str16(v)  # User Property (may repeat)
-        self._packed = bytes(VariableByteIntegers.encode(len(b))) + bytes(b)
-
-    def pack(self) -> bytes:
-        return self._packed
-
-    def __repr__(self) -> str:
-        return f"PublishProperties({self._packed!r})"
-
-
-class _BrokerSocket:
-    """The broker connection as paho sees it.
-
-    paho reads a packet with several recv() calls (1 byte of type, 1 per length
-    byte, then the rest) and sends each packet with its own send(): here one
-    recv of up to 64 KiB serves the small reads, and sends land in a buffer the
-    bridge writes with one send per loop iteration. pending() counts buffered
-    bytes (and TLS's own), which the socket's readiness does not show.
-    """
-
-    __slots__ = ("sock", "wbuf", "error", "_rbuf", "_rpos", "_kick", "_tls")
-
-    def __init__(self, sock, kick: Callable[[], None]) -> None:
-        self.sock = sock
-        self.wbuf = bytearray()
-        # Set when a write failed: paho learns of it from its next read or write.
-        self.error: OSError | None = None
-        self._rbuf = b""
-        self._rpos = 0
-        self._kick = kick
-        self._tls = isinstance(sock, ssl.SSLSocket)
-
-    def recv(self, n: int) -> bytes:
-        if self.error is not None:
-            raise self.error
-        buf, pos = self._rbuf, self._rpos
-        if pos >= len(buf):
-            buf = self.sock.recv(n if n > _RECV_SIZE else _RECV_SIZE)
-            if len(buf) <= n:  # all of it wanted, or b"" at end of stream
-                self._rbuf, self._rpos = b"", 0
-                return buf
-            self._rbuf, pos = buf, 0
-        self._rpos = pos + n
-        return buf[pos:pos + n]
-
-    def pending(self) -> int:
-        if self.error is not None:
-            return 1
-        n = len(self._rbuf) - self._rpos
-        if self._tls:
-            n += self.sock.pending()
-        return n if n > 0 else 0
-
-    def send(self, data) -> int:
-        if self.error is not None:
-            raise self.error
-        if not self.wbuf:
-            self._kick()
-        self.wbuf += data
-        return len(data)
-
-    def flush(self) -> bool:
-        """Write the buffer; False when the socket cannot take it all now."""
-        w = self.wbuf
-        while w:
-            try:
-                n = self.sock.send(w)
-            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
-                return False
-            except OSError as e:
-                self.error = e
-                w.clear()
-                return True
-            del w[:n]
-        return True
-
-    def close(self) -> None:
-        if self.wbuf and self.error is None:
-            try:
-                self.sock.send(self.wbuf)  # best effort: usually a DISCONNECT
-            except (OSError, ValueError):
-                pass
-        self.wbuf.clear()
-        self.sock.close()
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def setblocking(self, flag: bool) -> None:
-        self.sock.setblocking(flag)
-
-    def __getattr__(self, name):
-        return getattr(self.sock, name)
-
-
-class _LoopClient(paho.Client):
-    """paho.Client whose reconnect() adopts a connection opened beforehand, off the loop.
-
-    paho's connect()/reconnect() would do the TCP connect and TLS handshake on
-    the calling thread. Here the executor only runs paho's own socket creation
-    (which reads settings, nothing else); reconnect() then runs on the loop
-    thread with no blocking I/O, so paho's state is only ever touched there.
-    """
-
-    adopt: _BrokerSocket | None = None
-
-    def _create_socket(self):
-        sock, self.adopt = self.adopt, None
-        if sock is None:
-            raise ConnectionError("no connection opened for paho to adopt")
-        return sock
-
-    def open_blocking(self):
-        return paho.Client._create_socket(self)
-
+# ~25 us per message (paho_fast.py; same result, paho's on doubt).
+paho_fast.install()
 
 class PahoBridge:
     """One broker connection, driven by the running asyncio loop.
@@ -287,10 +91,11 @@ class PahoBridge:
         self._first_connected = asyncio.Event()
         self._refused = False
         self._disconnect_reason: str | None = None
-        self._sock: _BrokerSocket | None = None
+        self._sock: BrokerSocket | None = None
         self._writer_on = False
         self._flush_scheduled = False
         self._connected_gauge = MQTT_CONNECTED.labels(name)
+        paho_fast.require_socket_seam()
         self._client = self._make_client(will, manual_ack)
 
     # --- setup -------------------------------------------------------------
@@ -299,7 +104,7 @@ class PahoBridge:
         s = self.settings
         proto = paho.MQTTv5 if self.v5 else paho.MQTTv311
         kwargs = {} if self.v5 else {"clean_session": not s.persistent}
-        c = _LoopClient(
+        c = paho_fast.LoopClient(
             paho.CallbackAPIVersion.VERSION2,
             client_id=s.client_id,
             protocol=proto,
@@ -311,8 +116,6 @@ class PahoBridge:
             for label, p in (("ca_file", s.tls.ca_file), ("cert_file", s.tls.cert_file), ("key_file", s.tls.key_file)):
                 if p is not None and not Path(p).is_file():
                     raise ConfigError(f"mqtt.tls.{label}: {p} does not exist")
-            if (s.tls.cert_file is None) != (s.tls.key_file is None):
-                raise ConfigError("mqtt.tls: cert_file and key_file must be given together")
             try:
                 c.tls_set(
                     ca_certs=str(s.tls.ca_file) if s.tls.ca_file else None,
@@ -357,7 +160,7 @@ class PahoBridge:
     # An exception escaping into paho mid-packet would leave its reader out of
     # step with the stream: each callback keeps its own.
 
-    def _p_socket_open(self, client, userdata, sock: _BrokerSocket) -> None:
+    def _p_socket_open(self, client, userdata, sock: BrokerSocket) -> None:
         # Without it, small QoS 1 packets wait for Nagle + delayed ACK (~40 ms a hop).
         try:
             sock.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -367,7 +170,7 @@ class PahoBridge:
         self._writer_on = False
         self._loop.add_reader(sock.fileno(), self._on_readable)
 
-    def _p_socket_close(self, client, userdata, sock: _BrokerSocket) -> None:
+    def _p_socket_close(self, client, userdata, sock: BrokerSocket) -> None:
         if sock is not self._sock or self._loop.is_closed():
             return  # (paho's __del__ closes its socket too, possibly after the loop)
         fd = sock.fileno()
@@ -518,7 +321,7 @@ class PahoBridge:
             else:
                 self._refused = False
                 self._session_ended.clear()
-                self._client.adopt = _BrokerSocket(sock, self._kick)
+                self._client.adopt = BrokerSocket(sock, self._kick)
                 try:
                     self._client.reconnect()  # on the loop: adopts the socket and queues CONNECT
                 except Exception:  # the supervisor must outlive any one attempt

@@ -33,7 +33,8 @@ from __future__ import annotations
 import re
 from typing import Iterable, List, Optional, Sequence, Tuple
 
-from ..errors import ReplyTopicRefused
+from ...errors import ReplyTopicRefused
+from .topics import protected_filters
 
 DEFAULT_REPLY_TOPICS = ("{prefix}/clients/+/replies/#", "replies/#")
 
@@ -102,18 +103,7 @@ class ReplyTopics:
         self.filters: List[Tuple[str, ...]] = [
             split_filter(f.format(prefix=prefix, device=device)) for f in filters
         ]
-        deny = [
-            f"{prefix}/{device}/#",  # the daemon's own topics
-            "fleet/#",
-            f"{prefix}/+/infer/#",
-            f"{prefix}/+/ota/#",
-            f"{prefix}/+/status/#",
-            f"{prefix}/+/telemetry/#",
-            "offload/#",
-        ]
-        if offload_prefix:
-            deny.append(f"{offload_prefix.strip('/')}/#")
-        self._deny = [split_filter(f) for f in deny]
+        self._deny = [split_filter(f) for f in protected_filters(prefix, device, offload_prefix)]
         self._cache: dict = {}
 
     def allow(self, filt: str) -> None:

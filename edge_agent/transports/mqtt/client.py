@@ -16,8 +16,10 @@ from pathlib import Path
 
 import orjson
 
-from ..serving.codec import HEADER_LENGTH
-from .mqtt_bridge import BrokerSettings, PahoBridge, PublishProperties, TlsSettings
+from ...serving.codec import HEADER_LENGTH
+from .bridge import BrokerSettings, PahoBridge, PublishProperties, TlsSettings
+from .rpc import Calls
+from .topics import client_reply_topic, infer_topic
 
 
 @dataclass
@@ -69,10 +71,10 @@ class MqttInferClient:
         reply_topic: str | None = None,
     ) -> None:
         self.client_id = client_id or f"edge-infer-{uuid.uuid4().hex[:12]}"
-        self.base = f"{prefix}/{device}"
-        self.reply_topic = reply_topic or f"{prefix}/clients/{self.client_id}/replies"
+        self.prefix, self.device = prefix, device
+        self.reply_topic = reply_topic or client_reply_topic(prefix, self.client_id)
         self.v5 = protocol == "5"
-        self._futures: dict[bytes | str, asyncio.Future] = {}
+        self._calls = Calls()
         # How often each correlation was answered: tests assert exactly once.
         self.answers: collections.Counter = collections.Counter()
         self.unmatched = 0
@@ -97,9 +99,7 @@ class MqttInferClient:
 
     async def close(self) -> None:
         await self._bridge.stop(timeout=2.0)
-        for f in self._futures.values():
-            if not f.done():
-                f.cancel()
+        self._calls.cancel_all()
 
     def _on_connect(self, session_present: bool) -> None:
         self._bridge.subscribe([(self.reply_topic, 1)])
@@ -122,11 +122,8 @@ class MqttInferClient:
             self.redelivered += 1
             return
         self.answers[corr] += 1
-        fut = self._futures.pop(corr, None)
-        if fut is None or fut.done():
+        if not self._calls.resolve(corr, MqttAnswer(bytes(msg.payload), header_length, corr)):
             self.unmatched += 1
-            return
-        fut.set_result(MqttAnswer(bytes(msg.payload), header_length, corr))
 
     def send(
         self,
@@ -143,7 +140,7 @@ class MqttInferClient:
     ) -> asyncio.Future:
         """Publish one request; the future resolves with its MqttAnswer."""
         corr = correlation or uuid.uuid4().hex
-        topic = topic or f"{self.base}/infer/{model}" + (f"/{version}" if version else "")
+        topic = topic or infer_topic(self.prefix, self.device, model, version)
         props = None
         if self.v5:
             user = list(user_properties or [])
@@ -162,8 +159,7 @@ class MqttInferClient:
                 params = dict(body.get("parameters") or {})
                 params.update(reply_to=self.reply_topic, id=corr)
                 payload = orjson.dumps({**body, "parameters": params}, option=orjson.OPT_SERIALIZE_NUMPY)
-        fut = asyncio.get_running_loop().create_future()
-        self._futures[key] = fut
+        fut = self._calls.register(key)
         self._bridge.publish(topic, payload, qos, False, props)
         return fut
 
@@ -172,7 +168,7 @@ class MqttInferClient:
         try:
             return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
-            raise TimeoutError(f"no answer from {self.base} for {model} within {timeout:g} s") from None
+            raise TimeoutError(f"no answer from {self.prefix}/{self.device} for {model} within {timeout:g} s") from None
 
 
 def run_infer(
@@ -191,7 +187,7 @@ def run_infer(
     password_file: Path | None = None,
 ) -> dict:
     """One request for the CLI: returns the answer's JSON document (or its error)."""
-    from .mqtt_bridge import read_password
+    from .bridge import read_password
 
     host, port = parse_hostport(target)
 

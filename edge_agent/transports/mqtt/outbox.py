@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 from prometheus_client import Counter, Gauge
 
-from ..compat import slotted_dataclass
+from ...compat import slotted_dataclass
 
 log = logging.getLogger(__name__)
 

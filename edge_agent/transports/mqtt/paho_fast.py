@@ -1,26 +1,45 @@
-"""A faster decoder for incoming MQTT 5 PUBLISH packets, for paho-mqtt 2.x.
+"""Every use of paho-mqtt's private API, in one place, each guarded.
 
-paho decodes every incoming PUBLISH's properties with ``Properties.unpack``,
-which rescans all 27 property names (``str.replace`` on each) for every
-attribute it sets: about 25 us per request message here, a fifth of what the
-daemon spends on one MQTT round trip. ``decode_publish`` below reads the
-properties a PUBLISH may carry in one pass and fills the same ``Properties``
+paho-mqtt 2.x has no public seam for the two things the bridge needs to be
+fast, so this module reaches into it; a paho upgrade that moves a name shows up
+here and nowhere else. The private names it touches:
+
+- ``paho.mqtt._packet`` (module), its ``decode_publish`` and ``PublishPacket``:
+  the incoming PUBLISH decoder is replaced (``install()``). Missing (paho-mqtt
+  2.1.0, the last release for Python 3.8, the JetPack 5 stack, decodes inside
+  ``client.py``): ``install()`` warns once and paho's own, slower decoder stays.
+- ``paho.mqtt.properties.Properties.__dict__`` keys ``packetType``, ``types``,
+  ``names``, ``properties`` (its bookkeeping, copied from one template) and the
+  ``Properties`` attribute names of the PUBLISH properties: the decoder builds the
+  same object paho would. Only used where ``_packet`` is there (same releases).
+- ``paho.mqtt.client.Client._create_socket``: ``LoopClient`` overrides it so
+  ``reconnect()`` adopts a socket opened off the loop. Missing: ``HAS_SOCKET_SEAM``
+  is False and ``PahoBridge`` refuses to start with a clear ``RuntimeError`` (the
+  module still imports). There is no public fallback: paho's public ``connect()``
+  / ``reconnect()`` do the TCP connect and TLS handshake on the calling thread and
+  put their own socket object in place, so the bridge could neither keep the
+  loop free of blocking I/O nor stand its batching ``_BrokerSocket`` between paho
+  and the wire, which its read/write driving depends on (bridge.py). Running paho's
+  threaded loop instead would be a second bridge, not a fallback.
+
+The fast decoder: paho decodes every incoming PUBLISH's properties with
+``Properties.unpack``, which rescans all 27 property names (``str.replace`` on
+each) for every attribute it sets: about 25 us per request message here, a fifth
+of what the daemon spends on one MQTT round trip. ``decode_publish`` below reads
+the properties a PUBLISH may carry in one pass and fills the same ``Properties``
 object paho would have built (same class, same attribute names and values).
 Anything it does not handle plainly (a property id a PUBLISH may not carry, a
-repeated property, a value paho would refuse, a truncated packet) goes to
-paho's own decoder, so errors and edge cases are exactly paho's.
-
-``install()`` puts it in place of ``paho.mqtt._packet.decode_publish``, which
-paho's client looks up on each PUBLISH; tests compare the two decoders.
-paho-mqtt 2.1.0 (the last release for Python 3.8, the JetPack 5 stack) has no
-``paho.mqtt._packet``: it decodes inside ``client.py``, so there ``install()``
-warns once and leaves paho's own decoder in place.
+repeated property, a value paho would refuse, a truncated packet) goes to paho's
+own decoder, so errors and edge cases are exactly paho's. ``install()`` puts it in
+place of ``paho.mqtt._packet.decode_publish``, which paho's client looks up on each
+PUBLISH; tests compare the two decoders.
 """
 
 from __future__ import annotations
 
 import logging
 
+import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -188,3 +207,37 @@ def install() -> bool:
         return False
     _packet.decode_publish = decode_publish
     return True
+
+
+# paho 2.x calls _create_socket() from reconnect() only; LoopClient relies on that.
+HAS_SOCKET_SEAM = callable(getattr(paho.Client, "_create_socket", None))
+
+
+class LoopClient(paho.Client):
+    """paho.Client whose reconnect() adopts a connection opened beforehand, off the loop.
+
+    paho's connect()/reconnect() would do the TCP connect and TLS handshake on
+    the calling thread. Here the executor only runs paho's own socket creation
+    (which reads settings, nothing else); reconnect() then runs on the loop
+    thread with no blocking I/O, so paho's state is only ever touched there.
+    """
+
+    adopt = None  # the bridge's _BrokerSocket, handed to the next reconnect()
+
+    def _create_socket(self):
+        sock, self.adopt = self.adopt, None
+        if sock is None:
+            raise ConnectionError("no connection opened for paho to adopt")
+        return sock
+
+    def open_blocking(self):
+        return paho.Client._create_socket(self)
+
+
+def require_socket_seam() -> None:
+    """Raise RuntimeError (at bridge construction, not import) when paho lacks the seam."""
+    if not HAS_SOCKET_SEAM:
+        raise RuntimeError(
+            f"paho-mqtt {getattr(paho, '__version__', '?')} has no Client._create_socket: the MQTT bridge needs "
+            "paho-mqtt 2.x (2.1 or 2.2); see edge_agent/transports/mqtt/paho_fast.py"
+        )

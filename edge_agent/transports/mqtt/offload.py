@@ -22,10 +22,11 @@ import numpy as np
 import orjson
 from prometheus_client import Counter
 
-from ..config import OffloadConfig
-from ..errors import EdgeError, MalformedRequest
-from ..serving.codec import decode_request, encode_bytes_tensor
-from ..types import PRIORITY_HIGH, InferRequest, InferResponse, v2_datatype
+from ...config import OffloadConfig
+from ...errors import EdgeError, MalformedRequest
+from ...serving.codec import decode_request, encode_bytes_tensor
+from ...types import PRIORITY_HIGH, InferRequest, InferResponse, v2_datatype
+from .topics import offload_topic
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +114,6 @@ def decode_offload_answer(payload: bytes, header_length: int | None, req: InferR
         model=doc["model_name"], version=str(doc.get("model_version", "")), outputs=decoded.inputs,
         id=req.id, cached=cached, parameters=params,
     )
-
-
-def offload_topic(prefix: str, model: str, version: str | None) -> str:
-    base = f"{prefix}/offload/" if prefix else "offload/"
-    return base + model + (f"/{version}" if version else "")
 
 
 class Offloader:
