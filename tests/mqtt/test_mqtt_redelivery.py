@@ -48,7 +48,7 @@ async def test_redelivery_of_a_running_request_is_acknowledged_with_its_answer(b
     before = duplicates()
     await reconnect(t)
     await wait_for(lambda: duplicates() == before + 1, what="the broker's redelivery")
-    assert t._waiting  # noqa: SLF001 -- the redelivery waits on the run
+    assert t._delivery.waiting  # noqa: SLF001 -- the redelivery waits on the run
     gated.gate.set()
     ans = await asyncio.wait_for(fut, 10)
     assert ans.error_code is None

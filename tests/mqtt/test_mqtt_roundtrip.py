@@ -81,7 +81,7 @@ async def test_default_response_topic_and_reused_correlation_answered_each_time(
     sender = await make_client("3.1.1")
     raw = orjson.dumps({**body(ROWS), "id": "no-reply"})
     fut = asyncio.get_running_loop().create_future()
-    watcher._futures["no-reply"] = fut  # noqa: SLF001 -- the watcher matches on the body id
+    watcher._calls.futures["no-reply"] = fut  # noqa: SLF001 -- the watcher matches on the body id
     sender._bridge.publish(f"{prefix}/{DEVICE}/infer/tiny", raw, 1)
     ans = await asyncio.wait_for(fut, 10)
     np.testing.assert_allclose(outputs(ans), expected(ROWS), rtol=1e-6)
