@@ -94,7 +94,7 @@ class InferenceService:
         # something about the version: no cache hits, and no client errors
         # (4xx: a malformed request fails on any version).
         self.observers: list = []
-        # transports/offload.Offloader when offload is on: sends work to a companion.
+        # transports/mqtt/offload.Offloader when offload is on: sends work to a companion.
         self.offloader = None
 
     def configure(self, cfg: Config) -> None:
