@@ -199,7 +199,16 @@ class MqttConfig(Section):
     qos: Literal[0, 1] = Field(1, description="QoS of subscriptions and responses.")
     keepalive_s: int = Field(30, gt=0, description="MQTT keepalive.")
     session_expiry_s: int = Field(3600, ge=0, description="MQTT 5 session expiry: requests queued at the broker survive a restart this long.")
-    default_response_topic: str | None = Field(None, description="Where answers go when a request names no reply topic; default {prefix}/{device}/responses.")
+    default_response_topic: str | None = Field(None, description="Where answers go when a request names no reply topic, or names one it may not have (reply_topic_refused); default {prefix}/{device}/responses.")
+    reply_topics: List[str] = Field(
+        ["{prefix}/clients/+/replies/#", "replies/#"],
+        description="MQTT topic filters a requester may name as its reply topic (placeholders {prefix}, {device}); the default response topic is always allowed, and a companion also allows the edge units' {prefix}/+/offload-replies. Whatever is listed, answers never go to a topic with wildcards, starting with $, longer than max_reply_topic_bytes, under {prefix}/{device}/ or fleet/, nor to a device's infer, ota, status or telemetry topics. The rate limit is keyed on the reply topic up to the first level a wildcard of the allowing filter matched (edge/clients/bob).",
+    )
+    max_reply_topic_bytes: int = Field(256, gt=0, le=65535, description="Longest reply topic (UTF-8 bytes) answers are published to; longer gets reply_topic_refused.")
+    controllers: List[str] = Field(
+        default_factory=list,
+        description="Identities whose OTA commands on {prefix}/{device}/ota and fleet/{group}/ota are obeyed: the MQTT 5 user property controller, or (MQTT 3.1.1) a top-level \"controller\" key in the command. Empty: MQTT OTA commands are refused. Only as good as the broker ACL that lets only controller accounts write those topics (systemd/mosquitto-edge.acl).",
+    )
     max_payload_bytes: int = Field(1024 * 1024, gt=0, description="Larger request payloads get payload_too_large.")
     username: str | None = Field(None, description="Broker username.")
     password_file: Path | None = Field(None, description="File holding the password (or a systemd credential name under $CREDENTIALS_DIRECTORY). Never logged.")
@@ -209,6 +218,25 @@ class MqttConfig(Section):
     reconnect_min_s: float = Field(0.5, gt=0, description="First reconnect delay (jittered exponential backoff).")
     reconnect_max_s: float = Field(30.0, gt=0, description="Largest reconnect delay.")
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Disk queue for messages produced while the broker is away.")
+
+    @field_validator("reply_topics")
+    @classmethod
+    def _reply_topics_are_filters(cls, v: List[str]) -> List[str]:
+        from .transports.reply_topics import split_filter
+
+        for f in v:
+            try:
+                split_filter(f.format(prefix="p", device="d"))
+            except (KeyError, IndexError):
+                raise ValueError(f"{f!r}: the only placeholders are {{prefix}} and {{device}}") from None
+        return v
+
+    @field_validator("controllers")
+    @classmethod
+    def _controllers_are_names(cls, v: List[str]) -> List[str]:
+        if any(not c or c != c.strip() for c in v):
+            raise ValueError("controller identities must be non-empty, without surrounding spaces")
+        return v
 
 
 class CacheConfig(Section):

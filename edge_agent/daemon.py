@@ -189,7 +189,7 @@ class Daemon:
 
             ota = OtaAgent(self, self.routing)
             if mqtt is not None:
-                mqtt.on_ota_command(lambda topic, command: ota.command(command))
+                mqtt.on_ota_command(lambda topic, command, source: ota.command(command, source=source))
                 ota.add_state_listener(mqtt.publish_ota_state)
             extras.append(ota)
         return extras

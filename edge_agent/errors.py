@@ -132,6 +132,15 @@ class RateLimited(EdgeError):
     http_status = 429
 
 
+class ReplyTopicRefused(EdgeError):
+    """An MQTT request named a reply topic answers may not go to (wildcard, $-topic, too long, a
+    device's command/status topic, fleet/..., or outside mqtt.reply_topics); answered on the default
+    response topic instead."""
+
+    code = "reply_topic_refused"
+    http_status = 403
+
+
 class InvalidText(EdgeError):
     """A BYTES input is not valid UTF-8."""
 

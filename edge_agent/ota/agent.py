@@ -150,13 +150,15 @@ class OtaAgent:
         log.info("ota: %s %s by operator -> %s", model, action, state.value)
         return {"model": model, "action": action, **_public(upd.record)}
 
-    async def command(self, topic_or_payload: Any, payload: dict | None = None) -> dict:
+    async def command(self, topic_or_payload: Any, payload: dict | None = None, *, source: str | None = None) -> dict:
         """An OTA command: ``command(payload)`` or ``command(topic, payload)`` (the MQTT transport's form).
+        ``source`` names who sent it in the log (the MQTT transport: ``mqtt:{controller} on {topic}``).
 
         Payload: see ``commands.py``. Queued for the model's task and acted on at once; the outcome
         shows in the state listeners. Never raises: a bad command is logged with its code and counted."""
         doc = payload if payload is not None else topic_or_payload
-        source = topic_or_payload if payload is not None else "local"
+        if source is None:
+            source = topic_or_payload if payload is not None else "local"
         try:
             models, cmd = parse_command(doc, self.updaters)
         except EdgeError as e:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import socket
 import ssl
 import struct
@@ -34,6 +33,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties, VariableByteIntegers
 from prometheus_client import Counter, Gauge
 
+from ..backoff import backoff_delay
 from ..config import read_secret
 from ..errors import ConfigError
 from . import mqtt_publish_decode
@@ -84,12 +84,6 @@ def read_password(password_file: Path | None) -> str | None:
     The value is never logged; errors name the file only.
     """
     return read_secret(password_file, "mqtt.password_file")
-
-
-def backoff_delay(attempt: int, lo: float, hi: float) -> float:
-    """Equal-jitter exponential backoff: half fixed, half random."""
-    base = min(hi, lo * (2 ** min(attempt, 30)))
-    return random.uniform(base / 2, base)
 
 
 # paho 2.x calls _create_socket() from reconnect() only; _LoopClient relies on that.

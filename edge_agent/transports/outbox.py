@@ -13,11 +13,12 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 from prometheus_client import Counter, Gauge
+
+from ..compat import slotted_dataclass
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 """
 
 
-@dataclass(slots=True)
+@slotted_dataclass
 class OutMessage:
     topic: str
     payload: bytes
@@ -148,16 +149,16 @@ class Outbox:
         """Oldest unexpired messages with seq > after_seq, in order."""
         now = time.time() if now is None else now
         rows = self._db.execute(
-            "SELECT seq, kind, topic, payload, qos, retain, props, created, expires FROM outbox "
+            "SELECT seq, kind, topic, payload, qos, retain, props, created, expires, dedup FROM outbox "
             "WHERE seq > ? AND expires > ? ORDER BY seq LIMIT ?",
             (after_seq, now, limit),
         ).fetchall()
         return [
             OutMessage(
                 topic=t, payload=bytes(p), qos=q, retain=bool(r), kind=k,
-                props=orjson.loads(pr) if pr else None, expires=e, seq=s, created=c,
+                props=orjson.loads(pr) if pr else None, expires=e, seq=s, created=c, dedup=d,
             )
-            for s, k, t, p, q, r, pr, c, e in rows
+            for s, k, t, p, q, r, pr, c, e, d in rows
         ]
 
     def dedup_keys(self) -> list[str]:

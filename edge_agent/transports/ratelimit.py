@@ -1,9 +1,11 @@
 """Per-client token buckets.
 
-Keyed by whatever identifies a client (MQTT client id user property, else its
-reply topic). The table is an LRU bounded in size so a stream of forged ids
-cannot grow memory without limit; an evicted client just starts with a full
-bucket again.
+Keyed by what the transport can tell clients apart by without trusting what a
+client says about itself: over MQTT the reply topic's namespace (reply_topics.py;
+fair per client only when the broker ACL lets each client read its own namespace
+alone, docs/MQTT.md). The table is an LRU bounded in size so a stream of new keys
+cannot grow memory without limit; an evicted key just starts with a full bucket
+again.
 """
 
 from __future__ import annotations

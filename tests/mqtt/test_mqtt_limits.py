@@ -25,9 +25,9 @@ async def test_rate_limit_per_client(broker, prefix, make_transport, make_client
     codes = [a.error_code for a in answers]
     assert codes.count(None) == 5 and codes.count("rate_limited") == 7
     assert count("rate_limited") - before == 7
-    # Another client (its own bucket, keyed by the client_id user property) is unaffected.
+    # Another client (its own bucket, keyed by its reply namespace {prefix}/clients/{id}) is unaffected.
     polite = await make_client("5")
-    ans = await polite.infer("tiny", body([[1, 2, 3, 4]]), user_properties=[("client_id", "polite")], timeout=10)
+    ans = await polite.infer("tiny", body([[1, 2, 3, 4]]), timeout=10)
     assert ans.error_code is None
 
 

@@ -74,7 +74,7 @@ async def test_priority_deadline_and_expiry_reach_the_request(broker, prefix, ma
     assert service.requests[-1].client.startswith("reply:")
 
 
-async def test_default_response_topic_and_redelivery_answered_once(broker, prefix, make_transport, make_client, service):
+async def test_default_response_topic_and_reused_correlation_answered_each_time(broker, prefix, make_transport, make_client, service):
     await make_transport(mqtt_cfg(broker, prefix))
     watcher = await make_client("5", reply_topic=f"{prefix}/{DEVICE}/responses")
     # A request with no reply path is answered on {prefix}/{device}/responses.
@@ -86,19 +86,22 @@ async def test_default_response_topic_and_redelivery_answered_once(broker, prefi
     ans = await asyncio.wait_for(fut, 10)
     np.testing.assert_allclose(outputs(ans), expected(ROWS), rtol=1e-6)
 
-    # The same QoS 1 request (same reply topic + correlation) sent twice is run and answered once.
+    # A new request that reuses a correlation (same reply topic) is a new request: the broker
+    # did not redeliver it (no DUP), so it is run and answered like the first. Only a broker
+    # redelivery is a duplicate (tests/mqtt/test_mqtt_redelivery.py).
     client = await make_client("5")
     calls = service.calls
     client.send("tiny", body(ROWS), correlation="dup-1", qos=1)
     f2 = client.send("tiny", body(ROWS), correlation="dup-1", qos=1)  # the client waits on the latest
     await asyncio.wait_for(f2, 10)
+    await wait_for(lambda: client.answers[b"dup-1"] == 2, what="both answers")
     await asyncio.sleep(0.3)
-    assert service.calls == calls + 1
-    assert client.answers[b"dup-1"] == 1
+    assert service.calls == calls + 2
+    assert client.answers[b"dup-1"] == 2
 
 
 async def test_status_telemetry_and_ota_hooks(broker, prefix, make_transport, make_client):
-    t = await make_transport(mqtt_cfg(broker, prefix, telemetry_interval_s=0.2))
+    t = await make_transport(mqtt_cfg(broker, prefix, telemetry_interval_s=0.2, controllers=["ops"]))
     seen: dict[str, list] = {}
     watcher = await make_client("5", reply_topic=f"{prefix}-watch")
     watcher._on_message = lambda msg: seen.setdefault(msg.topic, []).append(msg)  # noqa: SLF001
@@ -118,10 +121,11 @@ async def test_status_telemetry_and_ota_hooks(broker, prefix, make_transport, ma
     assert any(d["mqtt"]["latency_ms"].get("p99", 0) > 0 for d in docs)
     assert docs[0]["process"]["rss_bytes"] > 0 and docs[0]["service"]["queue_depth"] == 0
 
+    # OTA commands from a configured controller (test_mqtt_ota_authority.py has the refusals).
     commands = []
-    t.on_ota_command(lambda topic, cmd: commands.append((topic, cmd)))
-    client._bridge.publish(f"{prefix}/{DEVICE}/ota", b'{"action": "check"}', 1)
-    client._bridge.publish("fleet/default/ota", b'{"action": "update", "model": "tiny"}', 1)
+    t.on_ota_command(lambda topic, cmd, source: commands.append((topic, cmd)))
+    client._bridge.publish(f"{prefix}/{DEVICE}/ota", b'{"action": "check", "controller": "ops"}', 1)
+    client._bridge.publish("fleet/default/ota", b'{"action": "update", "model": "tiny", "controller": "ops"}', 1)
     client._bridge.publish(f"{prefix}/{DEVICE}/ota", b"garbage", 1)
     await wait_for(lambda: len(commands) == 2, what="ota commands")
     assert commands[0] == (f"{prefix}/{DEVICE}/ota", {"action": "check"})
@@ -130,3 +134,26 @@ async def test_status_telemetry_and_ota_hooks(broker, prefix, make_transport, ma
     doc = orjson.loads(seen[f"{prefix}/{DEVICE}/ota/state"][-1].payload)
     assert doc["models"]["tiny"]["state"] == "downloading"
 
+
+
+async def test_deadline_counts_from_receipt(broker, prefix, make_transport, make_client, tiny_model):
+    """The request reaches the service stamped with when the transport got it
+    (InferRequest.arrived, time.monotonic()), so its deadline counts from there."""
+    import time
+
+    from tests.mqtt.tiny_service import TinyService
+
+    seen = []
+
+    class Stamped(TinyService):
+        async def infer(self, req, transport="socket"):
+            seen.append((req.arrived, time.monotonic()))
+            return await super().infer(req, transport)
+
+    await make_transport(mqtt_cfg(broker, prefix), svc=Stamped(tiny_model))
+    client = await make_client("5")
+    before = time.monotonic()
+    ans = await client.infer("tiny", body(ROWS), timeout=10)
+    assert ans.error_code is None
+    (arrived, called), = seen
+    assert arrived is not None and before <= arrived <= called

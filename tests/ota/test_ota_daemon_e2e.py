@@ -530,7 +530,8 @@ def test_fleet_command_over_mqtt_updates_and_reports_retained_progress(agent_fac
     from tests.brokers import Mosquitto
 
     with Mosquitto(tmp_path / "broker") as broker:
-        mqtt = {"enabled": True, "host": "127.0.0.1", "port": broker.port, "prefix": "edge", "group": "lab"}
+        mqtt = {"enabled": True, "host": "127.0.0.1", "port": broker.port, "prefix": "edge", "group": "lab",
+                "controllers": ["ops"]}
         a = device(agent_factory, registry, devserver.url, keys[1], poll_interval_s=3600, extra={"mqtt": mqtt}).start()
         topic = f"edge/{a.config.get('device_id', 'test-unit')}/ota/state"
         seen: list[dict] = []
@@ -542,8 +543,16 @@ def test_fleet_command_over_mqtt_updates_and_reports_retained_progress(agent_fac
         try:
             wait_until(lambda: any(d["models"].get(MODEL, {}).get("state") == "idle" for d in seen), a, "initial state")
             publish(src_models("2", seed=1, pad_bytes=200_000), registry, keys[0])  # on no channel: only the command
-            sub.publish("fleet/lab/ota", json.dumps({"model": "nope", "version": "2"}), qos=1)
-            sub.publish("fleet/lab/ota", json.dumps({"model": MODEL, "version": "2"}), qos=1)
+            # Without a configured controller's name a command is not obeyed, not even seen by the agent.
+            sub.publish("fleet/lab/ota", json.dumps({"model": MODEL, "version": "2", "force": True}), qos=1)
+            sub.publish("fleet/lab/ota", json.dumps({"model": MODEL, "version": "2", "controller": "mallory"}), qos=1)
+            wait_until(lambda: a.log().count("refused OTA command on 'fleet/lab/ota'") == 2, a, "the refusals")
+            time.sleep(0.5)
+            assert record(a).get("state", "idle") == "idle" and pointers(a).get("active") in (None, "1")
+            assert "from controller None" in a.log() and "from controller 'mallory'" in a.log()
+            assert "ota: command from" not in a.log()
+            sub.publish("fleet/lab/ota", json.dumps({"model": "nope", "version": "2", "controller": "ops"}), qos=1)
+            sub.publish("fleet/lab/ota", json.dumps({"model": MODEL, "version": "2", "controller": "ops"}), qos=1)
             wait_until(lambda: any(d["models"][MODEL]["state"] == "active" for d in seen), a, "active over MQTT")
         finally:
             sub.loop_stop()
@@ -552,6 +561,7 @@ def test_fleet_command_over_mqtt_updates_and_reports_retained_progress(agent_fac
         assert states.index("downloading") < states.index("canary") < states.index("active")
         assert any(d["models"][MODEL].get("progress") for d in seen) or "verifying" in states
         assert "unknown_model" in a.log()
+        assert "ota: command from mqtt:ops on fleet/lab/ota accepted" in a.log()  # who sent it
         # A controller connecting later still gets the outcome: it is retained.
         late: list[dict] = []
         c = paho.Client(paho.CallbackAPIVersion.VERSION2)
