@@ -168,6 +168,12 @@ class AdmissionConfig(Section):
 class RateLimitConfig(Section):
     rate: float = Field(10.0, gt=0, description="Requests per second per client (token refill rate).")
     burst: int = Field(20, gt=0, description="Bucket size: requests a client may send at once.")
+    total_rate: float = Field(
+        500.0, gt=0,
+        description="Requests per second of all MQTT clients together. A client names its own reply namespace, the "
+        "per-client key, so rotating it escapes the per-client bucket (the broker ACL only keeps it from reading the "
+        "answers); this bound holds whatever identities requests claim. Size it on what the unit can serve.")
+    total_burst: int = Field(1000, gt=0, description="Bucket size of total_rate: requests all clients may send at once.")
 
 
 class MqttTlsConfig(Section):
