@@ -91,6 +91,7 @@ class ServerLimitsConfig(Section):
     header_timeout_s: float = Field(10.0, gt=0, description="A request head must be complete this long after its first byte; else request_timeout (408) and close.")
     body_timeout_s: float = Field(10.0, gt=0, description="Window over which a request body must progress by at least body_min_bytes_per_s; else request_timeout (408) and close.")
     body_min_bytes_per_s: int = Field(1024, ge=0, description="Slowest accepted request body, averaged over body_timeout_s (0: only a body that stalls completely times out).")
+    request_max_s: float = Field(120.0, gt=0, description="Longest a request may take to arrive, head and body, from its first byte; else request_timeout (408) and close. Bounds a body sent just above body_min_bytes_per_s.")
     idle_timeout_s: float = Field(60.0, gt=0, description="A connection with no request in progress and no answer pending is closed after this long (keep-alive idle, or nothing sent since connecting).")
     send_timeout_s: float = Field(30.0, gt=0, description="A client that lets answers pile up (write buffer above its high-water mark) without draining them for this long is cut.")
     max_connections: int = Field(4096, gt=0, description="Most open HTTP connections (socket and TCP together); never more than the descriptor limit minus reserved_fds. At the cap, the connection waiting longest on its client (idle, or in a request head) is closed to make room (a head gets overloaded, 503); with every connection busy, the new one is answered overloaded and closed.")
