@@ -195,6 +195,15 @@ class OutboxConfig(Section):
     max_age_s: float = Field(24 * 3600.0, gt=0, description="Messages older than this are dropped.")
 
 
+def _topic_levels(v: str, what: str) -> str:
+    """A topic name part built into the unit's topics: no wildcards, no
+    $-topics, no empty level, no NUL (MQTT forbids it), no surrounding /."""
+    v = v.strip("/")
+    if not v or any(c in v for c in "+#\x00") or v.startswith("$") or "//" in v:
+        raise ValueError(f"must be {what}: non-empty, without + # NUL or empty levels, not starting with $")
+    return v
+
+
 class MqttConfig(Section):
     enabled: bool = Field(False, description="Serve requests over MQTT.")
     host: str = Field("localhost", description="Broker host.")
@@ -225,6 +234,22 @@ class MqttConfig(Section):
     reconnect_min_s: float = Field(0.5, gt=0, description="First reconnect delay (jittered exponential backoff).")
     reconnect_max_s: float = Field(30.0, gt=0, description="Largest reconnect delay.")
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Disk queue for messages produced while the broker is away.")
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_is_a_topic(cls, v: str) -> str:
+        # Every topic the unit serves and answers on is built from it: a
+        # wildcard here put one into the default response topic (every answer
+        # to it failed to publish), "$..." is the broker's own space.
+        return _topic_levels(v, "one or more topic levels")
+
+    @field_validator("group")
+    @classmethod
+    def _group_is_a_level(cls, v: str) -> str:
+        v = _topic_levels(v, "one topic level")
+        if "/" in v:
+            raise ValueError("must be one topic level (no /)")
+        return v
 
     @field_validator("reply_topics")
     @classmethod
@@ -324,7 +349,7 @@ class LoggingConfig(Section):
 
 class Config(Section):
     mode: Literal["edge", "companion"] = Field("edge", description="edge on a unit; companion on the central host taking offloaded work.")
-    device_id: str = Field(default_factory=socket.gethostname, description="Device id used in MQTT topics and telemetry.")
+    device_id: str = Field(default_factory=socket.gethostname, description="Device id used in MQTT topics and telemetry (one topic level: no / + # or leading $).")
     paths: PathsConfig = Field(default_factory=PathsConfig, description="Where state lives.")
     server: ServerConfig = Field(default_factory=ServerConfig, description="Local socket and optional TCP listener.")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="ONNX Runtime session options.")
