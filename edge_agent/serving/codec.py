@@ -176,6 +176,16 @@ def _numeric_data(data, dtype: np.dtype, datatype: str, name: str) -> np.ndarray
     (ragged or too deep nesting, strings, objects, out-of-range integers)
     becomes invalid_input."""
     try:
+        if dtype.kind in "iu":
+            # numpy < 2 (the JetPack 5 stack) wraps an out-of-range Python
+            # int (-1 as UINT8 is 255) where numpy 2 raises: check the range
+            # the same way on both. Integer inputs only; floats pay nothing.
+            wide = np.asarray(data)
+            if wide.dtype.kind in "iu" and wide.size:
+                info = np.iinfo(dtype)
+                if wide.min() < info.min or wide.max() > info.max:
+                    raise OverflowError(f"a value is outside {datatype}'s range {info.min}..{info.max}")
+            return wide.astype(dtype) if wide.dtype.kind in "iub" else np.asarray(data, dtype=dtype)
         return np.asarray(data, dtype=dtype)
     except (ValueError, TypeError, OverflowError, RecursionError) as e:
         raise InvalidInput(f"input '{name}': data does not fit datatype {datatype}: {str(e)[:200]}") from None
