@@ -160,7 +160,8 @@ class MqttTransport:
         self.default_response_topic = cfg.default_response_topic or f"{self.base}/responses"
         self.client_id = cfg.client_id or f"edge-agent-{device_id}"
         self.outbox_dir = Path(outbox_dir)
-        self._limiter = TokenBuckets(cfg.rate_limit.rate, cfg.rate_limit.burst)
+        rl = cfg.rate_limit
+        self._limiter = TokenBuckets(rl.rate, rl.burst, total_rate=rl.total_rate, total_burst=rl.total_burst)
         self._reply_topics = self._make_reply_topics()
         self._controllers = frozenset(cfg.controllers)
         # dedup key -> payload hash of the request running under it; and the acks (mid, qos,
