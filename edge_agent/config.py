@@ -91,6 +91,7 @@ class ServerLimitsConfig(Section):
     header_timeout_s: float = Field(10.0, gt=0, description="A request head must be complete this long after its first byte; else request_timeout (408) and close.")
     body_timeout_s: float = Field(10.0, gt=0, description="Window over which a request body must progress by at least body_min_bytes_per_s; else request_timeout (408) and close.")
     body_min_bytes_per_s: int = Field(1024, ge=0, description="Slowest accepted request body, averaged over body_timeout_s (0: only a body that stalls completely times out).")
+    request_max_s: float = Field(120.0, gt=0, description="Longest a request may take to arrive, head and body, from its first byte; else request_timeout (408) and close. Bounds a body sent just above body_min_bytes_per_s.")
     idle_timeout_s: float = Field(60.0, gt=0, description="A connection with no request in progress and no answer pending is closed after this long (keep-alive idle, or nothing sent since connecting).")
     send_timeout_s: float = Field(30.0, gt=0, description="A client that lets answers pile up (write buffer above its high-water mark) without draining them for this long is cut.")
     max_connections: int = Field(4096, gt=0, description="Most open HTTP connections (socket and TCP together); never more than the descriptor limit minus reserved_fds. At the cap, the connection waiting longest on its client (idle, or in a request head) is closed to make room (a head gets overloaded, 503); with every connection busy, the new one is answered overloaded and closed.")
@@ -168,6 +169,12 @@ class AdmissionConfig(Section):
 class RateLimitConfig(Section):
     rate: float = Field(10.0, gt=0, description="Requests per second per client (token refill rate).")
     burst: int = Field(20, gt=0, description="Bucket size: requests a client may send at once.")
+    total_rate: float = Field(
+        500.0, gt=0,
+        description="Requests per second of all MQTT clients together. A client names its own reply namespace, the "
+        "per-client key, so rotating it escapes the per-client bucket (the broker ACL only keeps it from reading the "
+        "answers); this bound holds whatever identities requests claim. Size it on what the unit can serve.")
+    total_burst: int = Field(1000, gt=0, description="Bucket size of total_rate: requests all clients may send at once.")
 
 
 class MqttTlsConfig(Section):
@@ -186,6 +193,15 @@ class MqttTlsConfig(Section):
 class OutboxConfig(Section):
     max_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Disk bound of the outbox; telemetry is dropped before responses.")
     max_age_s: float = Field(24 * 3600.0, gt=0, description="Messages older than this are dropped.")
+
+
+def _topic_levels(v: str, what: str) -> str:
+    """A topic name part built into the unit's topics: no wildcards, no
+    $-topics, no empty level, no NUL (MQTT forbids it), no surrounding /."""
+    v = v.strip("/")
+    if not v or any(c in v for c in "+#\x00") or v.startswith("$") or "//" in v:
+        raise ValueError(f"must be {what}: non-empty, without + # NUL or empty levels, not starting with $")
+    return v
 
 
 class MqttConfig(Section):
@@ -218,6 +234,22 @@ class MqttConfig(Section):
     reconnect_min_s: float = Field(0.5, gt=0, description="First reconnect delay (jittered exponential backoff).")
     reconnect_max_s: float = Field(30.0, gt=0, description="Largest reconnect delay.")
     outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Disk queue for messages produced while the broker is away.")
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_is_a_topic(cls, v: str) -> str:
+        # Every topic the unit serves and answers on is built from it: a
+        # wildcard here put one into the default response topic (every answer
+        # to it failed to publish), "$..." is the broker's own space.
+        return _topic_levels(v, "one or more topic levels")
+
+    @field_validator("group")
+    @classmethod
+    def _group_is_a_level(cls, v: str) -> str:
+        v = _topic_levels(v, "one topic level")
+        if "/" in v:
+            raise ValueError("must be one topic level (no /)")
+        return v
 
     @field_validator("reply_topics")
     @classmethod
@@ -317,7 +349,7 @@ class LoggingConfig(Section):
 
 class Config(Section):
     mode: Literal["edge", "companion"] = Field("edge", description="edge on a unit; companion on the central host taking offloaded work.")
-    device_id: str = Field(default_factory=socket.gethostname, description="Device id used in MQTT topics and telemetry.")
+    device_id: str = Field(default_factory=socket.gethostname, description="Device id used in MQTT topics and telemetry (one topic level: no / + # or leading $).")
     paths: PathsConfig = Field(default_factory=PathsConfig, description="Where state lives.")
     server: ServerConfig = Field(default_factory=ServerConfig, description="Local socket and optional TCP listener.")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="ONNX Runtime session options.")

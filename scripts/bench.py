@@ -399,7 +399,7 @@ def bench_mqtt(args, results: dict) -> None:
             "cache": {"enabled": False},
             "device_id": "unit1",
             "mqtt": {"enabled": True, "host": "127.0.0.1", "port": port, "prefix": "edge",
-                     "rate_limit": {"rate": 1e9, "burst": 1_000_000_000}},
+                     "rate_limit": {"rate": 1e9, "burst": 1_000_000_000, "total_rate": 1e9, "total_burst": 1_000_000_000}},
         }, "mqtt")
         time.sleep(1.0)
         for qos in (0, 1):

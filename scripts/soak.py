@@ -394,7 +394,7 @@ def start_daemon(args):
         host, port = parse_hostport(args.mqtt)
         config["device_id"] = args.mqtt_device
         config["mqtt"] = {"enabled": True, "host": host, "port": port, "prefix": args.mqtt_prefix,
-                          "rate_limit": {"rate": 1e6, "burst": 1_000_000}}
+                          "rate_limit": {"rate": 1e6, "burst": 1_000_000, "total_rate": 1e6, "total_burst": 1_000_000}}
     d = Daemon(digits_models_dir(models_root), config, "soak")
     d.models_root = models_root
     d.cleanup_models = lambda: shutil.rmtree(models_root, ignore_errors=True)

@@ -203,9 +203,9 @@ def scan_source(source: str, filename: str) -> List[Finding]:
                 continue
             found.append((filename, line, f"{NEW_METHODS[node.func.attr]} is not in Python 3.8"))
     # A line marked `# py38: fallback` handles the older Python itself (the
-    # marker says so where a reader sees it); only getattr/hasattr use it.
+    # marker says so where a reader sees it); only the 3.11 attributes use it.
     lines = source.splitlines()
-    found = [f for f in found if not ("gives the default there" in f[2] and 0 < f[1] <= len(lines)
+    found = [f for f in found if not ("(3.11)" in f[2] and 0 < f[1] <= len(lines)
                                       and "# py38: fallback" in lines[f[1] - 1])]
     # A BinOp nested in a reported BinOp is the same finding.
     return sorted(set(found))

@@ -249,3 +249,28 @@ def test_numeric_data_numpy_cannot_take_is_invalid_input(data):
     body = orjson.dumps({"inputs": [{"name": "t", "shape": [len(data)], "datatype": "UINT8", "data": data}]})
     with pytest.raises(InvalidInput):
         decode_request(body, "m")
+
+
+def test_bytes_inputs_are_bounded_in_elements_before_the_python_loop():
+    """2 million empty BYTES elements fit an 8 MiB body and held the event
+    loop 0.5 s: refused by count before any element is walked."""
+    import json as _json
+    import struct as _struct
+    import time as _time
+
+    from edge_agent.serving.codec import MAX_BYTES_ELEMENTS
+
+    n = MAX_BYTES_ELEMENTS + 1
+    blob = _struct.pack("<I", 0) * n
+    head = _json.dumps({"inputs": [{"name": "t", "shape": [n], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": len(blob)}}]}).encode()
+    t0 = _time.perf_counter()
+    with pytest.raises(InvalidInput, match="BYTES elements"):
+        decode_request(head + blob, "m", header_length=len(head))
+    with pytest.raises(InvalidInput, match="BYTES elements"):
+        decode_request(_json.dumps({"inputs": [{"name": "t", "shape": [n], "datatype": "BYTES", "data": [""] * n}]}).encode(), "m")
+    ok = MAX_BYTES_ELEMENTS
+    blob = _struct.pack("<I", 0) * ok
+    head = _json.dumps({"inputs": [{"name": "t", "shape": [ok], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": len(blob)}}]}).encode()
+    assert decode_request(head + blob, "m", header_length=len(head)).inputs["t"].shape == (ok,)

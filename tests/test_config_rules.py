@@ -111,3 +111,25 @@ def test_the_shipped_configs_meet_every_rule():
     for f in (REPO / "config.yaml", REPO / "systemd" / "companion.yaml"):
         r = cli("check-config", str(f))
         assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("prefix", ["edge/#", "edge/+", "$share/g/edge", "a//b", "", "x\x00y"])
+def test_an_mqtt_prefix_that_is_no_topic_is_refused(prefix):
+    """A wildcard in mqtt.prefix passed before and put one into the default
+    response topic (every answer to it failed to publish)."""
+    from pydantic import ValidationError
+
+    from edge_agent.config import MqttConfig
+
+    with pytest.raises(ValidationError, match="prefix"):
+        MqttConfig(prefix=prefix)
+
+
+def test_an_mqtt_prefix_of_several_levels_and_a_group_of_one_are_taken():
+    from pydantic import ValidationError
+
+    from edge_agent.config import MqttConfig
+
+    assert MqttConfig(prefix="/site/a/", group="lab").prefix == "site/a"
+    with pytest.raises(ValidationError, match="group"):
+        MqttConfig(group="a/b")

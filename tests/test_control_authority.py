@@ -302,3 +302,22 @@ def test_tls_and_token_serve_beyond_loopback(agent_factory, tmp_path):
     a.wait_ready()
     assert AgentClient(f"https://127.0.0.1:{port2}", timeout=30, token=TOKEN,
                        ssl_context=ctx).json("POST", "/edge/reload")[0] == 200
+
+
+def test_a_peer_whose_groups_cannot_be_read_counts_only_its_primary_gid():
+    """The peer exited (or lives in another pid namespace: pid 0): its
+    supplementary groups are unknown, and the user database is not asked (it
+    could grant a group the process had dropped)."""
+    import grp as _grp
+
+    from edge_agent.errors import Forbidden
+    from edge_agent.transports.authority import ControlAuthority
+
+    group = _grp.getgrgid(os.getegid()).gr_name
+    auth = ControlAuthority(admin_group=group, token=None, own_uid=-1)
+    gone = 2 ** 22 + 12345
+    assert "group" in auth._check_local(gone, 65534, os.getegid())  # primary gid: allowed
+    with pytest.raises(Forbidden):
+        auth._check_local(gone, 65534, os.getegid() + 4242)
+    with pytest.raises(Forbidden):
+        auth._check_local(0, 65534, os.getegid() + 4242)

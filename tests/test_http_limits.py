@@ -196,6 +196,40 @@ def test_body_at_a_steady_rate_above_the_minimum_is_served(stop_after):
     s.close()
 
 
+def test_body_just_above_the_minimum_rate_is_bounded_by_request_max_s(stop_after):
+    """Above body_min_bytes_per_s every window, a body could take hours;
+    request_max_s bounds the whole request."""
+    srv = limited(body_timeout_s=0.2, body_min_bytes_per_s=100, request_max_s=1.0)
+    stop_after(srv)
+    s = connect(srv.path)
+    s.sendall(b"POST /echo/long HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+    took = trickle(s, b"x" * 100000, every=0.005, bound=5)  # ~200 bytes/s: above the minimum
+    status, _, data = Reader(s).response()
+    assert (status, orjson.loads(data)["code"]) == (408, "request_timeout")
+    assert took >= 0.9 and "/echo/long" not in srv.calls
+
+
+def test_at_the_cap_a_slow_upload_makes_room_too(stop_after):
+    """A trickled body holds a slot as a trickled head does: at the cap the
+    oldest unfinished request is closed (503), not the newcomer refused."""
+    srv = limited(max_connections=2, reserved_fds=0)
+    stop_after(srv)
+    slow = []
+    for i in range(2):
+        c = connect(srv.path)
+        c.sendall(b"POST /echo/up%d HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nxx" % i)
+        _wait(lambda: sum(x.phase >= 2 for x in list(srv.server.connections)) == i + 1)
+        time.sleep(0.01)
+        slow.append(c)
+    new = connect(srv.path)
+    new.sendall(get("/echo/new"))
+    assert Reader(new).response()[0] == 200
+    status, _, data = Reader(slow[0]).response()
+    assert (status, orjson.loads(data)["code"]) == (503, "overloaded")
+    for c in slow[1:] + [new]:
+        c.close()
+
+
 def test_client_that_never_reads_its_answers_is_cut(stop_after):
     srv = limited(send_timeout_s=0.3)
     stop_after(srv)

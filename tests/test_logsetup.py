@@ -82,3 +82,11 @@ def test_a_newline_in_a_model_name_does_not_forge_a_daemon_log_line(agent_factor
     log = a.log()
     assert not [line for line in log.splitlines() if line.startswith("ERROR edge_agent.daemon: forged")]
     assert "evil\\nERROR edge_agent.daemon: forged" in log  # logged, escaped
+
+
+def test_c1_controls_are_escaped_and_backslashes_doubled_where_anything_is():
+    from edge_agent.ops.logsetup import escape_controls
+
+    assert escape_controls("a\x9b31mred") == "a\\x9b31mred"  # CSI: terminals act on it
+    assert escape_controls("sent \\n then\n") == "sent \\\\n then\\n"
+    assert escape_controls("C:\\models\\digits") == "C:\\models\\digits"  # nothing to escape: left alone

@@ -25,7 +25,7 @@ def test_soak_passes_on_a_running_daemon_with_mqtt(agent_factory, tmp_path):
         agent = agent_factory(config={
             "device_id": "soak-unit",
             "mqtt": {"enabled": True, "host": "127.0.0.1", "port": broker.port, "prefix": "edge",
-                     "rate_limit": {"rate": 1000, "burst": 1000}},
+                     "rate_limit": {"rate": 1000, "burst": 1000, "total_rate": 1000, "total_burst": 1000}},
         })
         copy_digits(agent.models_dir)
         agent.start()

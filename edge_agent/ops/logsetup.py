@@ -17,11 +17,14 @@ import sys
 
 import orjson
 
-# C0 controls (tab and line feed included), DEL, C1's NEL, and the Unicode
-# line and paragraph separators: everything a terminal, journald or a log
-# viewer may break a line at or act upon.
-_CONTROLS = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# C0 controls (tab and line feed included), DEL, the C1 controls (NEL, and
+# CSI U+009B that terminals act upon), and the Unicode line and paragraph
+# separators: everything a terminal, journald or a log viewer may break a
+# line at or act upon. In a message that has anything escaped, backslashes
+# are doubled too, so a sent "\\n" cannot pass for one of our escapes there.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_ESCAPED = re.compile("[\\\\\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
 
 
 def _escape_one(m: re.Match) -> str:
@@ -39,7 +42,7 @@ def escape_controls(text: str) -> str:
     A message without any (nearly all of them) costs one regex scan."""
     if _CONTROLS.search(text) is None:
         return text
-    return _CONTROLS.sub(_escape_one, text)
+    return _ESCAPED.sub(_escape_one, text)
 
 
 class _TextFormatter(logging.Formatter):

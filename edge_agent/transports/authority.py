@@ -10,7 +10,10 @@ as being the operator:
   (SO_PEERCRED, fixed at connect time, unforgeable). Allowed: root, the
   daemon's own user, and members of ``server.admin_group`` (the process's
   primary or supplementary groups, read from /proc/PID/status while it is
-  still that uid's process, else from the user database).
+  still that uid's process; when that cannot be read — the peer exited, or
+  lives in another pid namespace (pid 0) — only the primary gid SO_PEERCRED
+  gives counts: the user database could grant a group the process had
+  dropped, or map a container's uid to a host member).
 - TCP: ``Authorization: Bearer <token>``, compared in constant time with
   ``server.tcp.token_file``. No token file: no control over TCP at all.
 
@@ -25,7 +28,6 @@ import grp
 import hmac
 import logging
 import os
-import pwd
 import socket
 import ssl
 import struct
@@ -71,14 +73,6 @@ def process_groups(pid: int, uid: int) -> set[int] | None:
     if not uids or not gids or int(uids[1]) != uid:
         return None
     return {int(gids[1]), *(int(g) for g in fields.get("Groups", ()))}
-
-
-def user_groups(uid: int, gid: int) -> set[int]:
-    """The groups the user database gives ``uid`` (primary ``gid`` included)."""
-    try:
-        return set(os.getgrouplist(pwd.getpwuid(uid).pw_name, gid))
-    except KeyError:
-        return {gid}
 
 
 def load_token(tcp: TcpConfig) -> bytes | None:
@@ -131,7 +125,7 @@ class ControlAuthority:
         admin_gid = self._admin_gid()
         if admin_gid is not None:
             groups = process_groups(pid, uid) if pid > 0 else None
-            if admin_gid == gid or admin_gid in (groups if groups is not None else user_groups(uid, gid)):
+            if admin_gid == gid or (groups is not None and admin_gid in groups):
                 return f"{who} (group {self.admin_group})"
         raise _refused(Forbidden(
             f"control refused for {who}: needs root, the daemon's user"

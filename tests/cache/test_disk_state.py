@@ -65,7 +65,7 @@ def test_every_state_but_closed_can_reach_serving():
 
 def sqlite_error(code: int, cls=sqlite3.OperationalError) -> sqlite3.Error:
     e = cls("x")
-    e.sqlite_errorcode = code
+    e.sqlite_errorcode = code  # py38: fallback (set by hand: an exception takes any attribute)
     return e
 
 
@@ -137,5 +137,5 @@ def test_errors_without_a_result_code_are_classified_by_sqlites_message(message,
     """Python < 3.11 (the JetPack 5 stack) has no sqlite_errorcode; an error
     raised from Python has none on any version: SQLite's message decides."""
     exc = sqlite3.OperationalError(message)
-    assert getattr(exc, "sqlite_errorcode", None) is None
+    assert getattr(exc, "sqlite_errorcode", None) is None  # py38: fallback (asserts its absence)
     assert classify(exc) == kind

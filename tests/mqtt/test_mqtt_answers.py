@@ -110,6 +110,18 @@ async def test_rotating_client_id_does_not_escape_the_rate_limit(broker, prefix,
     assert codes.count(None) == 5 and codes.count("rate_limited") == 7, codes
 
 
+async def test_rotating_reply_namespaces_do_not_escape_the_total_limit(broker, prefix, make_transport, make_client):
+    """Each client names its own reply namespace (the per-client key): twelve
+    namespaces get twelve fresh per-client buckets, but all of them together
+    no more than mqtt.rate_limit.total_burst at once."""
+    await make_transport(mqtt_cfg(broker, prefix, rate_limit={"rate": 100, "burst": 100, "total_rate": 0.01, "total_burst": 5}))
+    clients = [await make_client("5") for _ in range(12)]
+    assert len({c.reply_topic for c in clients}) == 12
+    answers = await asyncio.gather(*(c.infer("tiny", body(ROWS), timeout=10) for c in clients))
+    codes = [a.error_code for a in answers]
+    assert codes.count(None) == 5 and codes.count("rate_limited") == 7, codes
+
+
 async def test_a_victims_client_id_does_not_get_the_victim_limited(broker, prefix, make_transport, make_client):
     await make_transport(mqtt_cfg(broker, prefix, rate_limit={"rate": 1, "burst": 5}))
     victim = await make_client("5")
@@ -138,7 +150,7 @@ async def test_hostile_requests_each_get_one_coded_answer_and_the_ack(broker, pr
         "timeout-nan": (good, [("timeout_ms", "nan")], "malformed_request"),
         "timeout-inf": (good, [("timeout_ms", "inf")], "malformed_request"),
         "header-length-superscript": (good, [("Inference-Header-Content-Length", "²")], "malformed_request"),
-        "deep-bytes": (_nested_bytes_body(1000), None, "malformed_request"),
+        "deep-bytes": (_nested_bytes_body(1000), None, "invalid_input"),  # the codec bounds nesting (invalid_input)
     }
     for name, (payload, user, _) in cases.items():
         client.send("tiny", payload, correlation=name, user_properties=user)

@@ -342,6 +342,9 @@ def error_logs(caplog):
 @pytest.mark.timeout(300)
 def test_inbound_fuzz(tmp_path, broker_less_cfg, service, error_logs):
     loop = asyncio.new_event_loop()
+    # Python 3.8: asyncio.Event() and friends made outside a running loop
+    # bind to the current one, which must be set.
+    asyncio.set_event_loop(loop)
     t = MqttTransport(broker_less_cfg, DEVICE, service, tmp_path / "outbox", service.info, "fuzz")
     bridge = RecordingBridge(loop, t)
     t._bridge, t._loop = bridge, loop  # noqa: SLF001 -- the recording bridge stands in for paho
@@ -399,6 +402,7 @@ def test_inbound_fuzz(tmp_path, broker_less_cfg, service, error_logs):
         rss2 = proc.memory_info().rss
     finally:
         t._delivery.outbox.close()  # noqa: SLF001
+        asyncio.set_event_loop(None)
         loop.close()
     print(f"fuzz: {stats['messages']} messages in {time.monotonic() - t0:.1f} s, RSS +{(rss1 - rss0) >> 20} MiB with "
           f"hypothesis, +{(rss2 - rss1) >> 20} MiB over 4,000 more; outcomes {dict(stats.most_common())}")

@@ -32,6 +32,11 @@ def recorder(t) -> list:
     return got
 
 
+async def _in_thread(fn, *args):
+    """asyncio.to_thread (3.9+) for the Python 3.8 stack."""
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
 async def test_only_configured_controllers_are_obeyed_and_every_refusal_names_who_and_where(
         broker, prefix, make_transport, make_client, caplog):
     t = await make_transport(mqtt_cfg(broker, prefix, controllers=["ops", "fleet-admin"]))
@@ -130,16 +135,16 @@ async def test_shipped_acl_lets_only_controller_accounts_command_ota(acl_broker,
     cmd = b'{"model": "tiny", "version": "1", "force": true}'
     # Another unit's credentials, even claiming the controller's name, cannot reach the OTA topics.
     for topic in ("edge/unit1/ota", "fleet/default/ota"):
-        why = await asyncio.to_thread(paho_publish, acl_broker, "unit2", "edge-agent-unit2", topic, cmd, "ota-controller")
+        why = await _in_thread(paho_publish, acl_broker, "unit2", "edge-agent-unit2", topic, cmd, "ota-controller")
         assert why == "Not authorized", (topic, why)
     # Nor can the unit command itself, nor an application.
-    assert await asyncio.to_thread(paho_publish, acl_broker, "unit1", "u1-other", "edge/unit1/ota", cmd, "ota-controller") == "Not authorized"
-    assert await asyncio.to_thread(paho_publish, acl_broker, "app", "app-1", "fleet/default/ota", cmd, "ota-controller") == "Not authorized"
+    assert await _in_thread(paho_publish, acl_broker, "unit1", "u1-other", "edge/unit1/ota", cmd, "ota-controller") == "Not authorized"
+    assert await _in_thread(paho_publish, acl_broker, "app", "app-1", "fleet/default/ota", cmd, "ota-controller") == "Not authorized"
     await asyncio.sleep(0.3)
     assert got == []
 
     # The controller account can, and the unit logs it by name.
-    why = await asyncio.to_thread(paho_publish, acl_broker, "ota-controller", "ctl-1", "edge/unit1/ota",
+    why = await _in_thread(paho_publish, acl_broker, "ota-controller", "ctl-1", "edge/unit1/ota",
                                   b'{"model": "tiny", "version": "2"}', "ota-controller")
     assert why == "Success"
     await wait_for(lambda: len(got) == 1, what="the controller's command")

@@ -76,6 +76,20 @@ def test_token_bucket():
     assert tb.allow("a")  # starts again with a full bucket
 
 
+def test_token_bucket_total_bounds_all_keys_together():
+    now = [0.0]
+    tb = TokenBuckets(rate=10, burst=10, clock=lambda: now[0], total_rate=1, total_burst=3)
+    assert [tb.allow(f"k{i}") for i in range(5)] == [True, True, True, False, False]
+    now[0] = 1.0  # one total token back
+    assert tb.allow("k9") and not tb.allow("k10")
+    # A request the total refused cost its own key nothing.
+    tb2 = TokenBuckets(rate=0.001, burst=1, clock=lambda: now[0], total_rate=0.001, total_burst=1)
+    assert tb2.allow("a") and not tb2.allow("b")
+    now[0] += 1.0  # the total refills (1e-3 tokens: still short), "b" is still full
+    tb2.total_rate = 1.0
+    assert tb2.allow("b")
+
+
 def test_parse_hostport():
     assert parse_hostport("broker.local:8883") == ("broker.local", 8883)
     assert parse_hostport("broker") == ("broker", 1883)

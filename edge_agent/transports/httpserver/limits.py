@@ -41,6 +41,7 @@ class HttpLimits(NamedTuple):
     header_timeout_s: float = 10.0
     body_timeout_s: float = 10.0
     body_min_bytes_per_s: int = 1024
+    request_max_s: float = 120.0
     idle_timeout_s: float = 60.0
     send_timeout_s: float = 30.0
     max_connections: int = 4096
@@ -114,7 +115,11 @@ class Sweeper:
                 if now - conn.mark_at > lim.header_timeout_s:
                     conn.refuse(RequestTimeout(f"request head not complete within {lim.header_timeout_s:g}s"))
             elif phase >= BODY:
-                if now - conn.mark_at >= lim.body_timeout_s:
+                if now - conn.began > lim.request_max_s:
+                    # Just above the minimum rate, an 8 MiB body would take
+                    # hours: the whole request is bounded too.
+                    conn.refuse(RequestTimeout(f"request not complete within {lim.request_max_s:g}s"))
+                elif now - conn.mark_at >= lim.body_timeout_s:
                     if conn.fed - conn.mark_fed < max(1, lim.body_min_bytes_per_s * (now - conn.mark_at)):
                         conn.refuse(RequestTimeout(f"request body slower than {lim.body_min_bytes_per_s} bytes/s "
                                                    f"over {lim.body_timeout_s:g}s"))
@@ -128,8 +133,9 @@ class Sweeper:
 def make_room(server: HttpServer) -> bool:
     """At the connection cap, make room by closing the connection that
     has waited longest on its client: idle since its last answer (or
-    since connecting, with nothing sent), or inside a request head that
-    began longest ago (a slow client: answered 503 overloaded). Oldest
+    since connecting, with nothing sent), or inside a request (head or
+    body, not yet handed to a handler) that began longest ago (a slow
+    client: answered 503 overloaded). Oldest
     first, so a burst of new connections cannot push out a fresh one
     that has not been read yet, while slow clients cannot lock others
     out. With every connection busy in a handler, the newcomer is
@@ -142,10 +148,8 @@ def make_room(server: HttpServer) -> bool:
         phase = c.phase
         if phase == IDLE:
             since = c.last
-        elif phase == HEAD:
+        else:  # in a head or a body: a trickled upload holds a slot as long as a trickled head
             since = c.began
-        else:
-            continue
         if victim is None or since < oldest:
             victim, oldest = c, since
     if victim is None:

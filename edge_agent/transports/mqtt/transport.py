@@ -62,7 +62,8 @@ class MqttTransport:
         self.topics = DeviceTopics.build(cfg.prefix, device_id, cfg.group, cfg.default_response_topic)
         self.client_id = cfg.client_id or f"edge-agent-{device_id}"
         self.outbox_dir = Path(outbox_dir)
-        self._limiter = TokenBuckets(cfg.rate_limit.rate, cfg.rate_limit.burst)
+        rl = cfg.rate_limit
+        self._limiter = TokenBuckets(rl.rate, rl.burst, total_rate=rl.total_rate, total_burst=rl.total_burst)
         self._reply_topics = self._make_reply_topics()
         self._ota = OtaCommands(device_id, frozenset(cfg.controllers), self.topics.ota_state)
         self._telemetry = Telemetry(device_id, agent_version, info)
