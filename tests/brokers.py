@@ -21,7 +21,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.certs import CertSet
+from certs import CertSet
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"

@@ -148,6 +148,25 @@ def digits_body(x) -> dict:
     return {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
 
 
+def metric_sum(text: str, name: str, labels: str = "") -> float:
+    """The sum of the samples of ``name`` in a /metrics scrape whose line holds ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and labels in line and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def wait_for(pred, timeout: float = 30.0, every: float = 0.05) -> None:
+    """Poll ``pred`` every ``every`` seconds until it holds; TimeoutError after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        time.sleep(every)
+    raise TimeoutError("condition not met")
+
+
 def make_slow_model(models_dir: Path, name: str = "slow", version: str = "1", layers: int = 60, width: int = 1024, max_batch: int = 1) -> Path:
     """A real ONNX model that takes a few milliseconds per row: a chain of
     width x width MatMuls. Lets tests build a queue without sleeping in the server."""

@@ -11,8 +11,7 @@ import orjson
 import onnx
 from sklearn.datasets import load_digits
 
-from daemon_proc import copy_digits, digits_body
-from test_daemon import _metric, _wait_for
+from daemon_proc import copy_digits, digits_body, metric_sum, wait_for
 
 X, _ = load_digits(return_X_y=True)
 X = X.astype(np.float32)
@@ -24,7 +23,7 @@ def _cached(doc: dict) -> bool:
 
 def _rows_run(a) -> float:
     _, _, m = a.client().request("GET", "/metrics")
-    return _metric(m.decode(), "edge_agent_batch_size_sum", 'model="digits"')
+    return metric_sum(m.decode(), "edge_agent_batch_size_sum", 'model="digits"')
 
 
 def test_hit_after_restart(agent_factory):
@@ -81,9 +80,9 @@ def test_bounds_evict_and_ttl_expires(agent_factory):
         c.infer("digits", digits_body(X[10 + i : 11 + i]))
     _, _, m = c.request("GET", "/metrics")
     text = m.decode()
-    assert _metric(text, "edge_agent_cache_evictions_total", 'tier="memory"') > 0
-    _wait_for(lambda: _metric(c.request("GET", "/metrics")[2].decode(), "edge_agent_cache_evictions_total", 'tier="disk"') > 0)
-    assert _metric(c.request("GET", "/metrics")[2].decode(), "edge_agent_cache_bytes", 'tier="memory"') <= 8192
+    assert metric_sum(text, "edge_agent_cache_evictions_total", 'tier="memory"') > 0
+    wait_for(lambda: metric_sum(c.request("GET", "/metrics")[2].decode(), "edge_agent_cache_evictions_total", 'tier="disk"') > 0)
+    assert metric_sum(c.request("GET", "/metrics")[2].decode(), "edge_agent_cache_bytes", 'tier="memory"') <= 8192
     assert not _cached(c.infer("digits", digits_body(X[10:11]))[1]), "the oldest entry should have been evicted"
 
 
@@ -118,7 +117,7 @@ def test_new_version_does_not_serve_old_answers(agent_factory):
     m.producer_version = "2"
     onnx.save(m, v2 / "model.onnx")
     a.signal(signal.SIGHUP)
-    _wait_for(lambda: len(a.client().json("POST", "/v2/repository/index")[1]) == 2)
+    wait_for(lambda: len(a.client().json("POST", "/v2/repository/index")[1]) == 2)
     status, doc = a.client().infer("digits", body)
     assert status == 200 and doc["model_version"] == "2" and not _cached(doc)
     status, doc = a.client().infer("digits", body, version="1")
@@ -139,7 +138,7 @@ def test_a_stream_of_unique_inputs_samples_and_repeats_bring_the_cache_back(agen
 
     def sampling() -> float:
         _, _, m = c.request("GET", "/metrics")
-        return _metric(m.decode(), "edge_agent_cache_sampling", 'model="digits"')
+        return metric_sum(m.decode(), "edge_agent_cache_sampling", 'model="digits"')
 
     rng = np.random.default_rng(7)
     for _ in range(2000):  # ~31 sample look-ups: a verdict needs 16
@@ -171,7 +170,7 @@ def test_a_stream_of_unique_inputs_samples_and_repeats_bring_the_cache_back(agen
 
 
 def _memo_hits(a) -> float:
-    return _metric(a.client().request("GET", "/metrics")[2].decode(), "edge_agent_cache_hits_total", 'tier="memo"')
+    return metric_sum(a.client().request("GET", "/metrics")[2].decode(), "edge_agent_cache_hits_total", 'tier="memo"')
 
 
 def test_repeated_request_bytes_get_the_kept_answer_bytes(agent_factory):

@@ -19,7 +19,7 @@ import orjson
 import pytest
 from sklearn.datasets import load_digits
 
-from daemon_proc import DIGITS, REPO, copy_digits, digits_body, make_slow_model
+from daemon_proc import DIGITS, REPO, copy_digits, digits_body, make_slow_model, metric_sum, wait_for
 
 X, _ = load_digits(return_X_y=True)
 X = X.astype(np.float32)
@@ -28,14 +28,6 @@ X = X.astype(np.float32)
 @pytest.fixture(scope="module")
 def reference():
     return ort.InferenceSession(str(DIGITS / "model.onnx"), providers=["CPUExecutionProvider"])
-
-
-def _metric(text: str, name: str, labels: str = "") -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and labels in line and not line.startswith("#"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def _status(a) -> dict:
@@ -65,11 +57,11 @@ def test_concurrent_requests_batch_and_match_session_run(agent_factory, referenc
         assert outs["probabilities_topk_indices"]["data"][0] == int(label[0])
     _, _, metrics = a.client().request("GET", "/metrics")
     text = metrics.decode()
-    batches = _metric(text, "edge_agent_batch_size_count", 'model="digits"')
-    rows = _metric(text, "edge_agent_batch_size_sum", 'model="digits"')
+    batches = metric_sum(text, "edge_agent_batch_size_count", 'model="digits"')
+    rows = metric_sum(text, "edge_agent_batch_size_sum", 'model="digits"')
     assert rows >= n  # warm-up rows are not counted in the histogram
     assert rows / batches > 1.0, f"average batch {rows / batches}"
-    assert _metric(text, "edge_agent_requests_total", 'outcome="ok"') == n
+    assert metric_sum(text, "edge_agent_requests_total", 'outcome="ok"') == n
 
 
 def test_batch_requests_split_back_correctly(agent_factory, reference):
@@ -125,12 +117,12 @@ def test_coded_errors_while_others_are_served(agent_factory):
     assert good["ok"] > 0 and good["bad"] == 0
     _, _, m = a.client().request("GET", "/metrics")
     text = m.decode()
-    assert _metric(text, "edge_agent_request_errors_total", 'code="malformed_request"') == 2
+    assert metric_sum(text, "edge_agent_request_errors_total", 'code="malformed_request"') == 2
     # Shape/datatype/name errors are counted against the model; a body whose
     # data does not fill its shape is refused while decoding, before routing.
-    assert _metric(text, "edge_agent_requests_total", 'outcome="invalid_input"') == 3
-    assert _metric(text, "edge_agent_request_errors_total", 'code="invalid_input"') == 1
-    assert _metric(text, "edge_agent_request_errors_total", 'code="payload_too_large"') == 1
+    assert metric_sum(text, "edge_agent_requests_total", 'outcome="invalid_input"') == 3
+    assert metric_sum(text, "edge_agent_request_errors_total", 'code="invalid_input"') == 1
+    assert metric_sum(text, "edge_agent_request_errors_total", 'code="payload_too_large"') == 1
     assert "invalid_input" in a.log() and "malformed_request" in a.log()
     assert _status(a)["stats"]["inflight"] == 0
 
@@ -230,14 +222,14 @@ def test_sighup_adds_and_removes_versions_without_failing_requests(agent_factory
     try:
         copy_digits(a.models_dir, version="2")
         a.signal(signal.SIGHUP)
-        _wait_for(lambda: [m["version"] for m in a.client().json("POST", "/v2/repository/index")[1]] == ["1", "2"])
+        wait_for(lambda: [m["version"] for m in a.client().json("POST", "/v2/repository/index")[1]] == ["1", "2"])
         status, doc = a.client().infer("digits", digits_body(X[:1]), version="2")
         assert status == 200 and doc["model_version"] == "2"
         # The default moves to the highest version.
         assert a.client().infer("digits", digits_body(X[:1]))[1]["model_version"] == "2"
         shutil.rmtree(a.models_dir / "digits" / "1")
         a.signal(signal.SIGHUP)
-        _wait_for(lambda: [m["version"] for m in a.client().json("POST", "/v2/repository/index")[1]] == ["2"])
+        wait_for(lambda: [m["version"] for m in a.client().json("POST", "/v2/repository/index")[1]] == ["2"])
         time.sleep(0.3)
     finally:
         stop.set()
@@ -246,15 +238,6 @@ def test_sighup_adds_and_removes_versions_without_failing_requests(agent_factory
     assert seen["fail"] == [] and seen["ok"] > 0
     status, doc = a.client().infer("digits", digits_body(X[:1]), version="1")
     assert (status, doc["code"]) == (404, "unknown_version")
-
-
-def _wait_for(pred, timeout: float = 30.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise TimeoutError("condition not met")
 
 
 def test_notify_socket_gets_ready_then_watchdog(agent_factory, tmp_path):

@@ -3,7 +3,7 @@
 rule for slow heads and bodies, idle and unread connections closed, the
 connection cap, and answers for a client that half-closes.
 
-First on the bare HttpServer (tests/test_http_protocol.py's ServerThread,
+First on the bare HttpServer (http_wire.py's ServerThread,
 raw sockets), then against a real daemon process: RSS under a streamed
 giant URL or header, and a half-closed client's inference answer.
 """
@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from daemon_proc import AgentProcess, make_slow_model
-from test_http_protocol import Reader, ServerThread, _wait, connect, get, post
+from http_wire import Reader, ServerThread, connect, get, post, wait_until
 from edge_agent.errors import HeaderTooLarge, Overloaded, RequestTimeout, UriTooLong
 from edge_agent.transports.httpserver import HttpLimits, connection_cap
 
@@ -236,8 +236,8 @@ def test_client_that_never_reads_its_answers_is_cut(stop_after):
     s = connect(srv.path)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.sendall(b"".join(get(f"/big/{i}") for i in range(100)))  # 6.5 MB of answers, never read
-    _wait(lambda: any(c.drained is not None for c in list(srv.server.connections)))
-    _wait(lambda: not srv.server.connections, timeout=5)
+    wait_until(lambda: any(c.drained is not None for c in list(srv.server.connections)))
+    wait_until(lambda: not srv.server.connections, timeout=5)
     assert isinstance(srv.errors[0], RequestTimeout)
 
 
@@ -257,7 +257,7 @@ def test_at_the_cap_idle_then_slow_connections_make_room_then_newcomers_get_503(
     idle = []
     for i in range(3):
         idle.append(connect(srv.path))
-        _wait(lambda: len(srv.server.connections) == i + 1)
+        wait_until(lambda: len(srv.server.connections) == i + 1)
         time.sleep(0.01)  # distinct loop times (uvloop's clock ticks in milliseconds)
     new = connect(srv.path)
     new.sendall(get("/echo/new"))
@@ -265,13 +265,13 @@ def test_at_the_cap_idle_then_slow_connections_make_room_then_newcomers_get_503(
     assert Reader(idle[0]).closed()
     for c in idle[1:] + [new]:
         c.close()
-    _wait(lambda: not srv.server.connections)
+    wait_until(lambda: not srv.server.connections)
     # Three slow heads: a newcomer closes the oldest with 503 overloaded.
     slow = []
     for i in range(3):
         c = connect(srv.path)
         c.sendall(b"GET /echo/slow%d HTTP/1.1\r\nX-Drip: " % i)
-        _wait(lambda: sum(x.phase == 1 for x in list(srv.server.connections)) == i + 1)
+        wait_until(lambda: sum(x.phase == 1 for x in list(srv.server.connections)) == i + 1)
         time.sleep(0.01)
         slow.append(c)
     new = connect(srv.path)
@@ -281,12 +281,12 @@ def test_at_the_cap_idle_then_slow_connections_make_room_then_newcomers_get_503(
     assert (status, orjson.loads(data)["code"]) == (503, "overloaded")
     for c in slow[1:] + [new]:
         c.close()
-    _wait(lambda: not srv.server.connections)
+    wait_until(lambda: not srv.server.connections)
     # Three requests in handlers: nothing to close, the newcomer is refused.
     busy = [connect(srv.path) for _ in range(3)]
     for c in busy:
         c.sendall(get("/gate"))
-    _wait(lambda: srv.calls.count("/gate") == 3)
+    wait_until(lambda: srv.calls.count("/gate") == 3)
     new = connect(srv.path)
     status, headers, data = Reader(new).response()
     assert (status, orjson.loads(data)["code"], headers["connection"]) == (503, "overloaded", "close")
@@ -328,7 +328,7 @@ def test_half_closed_client_with_nothing_pending_is_closed(srv_default):
     s.sendall(b"GET /echo/partial HTTP/1.1\r\nHo")
     s.shutdown(socket.SHUT_WR)
     assert Reader(s).closed()
-    _wait(lambda: not srv_default.server.connections)
+    wait_until(lambda: not srv_default.server.connections)
 
 
 @pytest.fixture

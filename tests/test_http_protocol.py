@@ -3,11 +3,8 @@ socket, driven byte by byte with raw sockets (and curl) so every protocol
 corner is visible: keep-alive, pipelining, chunked bodies, 100-continue,
 HTTP/1.0, malformed input, oversized bodies, clients that vanish, shutdown.
 
-The server runs in its own thread on its own uvloop loop; the handler is a
-small real one (echo, sleep, a shared future) instead of the inference
-service, whose routes the daemon tests cover. Paths under /fast/ are
-answered without a coroutine (an answer at once, or a ``Later``), as
-inference requests are in the daemon; the others by a coroutine.
+The server runs in its own thread on its own uvloop loop (http_wire.py's
+``ServerThread``, which says what its handler answers).
 """
 
 from __future__ import annotations
@@ -19,7 +16,6 @@ import socket
 import stat
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -27,6 +23,7 @@ import orjson
 import pytest
 import uvloop
 
+from http_wire import Reader, ServerThread, connect, get, post, wait_until
 from edge_agent.errors import MalformedRequest
 from edge_agent.transports import httpserver
 from edge_agent.transports.http import HttpTransport
@@ -35,160 +32,11 @@ from edge_agent.transports.httpserver import CT_JSON, HttpLimits, HttpServer
 pytestmark = pytest.mark.timeout(30)
 
 
-class ServerThread:
-    """An HttpServer on a Unix socket, on a loop in a background thread."""
-
-    def __init__(self, max_body: int = 64 * 1024, limits: HttpLimits | None = None) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="hp-"))  # AF_UNIX paths are short
-        self.path = str(self.dir / "s.sock")
-        self.loop = uvloop.new_event_loop()
-        self.calls: list[str] = []  # paths whose handler started
-        self.finished: list[str] = []  # ... and returned (not cancelled)
-        self.errors: list = []  # on_error reports
-        self.gate: asyncio.Future | None = None
-        self.fgate: asyncio.Future | None = None  # what /fast/gate waits for
-        self.server = HttpServer(self.respond, max_body, self.errors.append, limits)
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.run(self.server.listen_unix(self.path))
-
-    def run(self, coro, timeout: float = 10):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def respond(self, req):
-        """The server's hook: ``fast`` for /fast/, else ``handle``'s coroutine."""
-        r = self.fast(req)
-        return r if r is not None else self.handle(req)
-
-    async def handle(self, req):
-        self.calls.append(req.path)
-        if req.path == "/sleep":
-            await asyncio.sleep(int(req.query.split(b"=")[1]) / 1000)
-        elif req.path == "/gate":
-            if self.gate is None:
-                self.gate = self.loop.create_future()
-            # shield: what the service does for work other requests share
-            await asyncio.shield(self.gate)
-        elif req.path == "/boom":
-            raise RuntimeError("a bug in a route")
-        if req.path.startswith("/big/"):
-            return 200, CT_JSON, orjson.dumps({"path": req.path}) + b" " * 65536
-        if req.error is not None:
-            self.finished.append(req.path)
-            return req.error.http_status, CT_JSON, orjson.dumps(req.error.to_dict())
-        doc = {
-            "method": req.method, "path": req.path, "query": req.query.decode(),
-            "len": len(req.body), "body": req.body[:64].decode(errors="replace"),
-            "ctype": req.headers.get(b"content-type", b"").decode(),
-        }
-        self.finished.append(req.path)
-        return 200, CT_JSON, orjson.dumps(doc)
-
-    def fast(self, req):
-        if not req.path.startswith("/fast/"):
-            return None
-        self.calls.append(req.path)
-        what = req.path[6:]
-        if what == "raise":
-            raise RuntimeError("a bug in a fast route")
-        if what == "now":
-            self.finished.append(req.path)
-            return 200, CT_JSON, orjson.dumps({"path": req.path, "len": len(req.body)})
-        fut = self.loop.create_future()
-        if what == "gate":
-            if self.fgate is None or self.fgate.done():
-                self.fgate = fut
-            fut = self.fgate
-        else:  # sleep
-            self.loop.call_later(int(req.query.split(b"=")[1]) / 1000, lambda: fut.done() or fut.set_result(None))
-        return _FastLater(fut, req, self)
-
-    def open_fast_gate(self) -> None:
-        self.loop.call_soon_threadsafe(lambda: self.fgate.set_result(None) if self.fgate and not self.fgate.done() else None)
-
-    def open_gate(self) -> None:
-        self.loop.call_soon_threadsafe(lambda: self.gate.set_result(None) if self.gate and not self.gate.done() else None)
-
-    def stop(self) -> None:
-        try:
-            self.run(self.server.shutdown(2))
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(5)
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class _FastLater(httpserver.Later):
-    __slots__ = ("srv",)
-
-    def __init__(self, future, req, srv) -> None:
-        super().__init__(future, req)
-        self.srv = srv
-
-    def answer(self):
-        self.future.result()  # raises CancelledError when shutdown cut it
-        if self.req.query == b"boom":
-            raise RuntimeError("a bug finishing an answer")
-        self.srv.finished.append(self.req.path)
-        return 200, CT_JSON, orjson.dumps({"path": self.req.path, "len": len(self.req.body)})
-
-
 @pytest.fixture
 def srv():
     s = ServerThread()
     yield s
     s.stop()
-
-
-def connect(path: str) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(5)
-    s.connect(path)
-    return s
-
-
-class Reader:
-    """Reads HTTP responses off a raw socket (Content-Length framing only,
-    which is all the server emits)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buf = b""
-
-    def _fill(self) -> bool:
-        data = self.sock.recv(65536)
-        self.buf += data
-        return bool(data)
-
-    def response(self) -> tuple[int, dict[str, str], bytes]:
-        while b"\r\n\r\n" not in self.buf:
-            if not self._fill():
-                raise EOFError("connection closed before a response")
-        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-        lines = head.decode().split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = {k.lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:])}
-        n = int(headers.get("content-length", 0))
-        while len(self.buf) < n:
-            if not self._fill():
-                raise EOFError("connection closed mid-body")
-        body, self.buf = self.buf[:n], self.buf[n:]
-        return status, headers, body
-
-    def closed(self) -> bool:
-        """True when the server closed the connection (EOF, nothing pending)."""
-        try:
-            return not self.buf and self.sock.recv(1) == b""
-        except ConnectionResetError:
-            return True
-
-
-def get(path: str, extra: str = "", version: str = "1.1") -> bytes:
-    return f"GET {path} HTTP/{version}\r\nHost: x\r\n{extra}\r\n".encode()
-
-
-def post(path: str, body: bytes, extra: str = "") -> bytes:
-    return f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body
 
 
 def test_keep_alive_serves_many_requests_on_one_connection(srv):
@@ -357,13 +205,13 @@ def test_client_gone_mid_handler_does_not_cancel_shared_work(srv):
     a.sendall(get("/gate"))
     b = connect(srv.path)
     b.sendall(get("/gate"))
-    _wait(lambda: srv.calls.count("/gate") == 2)
+    wait_until(lambda: srv.calls.count("/gate") == 2)
     a.close()  # leaves while its handler awaits work it shares with b
     time.sleep(0.1)
     srv.open_gate()
     status, _, data = Reader(b).response()
     assert status == 200 and orjson.loads(data)["path"] == "/gate"
-    _wait(lambda: srv.finished.count("/gate") == 2)  # a's handler ran to the end, not cancelled
+    wait_until(lambda: srv.finished.count("/gate") == 2)  # a's handler ran to the end, not cancelled
     assert not srv.gate.cancelled()
     b.close()
 
@@ -431,7 +279,7 @@ def test_shutdown_waits_for_in_flight_then_closes_idle_connections(srv):
     idle.sendall(get("/echo"))
     ri = Reader(idle)
     assert ri.response()[0] == 200
-    _wait(lambda: "/sleep" in srv.calls)
+    wait_until(lambda: "/sleep" in srv.calls)
     t0 = time.monotonic()
     srv.run(srv.server.shutdown(5))
     assert time.monotonic() - t0 < 3
@@ -445,7 +293,7 @@ def test_shutdown_waits_for_in_flight_then_closes_idle_connections(srv):
 def test_shutdown_timeout_cancels_what_is_left(srv):
     s = connect(srv.path)
     s.sendall(get("/gate"))
-    _wait(lambda: "/gate" in srv.calls)
+    wait_until(lambda: "/gate" in srv.calls)
     t0 = time.monotonic()
     srv.run(srv.server.shutdown(0.2))
     assert time.monotonic() - t0 < 2
@@ -477,7 +325,7 @@ def test_fast_route_bugs_give_500_and_the_connection_survives(srv):
     s.sendall(get("/fast/sleep?ms=1"))  # a plain Later works
     assert r.response()[0] == 200
     s.sendall(b"GET /fast/gate?boom HTTP/1.1\r\nHost: x\r\n\r\n" + get("/echo/after"))
-    _wait(lambda: "/fast/gate" in srv.calls)
+    wait_until(lambda: "/fast/gate" in srv.calls)
     srv.open_fast_gate()
     status, _, data = r.response()
     assert (status, orjson.loads(data)["code"]) == (500, "internal")
@@ -500,11 +348,11 @@ def test_fast_http10_and_connection_close_are_honoured(srv):
 def test_client_gone_while_a_later_waits_is_harmless(srv):
     a = connect(srv.path)
     a.sendall(get("/fast/gate"))
-    _wait(lambda: "/fast/gate" in srv.calls)
+    wait_until(lambda: "/fast/gate" in srv.calls)
     a.close()
     time.sleep(0.1)
     srv.open_fast_gate()
-    _wait(lambda: "/fast/gate" in srv.finished)  # finished, its answer dropped
+    wait_until(lambda: "/fast/gate" in srv.finished)  # finished, its answer dropped
     assert srv.run(_count(srv.server)) == 0 and srv.server.active == 0
     b = connect(srv.path)
     b.sendall(get("/fast/now"))
@@ -514,7 +362,7 @@ def test_client_gone_while_a_later_waits_is_harmless(srv):
 def test_shutdown_waits_for_a_later_in_flight(srv):
     s = connect(srv.path)
     s.sendall(get("/fast/sleep?ms=300"))
-    _wait(lambda: "/fast/sleep" in srv.calls)
+    wait_until(lambda: "/fast/sleep" in srv.calls)
     t0 = time.monotonic()
     srv.run(srv.server.shutdown(5))
     assert time.monotonic() - t0 < 3
@@ -525,7 +373,7 @@ def test_shutdown_waits_for_a_later_in_flight(srv):
 def test_shutdown_timeout_cancels_a_later_and_what_waits_behind_it(srv):
     s = connect(srv.path)
     s.sendall(get("/fast/gate") + get("/echo/behind"))
-    _wait(lambda: "/fast/gate" in srv.calls)
+    wait_until(lambda: "/fast/gate" in srv.calls)
     srv.run(srv.server.shutdown(0.2))
     assert Reader(s).closed()
     assert srv.fgate.cancelled() and "/fast/gate" not in srv.finished
@@ -566,14 +414,6 @@ def test_transport_socket_file_mode_stale_file_and_removal():
     finally:
         loop.close()
         shutil.rmtree(d, ignore_errors=True)
-
-
-def _wait(cond, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(0.01)
 
 
 def test_upgrade_request_is_answered_then_closed(srv):

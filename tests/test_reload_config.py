@@ -7,8 +7,7 @@ import signal
 import numpy as np
 from sklearn.datasets import load_digits
 
-from daemon_proc import copy_digits, digits_body
-from test_daemon import _wait_for
+from daemon_proc import copy_digits, digits_body, wait_for
 
 X = load_digits(return_X_y=True)[0].astype(np.float32)
 
@@ -18,7 +17,7 @@ def _reload(a, config: dict) -> None:
     a.config = config
     a.write_config()
     a.signal(signal.SIGHUP)
-    _wait_for(lambda: a.log().count("reload done") > done)
+    wait_for(lambda: a.log().count("reload done") > done)
 
 
 def _status(a) -> dict:

@@ -26,7 +26,7 @@ import orjson
 import pytest
 
 from daemon_proc import AgentProcess, copy_digits, digits_body
-from test_http_protocol import Reader, get, post
+from http_wire import Reader, get, post
 
 pytestmark = pytest.mark.timeout(120)
 

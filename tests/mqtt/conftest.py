@@ -19,7 +19,7 @@ if str(ROOT) not in sys.path:
 from edge_agent.config import MqttConfig  # noqa: E402
 from edge_agent.transports.mqtt import MqttTransport  # noqa: E402
 from edge_agent.transports.mqtt.client import MqttInferClient  # noqa: E402
-from tests.brokers import Mosquitto  # noqa: E402
+from brokers import Mosquitto  # noqa: E402
 from tests.mqtt.tiny_service import TinyService, build_model  # noqa: E402
 
 DEVICE = "unit1"

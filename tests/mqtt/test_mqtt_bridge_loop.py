@@ -10,8 +10,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_agent.transports.mqtt.bridge import BrokerSettings, PahoBridge, PublishProperties, TlsSettings
-from tests.brokers import Mosquitto
-from tests.certs import make_certs
+from brokers import Mosquitto
+from certs import make_certs
 from tests.mqtt.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(60)

@@ -16,7 +16,7 @@ from sklearn.datasets import load_digits
 
 from daemon_proc import DIGITS, copy_digits, digits_body
 from edge_agent.transports.mqtt.client import MqttInferClient
-from tests.brokers import Mosquitto
+from brokers import Mosquitto
 
 X, _ = load_digits(return_X_y=True)
 X = X.astype(np.float32)

@@ -134,7 +134,7 @@ async def test_outbox_survives_restart_and_flushes_in_order(broker, prefix, make
 
 
 async def test_start_returns_while_broker_down_then_connects(tmp_path, prefix, make_transport, service):
-    from tests.brokers import Mosquitto
+    from brokers import Mosquitto
 
     b = Mosquitto(tmp_path / "late")
     t = await make_transport(mqtt_cfg(b, prefix), connect=False)

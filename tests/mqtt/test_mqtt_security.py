@@ -10,8 +10,8 @@ from edge_agent.config import MqttTlsConfig
 from edge_agent.errors import ConfigError
 from edge_agent.transports.mqtt import MqttTransport
 from edge_agent.transports.mqtt.bridge import TlsSettings
-from tests.brokers import Mosquitto
-from tests.certs import make_certs
+from brokers import Mosquitto
+from certs import make_certs
 from tests.mqtt.conftest import DEVICE, body, mqtt_cfg, wait_for
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]

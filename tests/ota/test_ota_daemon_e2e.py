@@ -527,7 +527,7 @@ def test_fleet_command_over_mqtt_updates_and_reports_retained_progress(agent_fac
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
     from paho.mqtt import client as paho
-    from tests.brokers import Mosquitto
+    from brokers import Mosquitto
 
     with Mosquitto(tmp_path / "broker") as broker:
         mqtt = {"enabled": True, "host": "127.0.0.1", "port": broker.port, "prefix": "edge", "group": "lab",

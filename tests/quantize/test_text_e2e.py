@@ -14,7 +14,7 @@ import yaml
 from tokenizers import Tokenizer
 
 from edge_agent.transports.mqtt.client import MqttInferClient
-from tests.brokers import Mosquitto
+from brokers import Mosquitto
 
 TEXTS = [
     "The forklift is parked in bay 4.",
