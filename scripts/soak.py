@@ -28,7 +28,7 @@ baseline: what grows after it is not a cache filling up.
     python scripts/soak.py --socket /run/edge-agent/agent.sock --minutes 60
     python scripts/soak.py --mqtt 127.0.0.1:1883   # own daemon also serves MQTT there
 
-Not run in CI (tests/test_soak_script.py runs it for seconds so it cannot rot);
+Not run in CI (tests/scripts/test_soak_script.py runs it for seconds so it cannot rot);
 figures of a 10-minute run: docs/BENCHMARKS.md, "Soak".
 """
 

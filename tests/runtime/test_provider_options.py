@@ -32,7 +32,7 @@ from edge_agent.runtime import providers as P
 
 # Not daemon_proc.REPO: these tests (all but the last three) also run under Python 3.8 with ORT 1.16.3
 # (`pytest --noconftest`), where the daemon's modules do not import yet.
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ALL = [P.TRT, P.CUDA, P.CPU]
 DIGITS = REPO / "models" / "digits" / "1"
 # Every TensorRT key tensorrt_options() can produce (all config switches on).
