@@ -53,7 +53,11 @@ TIMER_MIN_S = 0.001
 RUN_EWMA = 0.125
 
 
-class _Pending:
+class _Queued:
+    """A request waiting in the batcher's queue: its prepared inputs, the
+    future its answer resolves, its deadline, when it was queued, and
+    ``store(outputs)`` for the response cache, run on the worker (or None)."""
+
     __slots__ = ("prepared", "future", "deadline", "enqueued", "store")
 
     def __init__(self, prepared: Prepared, future: asyncio.Future, deadline: float, enqueued: float, store) -> None:
@@ -99,7 +103,7 @@ class Batcher:
         self._queues = {PRIORITY_HIGH: deque(), PRIORITY_NORMAL: deque()}
         self._order = (self._queues[PRIORITY_HIGH], self._queues[PRIORITY_NORMAL])
         self._size = 0
-        self._incoming: list[tuple[int, _Pending]] = []  # submitted this loop turn (loop thread only)
+        self._incoming: list[tuple[int, _Queued]] = []  # submitted this loop turn (loop thread only)
         self._cond = threading.Condition(threading.Lock())
         self._closing = False
         self._stop = False
@@ -150,7 +154,7 @@ class Batcher:
         if self._size + len(incoming) >= self.max_queue:
             raise Overloaded(f"model '{self.model.name}': queue full ({self.max_queue} waiting)", reason="queue_full")
         fut = self.loop.create_future()
-        incoming.append((priority, _Pending(prepared, fut, deadline, _now(), store)))
+        incoming.append((priority, _Queued(prepared, fut, deadline, _now(), store)))
         if len(incoming) == 1:
             self.loop.call_soon(self._hand_over)
         if deadline < self._timer_at:
@@ -195,7 +199,7 @@ class Batcher:
         deadline timer for the earliest deadline left (on the loop; the
         timer calls it, and so may anyone, e.g. a periodic safety net)."""
         now = _now()
-        expired: list[_Pending] = []
+        expired: list[_Queued] = []
         earliest = INF
         if self._size:
             with self._cond:
@@ -275,10 +279,10 @@ class Batcher:
 
     # --- worker thread -------------------------------------------------------
 
-    def _take(self) -> list[_Pending]:
+    def _take(self) -> list[_Queued]:
         """Under the lock: pop up to max_rows rows, high priority first, in
         order, and no more than this instance's share of the queued requests."""
-        batch: list[_Pending] = []
+        batch: list[_Queued] = []
         rows = 0
         share = -(-self._size // self.instances)
         for q in self._order:
@@ -320,7 +324,7 @@ class Batcher:
             self.heartbeat = now = _now()
             self._run(batch, now, index)
 
-    def _run(self, batch: list[_Pending], now: float, index: int = 0) -> None:
+    def _run(self, batch: list[_Queued], now: float, index: int = 0) -> None:
         live = []
         expired = []
         # Not started unless it can finish by its deadline, as far as the
@@ -360,7 +364,7 @@ class Batcher:
         loop.call_soon_threadsafe(self._resolve, [p.future for p in live], results)
         self._done(len(batch))
 
-    def _run_isolated(self, live: list[_Pending]) -> list:
+    def _run_isolated(self, live: list[_Queued]) -> list:
         """Run the batch; if it fails, run its requests one by one so only the
         request that breaks the model gets the error."""
         try:
