@@ -9,4 +9,5 @@
 - ``routing.py``: the one rule saying which versions may be routed (the repository's admit hook).
 - ``canary.py``: the live-traffic verdict. ``manifest.py``, ``signing.py``, ``publish.py``,
   ``cli.py``, ``devserver.py``: the registry side (publishing, keys, a dev server).
+- ``errors.py``: the update path's errors, each with a stable code; ``metrics.py``: its metrics.
 """

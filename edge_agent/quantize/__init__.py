@@ -3,4 +3,12 @@
 Heavy imports (onnxruntime.quantization) stay in the submodules so that the
 daemon importing ``edge_agent.quantize.cli`` to register the subcommand does
 not pay for them.
+
+What lives here:
+  cli.py          `edge-agent quantize`
+  version.py      one version directory in, one gated quantized version directory out
+  convert.py      FP32 -> INT8 static QDQ, INT8 dynamic, or FP16
+  calibration.py  where calibration and evaluation batches come from
+  smooth.py       SmoothQuant for weight MatMuls
+  gate.py         the accuracy gate against the FP32 reference
 """

@@ -1,0 +1,10 @@
+"""Models in ONNX Runtime: one version loaded, what it declares, where it runs.
+
+What lives here:
+  session.py     LoadedModel: one version in an ORT session: checks against
+                 model.yaml, warm-up, request validation, batch runs
+  model_spec.py  model.yaml: a version's signature, batching, warm-up and extras
+  providers.py   execution providers (TensorRT, CUDA, CPU), their options per
+                 ONNX Runtime version, and the check of what bound
+  text.py        text models: UTF-8 in, tokenized and padded; pooled embedding out
+"""
