@@ -3,8 +3,8 @@
 Shared by every transport. Handles the JSON form and the binary-tensor
 extension (``Inference-Header-Content-Length``: the first N bytes are the JSON
 header, binary tensors follow in input order). Decoding checks structure and
-turns data into numpy arrays; checking against a model signature is the
-service's job (validation.py).
+turns data into numpy arrays; checking against a model's signature is
+``LoadedModel.prepare``'s job (runtime/session.py).
 
 The body is hostile until decoded: every size it claims (a shape's element
 count, ``binary_data_size``, the JSON header's length) is checked against the
