@@ -46,7 +46,7 @@ DOORKEEPER_ROW_BYTES = 1024
 
 class ResponseCache:
     """``get``/``put`` never raise and never wait on the disk: a disk fault
-    makes that tier step aside (see sqlite_tier). Returned dicts are the
+    makes that tier step aside (disk_state.py). Returned dicts are the
     caller's; their arrays are read-only and shared with the cache.
     ``put`` keeps the arrays it is given (no copy) until the first hit, so
     the caller must not write into them afterwards."""
