@@ -9,6 +9,7 @@ What lives here:
   version.py      one version directory in, one gated quantized version directory out
   convert.py      FP32 -> INT8 static QDQ, INT8 dynamic, or FP16
   calibration.py  where calibration and evaluation batches come from
+  targets.py      the CPU targets of --targets, and how each one's gate runs faithfully here
   smooth.py       SmoothQuant for weight MatMuls
   gate.py         the accuracy gate against the FP32 reference
 """

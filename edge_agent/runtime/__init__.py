@@ -4,6 +4,8 @@ What lives here:
   session.py     LoadedModel: one version in an ORT session: checks against
                  model.yaml, warm-up, request validation, batch runs
   model_spec.py  model.yaml: a version's signature, batching, warm-up and extras
+  artifacts.py   which of a version's ONNX files (model.yaml artifacts) this machine serves
+  cpu.py         what this CPU offers for INT8, from /proc/cpuinfo (daemon, quantize, doctor)
   providers.py   execution providers (TensorRT, CUDA, CPU), their options per
                  ONNX Runtime version, and the check of what bound
   text.py        text models: UTF-8 in, tokenized and padded; pooled embedding out
