@@ -12,5 +12,6 @@ What lives here:
   mqtt_publish_decode.py  a faster MQTT 5 PUBLISH decoder for paho-mqtt 2.x
   offload.py              the edge side of companion offload over MQTT
   outbox.py               the on-disk queue of MQTT messages while the broker is away
-  ratelimit.py            per-client token buckets
+  ratelimit.py            per-client token buckets under a total bucket
+  reply_topics.py         where an MQTT answer may be published: the one rule for reply topics
 """

@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 from daemon_proc import REPO
 from edge_agent.transports.mqtt.bridge import PublishProperties
 from edge_agent.transports.mqtt.client import MqttInferClient
-from tests.brokers import Mosquitto
+from brokers import Mosquitto
 from tests.mqtt.conftest import DEVICE, body, mqtt_cfg, wait_for
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]

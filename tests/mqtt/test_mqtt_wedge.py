@@ -21,7 +21,7 @@ from sklearn.datasets import load_digits
 from daemon_proc import copy_digits, digits_body
 from edge_agent.transports.mqtt.bridge import PublishProperties
 from edge_agent.transports.mqtt.client import MqttInferClient
-from tests.brokers import Mosquitto
+from brokers import Mosquitto
 
 pytestmark = pytest.mark.timeout(180)
 
