@@ -21,7 +21,7 @@ import ipaddress
 import os
 import socket
 from pathlib import Path
-from typing import Literal, Mapping, Optional
+from typing import Dict, List, Literal, Mapping, Optional  # pydantic resolves field annotations here
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 

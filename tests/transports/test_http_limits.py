@@ -218,7 +218,7 @@ def test_at_the_cap_a_slow_upload_makes_room_too(stop_after):
     for i in range(2):
         c = connect(srv.path)
         c.sendall(b"POST /echo/up%d HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nxx" % i)
-        _wait(lambda: sum(x.phase >= 2 for x in list(srv.server.connections)) == i + 1)
+        wait_until(lambda: sum(x.phase >= 2 for x in list(srv.server.connections)) == i + 1)
         time.sleep(0.01)
         slow.append(c)
     new = connect(srv.path)
