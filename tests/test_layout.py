@@ -31,7 +31,7 @@ TESTS = REPO / "tests"
 OTHER_FOLDERS = {
     "scripts": "scripts/",
     "fuzz": "the codec and the HTTP server, by seeded fuzzers",
-    "mqtt": "the MQTT transport (edge_agent/transports/mqtt*.py and its helpers)",
+    "mqtt": "edge_agent/transports/mqtt/ (its tests were here before the package)",
 }
 # Tests at the top of tests/ that are about the whole tree, not one module.
 WHOLE_TREE = {

@@ -16,6 +16,8 @@ One concern per module:
 - ``telemetry.py``    MQTT request statistics (kept once, Prometheus included) and the telemetry/status JSON.
 - ``bridge.py``       PahoBridge: paho-mqtt driven by the asyncio loop, reconnect with backoff.
 - ``paho_fast.py``    every use of paho's private API (fast PUBLISH decoder, socket adoption), guarded.
+- ``wire.py``        the bytes between paho and the broker: PUBLISH properties encoded once, the socket.
+- ``settings.py``    how to reach the broker: BrokerSettings, TlsSettings, the password file.
 - ``client.py``       MqttInferClient and run_infer, for ``edge-agent infer --mqtt``, tests and scripts.
 
 Other packages import from here: ``from edge_agent.transports.mqtt import MqttTransport``.
