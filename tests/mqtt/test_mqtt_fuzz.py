@@ -419,7 +419,7 @@ def test_inbound_fuzz(tmp_path, broker_less_cfg, service, error_logs):
 
 @pytest.fixture
 def broker_less_cfg():
-    return mqtt_cfg(SimpleNamespace(port=1), PREFIX, rate_limit={"rate": 1e6, "burst": 1_000_000})
+    return mqtt_cfg(SimpleNamespace(port=1), PREFIX, rate_limit={"rate": 1e6, "burst": 1_000_000, "total_rate": 1e6, "total_burst": 1_000_000})
 
 
 def _broker_safe(m: dict) -> bool:
@@ -438,7 +438,7 @@ def _header_length(props) -> int | str | None:
 @pytest.mark.asyncio
 @pytest.mark.timeout(120)
 async def test_inbound_fuzz_through_mosquitto(broker, make_transport, make_client, error_logs):
-    t = await make_transport(mqtt_cfg(broker, PREFIX, rate_limit={"rate": 1e6, "burst": 1_000_000}))
+    t = await make_transport(mqtt_cfg(broker, PREFIX, rate_limit={"rate": 1e6, "burst": 1_000_000, "total_rate": 1e6, "total_burst": 1_000_000}))
     seen: list = []
     watcher = await make_client("5", reply_topic="#")
     watcher._bridge._cb_message = lambda msg: seen.append(  # noqa: SLF001

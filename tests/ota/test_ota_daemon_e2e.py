@@ -215,8 +215,13 @@ def cli(a, *args: str) -> subprocess.CompletedProcess:
 
 
 def leftovers(a) -> list[str]:
-    root = a.models_dir / MODEL
-    return sorted(p.name for p in root.rglob("*") if p.name.endswith((".staging", ".part")) or p.name.startswith(".trash"))
+    """Staging, partial and trash entries under the model's folder. os.walk,
+    not Path.rglob: the daemon removes them while we look, and Python 3.8's
+    rglob raises on a folder that vanished under it."""
+    names = []
+    for _, dirs, files in os.walk(a.models_dir / MODEL):
+        names += [n for n in dirs + files if n.endswith((".staging", ".part")) or n.startswith(".trash")]
+    return sorted(names)
 
 
 @pytest.fixture
