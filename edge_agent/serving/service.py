@@ -38,6 +38,13 @@ log = logging.getLogger("edge_agent.service")
 _now = time.monotonic
 
 
+
+def percentile(sorted_values, q: float) -> float:
+    """Nearest-rank percentile (q in 0..1) of an ascending, non-empty
+    sequence: the one calculation behind every latency percentile the daemon
+    reports (status, MQTT telemetry)."""
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
 class Started:
     """A request ``InferenceService.start`` has set going: ``future`` ends
     with the outputs, or with the whole response when ``whole`` (offloaded
@@ -318,7 +325,7 @@ class InferenceService:
         lat = sorted(self.recent)
 
         def pct(p: float) -> float | None:
-            return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 3) if lat else None
+            return round(percentile(lat, p) * 1000, 3) if lat else None
 
         return {
             "uptime_s": round(_now() - self.started, 1),

@@ -209,17 +209,15 @@ def test_body_just_above_the_minimum_rate_is_bounded_by_request_max_s(stop_after
     assert took >= 0.9 and "/echo/long" not in srv.calls
 
 
-def test_at_the_cap_a_slow_upload_makes_room_too(stop_after):
-    """A trickled body holds a slot as a trickled head does: at the cap the
-    oldest unfinished request is closed (503), not the newcomer refused."""
-    srv = limited(max_connections=2, reserved_fds=0)
-    stop_after(srv)
+def _newcomer_evicts_the_oldest_unfinished(srv, starts, unfinished) -> None:
+    """Open a connection per start (a request begun, not finished), oldest
+    first; then a newcomer is served and the oldest gets 503 overloaded."""
     slow = []
-    for i in range(2):
+    for i, start in enumerate(starts):
         c = connect(srv.path)
-        c.sendall(b"POST /echo/up%d HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nxx" % i)
-        wait_until(lambda: sum(x.phase >= 2 for x in list(srv.server.connections)) == i + 1)
-        time.sleep(0.01)
+        c.sendall(start)
+        wait_until(lambda: sum(unfinished(x) for x in list(srv.server.connections)) == i + 1)
+        time.sleep(0.01)  # distinct loop times (uvloop's clock ticks in milliseconds)
         slow.append(c)
     new = connect(srv.path)
     new.sendall(get("/echo/new"))
@@ -228,6 +226,15 @@ def test_at_the_cap_a_slow_upload_makes_room_too(stop_after):
     assert (status, orjson.loads(data)["code"]) == (503, "overloaded")
     for c in slow[1:] + [new]:
         c.close()
+
+
+def test_at_the_cap_a_slow_upload_makes_room_too(stop_after):
+    """A trickled body holds a slot as a trickled head does: at the cap the
+    oldest unfinished request is closed (503), not the newcomer refused."""
+    srv = limited(max_connections=2, reserved_fds=0)
+    stop_after(srv)
+    _newcomer_evicts_the_oldest_unfinished(srv, [b"POST /echo/up%d HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nxx" % i
+                                                 for i in range(2)], lambda c: c.phase >= 2)
 
 
 def test_client_that_never_reads_its_answers_is_cut(stop_after):
@@ -267,20 +274,8 @@ def test_at_the_cap_idle_then_slow_connections_make_room_then_newcomers_get_503(
         c.close()
     wait_until(lambda: not srv.server.connections)
     # Three slow heads: a newcomer closes the oldest with 503 overloaded.
-    slow = []
-    for i in range(3):
-        c = connect(srv.path)
-        c.sendall(b"GET /echo/slow%d HTTP/1.1\r\nX-Drip: " % i)
-        wait_until(lambda: sum(x.phase == 1 for x in list(srv.server.connections)) == i + 1)
-        time.sleep(0.01)
-        slow.append(c)
-    new = connect(srv.path)
-    new.sendall(get("/echo/new"))
-    assert Reader(new).response()[0] == 200
-    status, _, data = Reader(slow[0]).response()
-    assert (status, orjson.loads(data)["code"]) == (503, "overloaded")
-    for c in slow[1:] + [new]:
-        c.close()
+    _newcomer_evicts_the_oldest_unfinished(srv, [b"GET /echo/slow%d HTTP/1.1\r\nX-Drip: " % i for i in range(3)],
+                                           lambda c: c.phase == 1)
     wait_until(lambda: not srv.server.connections)
     # Three requests in handlers: nothing to close, the newcomer is refused.
     busy = [connect(srv.path) for _ in range(3)]

@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional
 
 import psutil
 from prometheus_client import Counter, Histogram
+
+from ...serving.service import percentile
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +35,6 @@ REQUEST_SECONDS = Histogram(
 # Bound once: labels() is a locked dict lookup, paid per message otherwise.
 MSG_OK = MESSAGES.labels("ok")
 MSG_ERROR = MESSAGES.labels("error")
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..1) of an ascending, non-empty sequence."""
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
 class RequestStats:
