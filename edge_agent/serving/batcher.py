@@ -79,6 +79,18 @@ def _fail_all(futures: list, exc: BaseException) -> None:
             fut.set_exception(exc)
 
 
+
+def _collect_expired(queued, now: float, expired: list, earliest: float) -> float:
+    """Append the requests of ``queued`` whose deadline has passed to
+    ``expired``; return the earliest deadline of the others (or ``earliest``)."""
+    for p in queued:
+        d = p.deadline
+        if d <= now:
+            expired.append(p)
+        elif d < earliest:
+            earliest = d
+    return earliest
+
 class Batcher:
     def __init__(
         self,
@@ -205,12 +217,7 @@ class Batcher:
             with self._cond:
                 for q in self._order:
                     n = len(expired)
-                    for p in q:
-                        d = p.deadline
-                        if d <= now:
-                            expired.append(p)
-                        elif d < earliest:
-                            earliest = d
+                    earliest = _collect_expired(q, now, expired, earliest)
                     if len(expired) > n:
                         keep = [p for p in q if p.deadline > now]
                         q.clear()
@@ -219,12 +226,7 @@ class Batcher:
         incoming = self._incoming
         if incoming:  # submitted this turn, not handed over yet
             n = len(expired)
-            for _, p in incoming:
-                d = p.deadline
-                if d <= now:
-                    expired.append(p)
-                elif d < earliest:
-                    earliest = d
+            earliest = _collect_expired((p for _, p in incoming), now, expired, earliest)
             if len(expired) > n:
                 incoming[:] = [e for e in incoming if e[1].deadline > now]
         if earliest < self._timer_at:

@@ -9,6 +9,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from tests.mqtt.conftest import body, mqtt_cfg, wait_for
+from tests.mqtt.tiny_service import GatedService
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
@@ -17,19 +18,6 @@ ROWS = [[1, 2, 3, 4]]
 
 def duplicates() -> float:
     return REGISTRY.get_sample_value("edge_agent_mqtt_messages_total", {"outcome": "duplicate"}) or 0
-
-
-class GatedService:
-    def __init__(self, inner):
-        self.inner = inner
-        self.gate = asyncio.Event()
-        self.calls = 0
-        self.info = inner.info
-
-    async def infer(self, req, transport="socket"):
-        self.calls += 1
-        await self.gate.wait()
-        return await self.inner.infer(req, transport)
 
 
 async def reconnect(t) -> None:

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from tests.mqtt.conftest import body, mqtt_cfg, wait_for
-from tests.mqtt.tiny_service import expected
+from tests.mqtt.tiny_service import GatedService, expected
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(90)]
 
@@ -85,21 +85,6 @@ async def test_requests_waiting_at_broker_are_served_after_transport_restart(bro
     for i, ans in enumerate(await asyncio.wait_for(asyncio.gather(*futs), 20)):
         check(ans, i)
     assert service.calls == 30
-
-
-class GatedService:
-    """Holds every request until released, so answers are produced while the broker is away."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.gate = asyncio.Event()
-        self.calls = 0
-        self.info = inner.info
-
-    async def infer(self, req, transport="socket"):
-        self.calls += 1
-        await self.gate.wait()
-        return await self.inner.infer(req, transport)
 
 
 async def test_outbox_survives_restart_and_flushes_in_order(broker, prefix, make_transport, make_client, service, tmp_path):

@@ -76,6 +76,23 @@ class TinyService:
         return {"models": {self.name: [self.version]}, "queue_depth": 0}
 
 
+
+class GatedService:
+    """Holds every request until ``gate`` is set (so answers are produced
+    while the broker is away, or a redelivery meets a request still running)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.gate = asyncio.Event()
+        self.calls = 0
+        self.info = inner.info
+
+    async def infer(self, req, transport="socket"):
+        self.calls += 1
+        await self.gate.wait()
+        return await self.inner.infer(req, transport)
+
+
 async def _serve(argv: list[str]) -> None:
     """argv: model_path host port prefix device outbox_dir"""
     import signal
