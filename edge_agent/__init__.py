@@ -15,7 +15,7 @@ What lives here:
   daemon.py       the daemon's lifecycle: start-up, main loop, ordered shutdown, SIGHUP
   cli.py          the `edge-agent` command line
   client.py       a small stdlib client for the daemon's socket or TCP listener
-  config.py       the typed, validated configuration and the rules between its keys
+  config/         the typed, validated configuration and the rules between its keys
   yaml_lines.py   YAML with each key's line; validation errors naming file, line and key
   credentials.py  where a secret named in the config is found (systemd credential, /etc)
   errors.py       EdgeError and its stable codes

@@ -5,7 +5,7 @@ a duplicate key is an error, not a silent overwrite); ``validate_with_lines``
 validates it and turns each pydantic error into ``file:line: key.path: what``,
 or names the command-line override an error is about. ``merge_overrides`` lays
 nested overrides over the file's data. Used for the daemon's config
-(config.py) and for each model's model.yaml (runtime/model_spec.py).
+(config/) and for each model's model.yaml (runtime/model_spec.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Rules between config fields (edge_agent/config.py), caught before start: by `edge-agent check-config`
+"""Rules between config fields (edge_agent/config/), caught before start: by `edge-agent check-config`
 (exit 2, file and line) and by `edge-agent run` (exit 3, before anything starts), with command-line
 overrides merged into the file and held to the same rules."""
 
