@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import socket
 import time
+import uuid
 
 import numpy as np
-import pytest
-from brokers import free_port
-from daemon_proc import copy_digits, digits_body
+import orjson
+import paho.mqtt.client as paho
+from brokers import Mosquitto, free_port
+from daemon_proc import copy_digits, digits_body, metric_sum, wait_for
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edge_agent.client import AgentClient
 
@@ -84,5 +88,55 @@ def test_series_stay_bounded_after_hostile_traffic(agent_factory, tmp_path):
         assert hostile not in text, [s for s in after if hostile in s][:5]
     new = sorted(set(after) - set(before))
     # One series per (transport, code, reason) refused, whatever the names: not one per name.
-    assert len(new) <= 12, new
+    assert len(new) <= 12 and all(x.startswith("edge_agent_request_errors_") for x in new), new
     assert len(after) < len(before) + 12
+
+
+def test_series_stay_bounded_after_hostile_mqtt_traffic(agent_factory, tmp_path):
+    """The same over MQTT: requests for hundreds of models, versions and
+    topics, reply topics in other units' namespaces and OTA commands from
+    strangers are answered or refused, and counted under a few outcomes."""
+    broker = Mosquitto(tmp_path / "broker").start()
+    try:
+        copy_digits(tmp_path / "models")
+        port = free_port()
+        a = agent_factory(models_dir=tmp_path / "models", config={
+            "server": {"metrics": {"enabled": True, "port": port}},
+            "mqtt": {"enabled": True, "host": "127.0.0.1", "port": broker.port, "protocol": "5", "prefix": "edge",
+                     # Every hostile message reaches routing, not the rate limiter.
+                     "rate_limit": {"rate": 10000, "burst": 10000, "total_rate": 10000, "total_burst": 10000}}}).start()
+        m = AgentClient(f"http://127.0.0.1:{port}", timeout=10)
+        wait_for(lambda: metric_sum(m.request("GET", "/metrics")[2].decode(), "edge_agent_mqtt_connected") == 1, timeout=20)
+        before = _series(m.request("GET", "/metrics")[2].decode())
+        pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"hostile-{uuid.uuid4().hex[:6]}", protocol=paho.MQTTv5)
+        pub.connect("127.0.0.1", broker.port)
+        pub.loop_start()
+        body = orjson.dumps(digits_body(np.zeros((1, 64), np.float32)))
+        n = 0
+        for i in range(150):
+            props = Properties(PacketTypes.PUBLISH)
+            props.CorrelationData = b"%d" % i
+            if i % 2:  # a reply namespace per message, half of them another unit's
+                props.ResponseTopic = f"edge/dev{i}/responses" if i % 4 == 1 else f"edge/clients/c{i}/replies"
+            for topic, payload in ((f"edge/test-unit/infer/nosuch{i}", body),
+                                   (f"edge/test-unit/infer/digits/v{i}", body),
+                                   (f"edge/test-unit/infer/x/y/z{i}", body),
+                                   (f"edge/test-unit/infer/digits", b"{garbage %d" % i),
+                                   ("edge/test-unit/ota", b'{"model": "m%d", "version": "%d"}' % (i, i))):
+                pub.publish(topic, payload, qos=1, properties=props).wait_for_publish(10)
+                n += 1
+        pub.loop_stop()
+        pub.disconnect()
+        try:
+            wait_for(lambda: metric_sum(m.request("GET", "/metrics")[2].decode(), "edge_agent_mqtt_messages_total") >= n, timeout=30)
+        except TimeoutError:
+            raise AssertionError([s for s in _series(m.request("GET", "/metrics")[2].decode()) if "mqtt" in s]) from None
+        after = _series(m.request("GET", "/metrics")[2].decode())
+        text = "\n".join(after)
+        for hostile in ("nosuch", "v149", "z14", "dev1", "c13", '"m14"'):
+            assert hostile not in text, [s for s in after if hostile in s][:5]
+        new = sorted(set(after) - set(before))
+        # Each refusal kind once (_total and _created): error codes and MQTT outcomes, a fixed set.
+        assert len(new) <= 12 and all(x.startswith(("edge_agent_request_errors_", "edge_agent_mqtt_messages_")) for x in new), new
+    finally:
+        broker.stop()
