@@ -17,7 +17,7 @@ import pytest
 import yaml
 from brokers import free_port
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "ops" / "prometheus" / "edge-agent.rules.yml"
 RULE_TESTS = sorted((REPO / "ops" / "prometheus" / "tests").glob("*.yml"))
 DASHBOARD = REPO / "ops" / "grafana" / "edge-agent.json"
