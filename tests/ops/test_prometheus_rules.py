@@ -7,7 +7,9 @@ from __future__ import annotations
 import subprocess
 
 import yaml
-from prom_tools import RULE_TESTS, RULES, binary, rules
+from prom_tools import REPO, RULE_TESTS, RULES, binary, rules
+
+OPERATIONS = REPO / "docs" / "OPERATIONS.md"
 
 
 def _promtool(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -39,6 +41,7 @@ def test_every_alert_is_tested_firing_and_clearing():
     for r in rules():
         assert r["labels"]["severity"] in ("critical", "warning"), r["alert"]
         assert r["annotations"]["runbook"] == f"docs/OPERATIONS.md#{r['alert'].lower()}", r["alert"]
+        assert f"\n### {r['alert']}\n" in OPERATIONS.read_text(), f"no runbook entry for {r['alert']}"
 
 
 def test_a_rule_that_never_fires_fails_its_unit_test(tmp_path):
