@@ -4,10 +4,13 @@ overload on the daemon's socket drives EdgeAgentQueueBacklog pending then
 firing in Prometheus' own API (/api/v1/alerts), and it resolves once the load
 stops.
 
-The rules are the shipped file with one test-time change: the backlog alert's
-``for:`` goes from 2m to 2s, so the test takes seconds, not minutes; its
-expression, labels and annotations are the shipped ones (the promtool unit
-tests cover the 2m)."""
+Then the daemon is killed and EdgeAgentDown (unit offline, from Prometheus'
+own ``up``) fires.
+
+The rules are the shipped file with one test-time change: those two alerts'
+``for:`` goes from minutes to 2s, so the test takes seconds, not minutes;
+their expressions, labels and annotations are the shipped ones (the promtool
+unit tests cover the real durations)."""
 
 from __future__ import annotations
 
@@ -27,9 +30,10 @@ CLIENTS = 160  # concurrent requests, one each in flight: a backlog above 100 on
 
 def _rules_with_short_for(tmp_path):
     doc = yaml.safe_load(RULES.read_text())
-    rule = next(r for g in doc["groups"] for r in g["rules"] if r["alert"] == "EdgeAgentQueueBacklog")
-    assert rule["for"] == "2m" and rule["expr"].strip() == "edge_agent_queue_depth > 100"
-    rule["for"] = "2s"
+    by = {r["alert"]: r for g in doc["groups"] for r in g["rules"]}
+    assert by["EdgeAgentQueueBacklog"]["for"] == "2m" and by["EdgeAgentQueueBacklog"]["expr"].strip() == "edge_agent_queue_depth > 100"
+    assert by["EdgeAgentDown"]["for"] == "2m" and by["EdgeAgentDown"]["expr"].strip() == 'up{job="edge-agent"} == 0'
+    by["EdgeAgentQueueBacklog"]["for"] = by["EdgeAgentDown"]["for"] = "2s"
     path = tmp_path / "rules.yml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -47,7 +51,7 @@ def _load(agent, stop: threading.Event, sent: list) -> None:
         c.close()
 
 
-def test_backlog_alert_fires_in_prometheus_and_resolves(agent_factory, tmp_path):
+def test_backlog_alert_fires_in_prometheus_and_resolves_then_down_fires(agent_factory, tmp_path):
     models = tmp_path / "models"
     make_slow_model(models, layers=120)  # ~10 ms a row, one row a batch
     port = free_port()
@@ -60,6 +64,14 @@ def test_backlog_alert_fires_in_prometheus_and_resolves(agent_factory, tmp_path)
     threads = [threading.Thread(target=_load, args=(a, stop, sent), daemon=True) for _ in range(CLIENTS)]
     try:
         _overload_then_calm(a, prom, stop, sent, threads)
+        assert prom.alerts("EdgeAgentDown") == []
+        a.kill()
+        end = time.monotonic() + 30
+        while not [x for x in prom.alerts("EdgeAgentDown") if x["state"] == "firing"] and time.monotonic() < end:
+            time.sleep(0.2)
+        (down,) = prom.alerts("EdgeAgentDown")
+        assert down["state"] == "firing" and down["labels"]["device"] == "test-unit", down
+        assert down["labels"]["severity"] == "critical" and down["labels"]["instance"] == f"127.0.0.1:{port}"
     finally:
         stop.set()
         prom.stop()
