@@ -301,6 +301,8 @@ class Daemon:
             st = getattr(comp, "status", None)
             if st is not None:
                 doc[comp.name] = st()
+        if self.service is not None and self.service.offloader is not None:
+            doc["offload"] = self.service.offloader.status()
         return doc
 
     async def shutdown(self) -> None:
