@@ -20,6 +20,15 @@ def make(failures: int = 3, window_s: float = 10.0, open_s: float = 5.0, probe_t
     return Breaker(failures, window_s, open_s, probe_timeout_s, on_change=seen.append, clock=clock), clock, seen
 
 
+def tripped():
+    """A breaker just opened by three failures."""
+    b, clock, seen = make()
+    for _ in range(3):
+        b.failure()
+    assert b.state is S.OPEN
+    return b, clock, seen
+
+
 def test_the_table_has_exactly_the_four_transitions():
     assert TRANSITIONS == {
         (S.CLOSED, BreakerEvent.TRIPPED): S.OPEN,
@@ -52,9 +61,7 @@ def test_successes_while_closed_do_not_reset_the_window():
 
 
 def test_half_open_lets_one_probe_through_then_closes_on_success():
-    b, clock, seen = make()
-    for _ in range(3):
-        b.failure()
+    b, clock, seen = tripped()
     clock.t += 4.9
     assert not b.allow()
     clock.t += 0.1
@@ -67,9 +74,7 @@ def test_half_open_lets_one_probe_through_then_closes_on_success():
 
 
 def test_a_failed_probe_opens_again_for_open_s():
-    b, clock, seen = make()
-    for _ in range(3):
-        b.failure()
+    b, clock, seen = tripped()
     clock.t += 5
     assert b.allow()
     b.failure()
@@ -81,9 +86,7 @@ def test_a_failed_probe_opens_again_for_open_s():
 
 
 def test_a_probe_that_never_reports_is_replaced():
-    b, clock, _ = make()
-    for _ in range(3):
-        b.failure()
+    b, clock, _ = tripped()
     clock.t += 5
     assert b.allow()
     clock.t += 1.9
@@ -93,9 +96,7 @@ def test_a_probe_that_never_reports_is_replaced():
 
 
 def test_stale_reports_while_open_change_nothing():
-    b, clock, seen = make()
-    for _ in range(3):
-        b.failure()
+    b, clock, seen = tripped()
     b.success()  # a call that started while closed answers late
     b.failure()
     assert b.state is S.OPEN and seen == [S.OPEN] and b.opened == 1
@@ -109,9 +110,7 @@ def test_zero_failures_never_opens():
 
 
 def test_status_says_when_the_probe_goes():
-    b, clock, _ = make()
-    for _ in range(3):
-        b.failure()
+    b, clock, _ = tripped()
     clock.t += 2
     st = b.status()
     assert st["state"] == "open" and st["probe_in_s"] == 3.0 and st["failures_in_window"] == 3

@@ -84,3 +84,33 @@ def outputs(doc: dict) -> dict:
 
 def slow_body(x: np.ndarray) -> dict:
     return {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+
+
+def offload_digits_stream(edge, x: np.ndarray, n: int, workers: int) -> list:
+    """``n`` digits requests (row i of ``x``, id ``r{i}``, uncached) through ``edge`` from
+    ``workers`` threads at once; each must come back 200, offloaded, with its id. Returns
+    the answers in request order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from daemon_proc import digits_body
+
+    bodies = [{**digits_body(x[i : i + 1]), "id": f"r{i}", "parameters": {"cache": False}} for i in range(n)]
+
+    def ask(chunk: list) -> list:
+        c = edge.client()
+        return [(i, *c.infer("digits", bodies[i])) for i in chunk]
+
+    with ThreadPoolExecutor(workers) as pool:
+        results = [r for part in pool.map(ask, [list(range(k, n, workers)) for k in range(workers)]) for r in part]
+    assert len(results) == n
+    for i, status, doc in results:
+        assert status == 200, doc
+        assert doc["parameters"]["offloaded_to"] == "companion" and doc["id"] == f"r{i}", doc
+    return [doc for _, _, doc in sorted(results, key=lambda r: r[0])]
+
+
+def assert_each_answered_once(companions, n: int) -> None:
+    """The companions shared the ``n`` offloaded requests: each served some, together each once."""
+    served = [metric(c, "edge_agent_mqtt_messages_total", outcome="ok") for c in companions]
+    assert all(s > 0 for s in served), served  # the broker split the stream
+    assert sum(served) == n, served  # every request answered once, by one companion

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +23,10 @@ import pytest
 import yaml
 from sklearn.datasets import load_digits
 
-from daemon_proc import REPO, copy_digits, digits_body, wait_for
+from daemon_proc import REPO, copy_digits, wait_for
 from edge_agent.client import AgentClient
-from offload_procs import make_edge, metric, mqtt_section, outputs, wait_online
+from offload_procs import (assert_each_answered_once, make_edge, mqtt_section, offload_digits_stream, outputs,
+                           wait_online)
 
 UNIT = REPO / "systemd" / "edge-agent-companion@.service"
 X, _ = load_digits(return_X_y=True)
@@ -110,22 +110,9 @@ def test_two_instances_of_the_template_split_the_offloaded_requests(agent_factor
             assert (pool_root / "lib" / f"companion-{i}" / "outbox").is_dir()  # its own state, cache and outbox
 
         n = 40
-        bodies = [{**digits_body(X[k : k + 1]), "id": f"r{k}", "parameters": {"cache": False}} for k in range(n)]
-
-        def ask(chunk: list[int]) -> list[tuple[int, int, dict]]:
-            c = edge.client()
-            return [(k, *c.infer("digits", bodies[k])) for k in chunk]
-
-        with ThreadPoolExecutor(4) as ex:
-            results = [r for part in ex.map(ask, [list(range(k, n, 4)) for k in range(4)]) for r in part]
-        assert len(results) == n
-        for k, status, doc in results:
-            assert status == 200, doc
-            assert doc["parameters"]["offloaded_to"] == "companion" and doc["id"] == f"r{k}"
+        for doc in offload_digits_stream(edge, X, n, workers=4):
             assert outputs(doc)["label"] == [int(np.argmax(outputs(doc)["probabilities"]))]
-        served = [metric(inst, "edge_agent_mqtt_messages_total", outcome="ok") for inst in pool]
-        assert all(s > 0 for s in served), served  # the broker split the stream
-        assert sum(served) == n  # each request answered once, by one instance
+        assert_each_answered_once(pool, n)
     finally:
         for inst in pool:
             inst.stop()

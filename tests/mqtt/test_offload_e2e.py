@@ -15,7 +15,8 @@ import pytest
 from sklearn.datasets import load_digits
 
 from daemon_proc import REPO, copy_digits, digits_body, make_slow_model
-from offload_procs import make_companion, make_edge, metric, outputs, slow_body, start_all, wait_online
+from offload_procs import (assert_each_answered_once, make_companion, make_edge, metric, offload_digits_stream, outputs,
+                           slow_body, start_all, wait_online)
 from edge_agent.config import load_config
 
 X, _ = load_digits(return_X_y=True)
@@ -90,25 +91,12 @@ def test_two_companions_share_the_offloaded_stream(agent_factory, broker, prefix
     start_all(*comps, edge)
     wait_online(broker, prefix, "comp-a", "comp-b", "edge-unit")
     n = 48
-    bodies = [{**digits_body(X[i : i + 1]), "id": f"r{i}", "parameters": {"cache": False}} for i in range(n)]
     direct_client = comps[0].client()
-    want = [outputs(direct_client.infer("digits", b)[1]) for b in bodies]
-
-    def ask(chunk: list[int]) -> list[tuple[int, int, dict]]:
-        c = edge.client()
-        return [(i, *c.infer("digits", bodies[i])) for i in chunk]
-
-    with ThreadPoolExecutor(6) as pool:
-        results = [r for part in pool.map(ask, [list(range(k, n, 6)) for k in range(6)]) for r in part]
-    assert len(results) == n
-    for i, status, doc in results:
-        assert status == 200, doc
-        assert doc["parameters"]["offloaded_to"] == "companion"
-        assert doc["id"] == f"r{i}"
-        assert outputs(doc) == want[i]
-    served = [metric(c, "edge_agent_mqtt_messages_total", outcome="ok") for c in comps]
-    assert all(s > 0 for s in served), served  # the broker split the stream
-    assert sum(served) == n  # every request answered once, by one companion
+    want = [outputs(direct_client.infer("digits", {**digits_body(X[i : i + 1]), "parameters": {"cache": False}})[1])
+            for i in range(n)]
+    answers = offload_digits_stream(edge, X, n, workers=6)
+    assert [outputs(doc) for doc in answers] == want
+    assert_each_answered_once(comps, n)
     assert metric(edge, "edge_agent_offload_total", model="digits", outcome="ok") == n
     assert metric(edge, "edge_agent_offload_total", outcome="timeout") == 0
 
