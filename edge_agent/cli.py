@@ -231,8 +231,12 @@ def cmd_reload(args) -> int:
 
 
 def cmd_ctl(args) -> int:
-    body = {"version": args.version} if args.version else {}
-    status, doc = _client(args).json("POST", f"/edge/models/{args.model}/{args.action}", body)
+    version = args.version or args.version_arg
+    body = {"version": version} if version else {}
+    # load/unload: the KServe/Triton repository extension's paths; the daemon answers both the same.
+    path = (f"/v2/repository/models/{args.model}/{args.action}" if args.action in ("load", "unload")
+            else f"/edge/models/{args.model}/{args.action}")
+    status, doc = _client(args).json("POST", path, body)
     print(json.dumps(doc, indent=2))
     return 0 if status == 200 else 1
 
@@ -304,9 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     client_opts(p)
     p.set_defaults(func=cmd_reload)
 
-    p = sub.add_parser("ctl", help="operator actions on a model's update (promote, rollback)")
-    p.add_argument("action", choices=["promote", "rollback"])
+    p = sub.add_parser("ctl", help="operator actions on a model: load, unload (drains first; stays unloaded across "
+                                   "reloads and restarts until loaded again), and its update's promote, rollback")
+    p.add_argument("action", choices=["load", "unload", "promote", "rollback"])
     p.add_argument("model")
+    p.add_argument("version_arg", nargs="?", metavar="VERSION", help="one version (default: every version)")
     p.add_argument("--version", dest="version")
     client_opts(p)
     p.set_defaults(func=cmd_ctl)

@@ -104,6 +104,18 @@ def _body(req: Request) -> bytes:
     return req.body
 
 
+def _json_body(req: Request) -> dict:
+    """A control or repository request's JSON object body ({} when empty)."""
+    body = _body(req)
+    try:
+        doc = orjson.loads(body) if body else {}
+    except orjson.JSONDecodeError as e:
+        raise MalformedRequest(f"body is not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise MalformedRequest("the body must be a JSON object")
+    return doc
+
+
 class _InferLater(Later):
     """An inference request the service has started: its future, and how
     to turn the settled response into the answer."""
@@ -238,7 +250,7 @@ class HttpTransport:
 
     def _answer(self, req: Request, route):
         kind = route.kind
-        if route.control:  # every POST under /edge/ changes state
+        if route.control:  # every POST under /edge/ and /v2/repository/models/ changes state
             who = self.authority.check(req.transport, req.headers)
             log.info("control: %s %s by %s", req.method, req.path, who)
         if kind == MODEL:
@@ -257,16 +269,14 @@ class HttpTransport:
         if kind == STATUS:
             return _json(self.app.status())
         if kind == REPOSITORY_INDEX:
-            return _json(self.app.repo.index())
+            index = self.app.repo.index()
+            if _json_body(req).get("ready"):  # Triton's {"ready": true}: only what serves
+                index = [m for m in index if m["state"] == "READY"]
+            return _json(index)
         if kind == RELOAD:
             return self._control(req, self.app.reload())
         if kind == MODEL_ACTION:
-            body = _body(req)
-            try:
-                doc = orjson.loads(body) if body else {}
-            except orjson.JSONDecodeError as e:
-                raise MalformedRequest(f"body is not valid JSON: {e}") from None
-            return self._control(req, self.app.ctl(route.model, route.action, doc))
+            return self._control(req, self.app.ctl(route.model, route.action, _json_body(req)))
         raise NotFound(f"no route {req.method} {req.path}")
 
     async def _control(self, req: Request, work) -> tuple[int, bytes, bytes]:

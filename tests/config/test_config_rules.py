@@ -136,3 +136,14 @@ def test_an_mqtt_prefix_of_several_levels_and_a_group_of_one_are_taken():
     assert MqttConfig(prefix="/site/a/", group="lab").prefix == "site/a"
     with pytest.raises(ValidationError, match="group"):
         MqttConfig(group="a/b")
+
+
+def test_deprecated_pause_after_timeout_maps_to_a_one_failure_breaker():
+    from edge_agent.config import OffloadConfig
+
+    assert OffloadConfig().breaker.model_dump() == {"failures": 5, "window_s": 60.0, "open_s": 30.0}
+    old = OffloadConfig(pause_after_timeout_s=12)
+    assert (old.breaker.failures, old.breaker.open_s) == (1, 12)
+    assert OffloadConfig(pause_after_timeout_s=0).breaker.failures == 0  # never paused: never opens
+    both = OffloadConfig(pause_after_timeout_s=12, breaker={"failures": 4})
+    assert (both.breaker.failures, both.breaker.open_s) == (4, 30.0)  # the new section wins
