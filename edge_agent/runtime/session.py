@@ -253,6 +253,15 @@ class LoadedModel:
     def warmup(self) -> float:
         """Run the configured warm-up batches; returns seconds taken."""
         t0 = time.perf_counter()
+        # Warm-up batches may be larger than model.yaml limits let a client ask for.
+        limits, self._limits = self._limits, None
+        try:
+            self._warm()
+        finally:
+            self._limits = limits
+        return time.perf_counter() - t0
+
+    def _warm(self) -> None:
         w = self.spec.warmup
         rng = np.random.default_rng(0)
         sizes = w.batch_sizes if self.max_batch > 0 else [1]
@@ -271,7 +280,6 @@ class LoadedModel:
                 inputs[t.name] = arr
             p = self.prepare(InferRequest(model=self.name, inputs=inputs))
             self.run_batch([p])
-        return time.perf_counter() - t0
 
     # --- serving -------------------------------------------------------------
 
