@@ -35,8 +35,14 @@ NANO_JP4 = ("RAM 1766/3964MB (lfb 197x4MB) SWAP 0/2048MB (cached 0MB) CPU [24%@1
 FAKE = """#!{python}
 # A stand-in for L4T's tegrastats: prints the lines of $FAKE_TEGRASTATS_LINES, one per --interval ms,
 # in a loop; records each start (its pid) in $FAKE_TEGRASTATS_STARTS; exits with status 3 after
-# $FAKE_TEGRASTATS_EXIT_AFTER lines when set (a tegrastats that crashes).
-import os, sys, time
+# $FAKE_TEGRASTATS_EXIT_AFTER lines when set (a tegrastats that crashes); on SIGTERM records its pid in
+# $FAKE_TEGRASTATS_STARTS.term and exits.
+import os, signal, sys, time
+def terminated(signum, frame):
+    with open(os.environ["FAKE_TEGRASTATS_STARTS"] + ".term", "a") as f:
+        f.write("%d\\n" % os.getpid())
+    sys.exit(0)
+signal.signal(signal.SIGTERM, terminated)
 lines = open(os.environ["FAKE_TEGRASTATS_LINES"]).read().splitlines()
 interval = int(sys.argv[sys.argv.index("--interval") + 1]) / 1000.0
 with open(os.environ["FAKE_TEGRASTATS_STARTS"], "a") as f:
@@ -68,9 +74,9 @@ def fake_tegrastats(root: Path, lines: list, exit_after: int = 0) -> dict:
     return env
 
 
-def starts(root: Path) -> list:
-    """PIDs of the fake's runs so far."""
+def starts(root: Path, suffix: str = "") -> list:
+    """PIDs of the fake's runs so far (``suffix`` ".term": of those ended by SIGTERM)."""
     try:
-        return [int(x) for x in (root / "starts.txt").read_text().split()]
+        return [int(x) for x in (root / f"starts.txt{suffix}").read_text().split()]
     except FileNotFoundError:
         return []
