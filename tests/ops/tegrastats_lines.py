@@ -36,7 +36,7 @@ FAKE = """#!{python}
 # A stand-in for L4T's tegrastats: prints the lines of $FAKE_TEGRASTATS_LINES, one per --interval ms,
 # in a loop; records each start (its pid) in $FAKE_TEGRASTATS_STARTS; exits with status 3 after
 # $FAKE_TEGRASTATS_EXIT_AFTER lines when set (a tegrastats that crashes); on SIGTERM records its pid in
-# $FAKE_TEGRASTATS_STARTS.term and exits.
+# $FAKE_TEGRASTATS_STARTS.term and exits; prints nothing more after $FAKE_TEGRASTATS_HANG_AFTER lines (a hung one).
 import os, signal, sys, time
 def terminated(signum, frame):
     with open(os.environ["FAKE_TEGRASTATS_STARTS"] + ".term", "a") as f:
@@ -48,6 +48,7 @@ interval = int(sys.argv[sys.argv.index("--interval") + 1]) / 1000.0
 with open(os.environ["FAKE_TEGRASTATS_STARTS"], "a") as f:
     f.write("%d\\n" % os.getpid())
 exit_after = int(os.environ.get("FAKE_TEGRASTATS_EXIT_AFTER", "0"))
+hang_after = int(os.environ.get("FAKE_TEGRASTATS_HANG_AFTER", "0"))
 n = 0
 while True:
     for line in lines:
@@ -55,11 +56,13 @@ while True:
         n += 1
         if exit_after and n >= exit_after:
             sys.exit(3)
+        while hang_after and n >= hang_after:
+            time.sleep(1)
         time.sleep(interval)
 """
 
 
-def fake_tegrastats(root: Path, lines: list, exit_after: int = 0) -> dict:
+def fake_tegrastats(root: Path, lines: list, exit_after: int = 0, hang_after: int = 0) -> dict:
     """Install the fake as ``root/bin/tegrastats``; returns the environment a daemon needs to find it first on PATH."""
     bindir = root / "bin"
     bindir.mkdir(parents=True, exist_ok=True)
@@ -71,6 +74,8 @@ def fake_tegrastats(root: Path, lines: list, exit_after: int = 0) -> dict:
            "FAKE_TEGRASTATS_STARTS": str(root / "starts.txt")}
     if exit_after:
         env["FAKE_TEGRASTATS_EXIT_AFTER"] = str(exit_after)
+    if hang_after:
+        env["FAKE_TEGRASTATS_HANG_AFTER"] = str(hang_after)
     return env
 
 

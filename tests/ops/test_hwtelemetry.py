@@ -142,3 +142,15 @@ def test_a_tegrastats_that_crashes_is_restarted_with_backoff_and_logged_once(age
     a.signal(signal.SIGTERM)
     assert a.wait_exit(15) == 0
     wait_for(lambda: not any(alive(p) for p in starts(tmp_path)), timeout=5)
+
+
+def test_a_tegrastats_that_stops_printing_leaves_its_gauges_absent_not_frozen(agent_factory, tmp_path):
+    config = {"telemetry": {**FAST["telemetry"], "stale_after_s": 1.0}}
+    a = agent_factory(config=config, env={**fake_tegrastats(tmp_path, [XAVIER_BUSY], hang_after=3), **no_nvml_env()})
+    copy_digits(a.models_dir)
+    a.start()
+    wait_for(lambda: "edge_agent_jetson_gpu_load_ratio" in scrape(a), timeout=20)
+    wait_for(lambda: "edge_agent_jetson_gpu_load_ratio" not in scrape(a), timeout=20)
+    t = scrape(a)
+    assert names(t, "edge_agent_jetson_") == {"edge_agent_jetson_tegrastats_restarts_total"}
+    assert len(starts(tmp_path)) == 1  # hung, not exited: not restarted
