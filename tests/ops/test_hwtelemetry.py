@@ -21,16 +21,6 @@ STUB = Path(__file__).resolve().parent / "nvml_stub"
 FAST = {"telemetry": {"interval_ms": 100, "restart_min_s": 0.2, "restart_max_s": 0.4}}
 
 
-def scrape(a) -> str:
-    c = a.client()
-    try:
-        status, _, raw = c.request("GET", "/metrics")
-    finally:
-        c.close()
-    assert status == 200
-    return raw.decode()
-
-
 def value(text: str, name: str, labels: str = "") -> float:
     """The one sample of ``name`` whose label set is exactly ``labels`` ('' for none)."""
     want = f"{name}{{{labels}}}" if labels else name
@@ -41,14 +31,6 @@ def value(text: str, name: str, labels: str = "") -> float:
 
 def names(text: str, prefix: str) -> set:
     return {ln.split("{")[0].split(" ")[0] for ln in text.splitlines() if ln.startswith(prefix)}
-
-
-def status(a) -> dict:
-    c = a.client()
-    try:
-        return c.json("GET", "/edge/status")[1]
-    finally:
-        c.close()
 
 
 def no_nvml_env() -> dict:
@@ -68,8 +50,8 @@ def test_xavier_gauges_from_tegrastats_and_a_clean_stop(agent_factory, tmp_path)
     a = agent_factory(config=FAST, env=fake_tegrastats(tmp_path, [XAVIER_BUSY]))
     copy_digits(a.models_dir)
     a.start()
-    wait_for(lambda: "edge_agent_jetson_gpu_load_ratio" in scrape(a), timeout=20)
-    t = scrape(a)
+    wait_for(lambda: "edge_agent_jetson_gpu_load_ratio" in a.metrics(), timeout=20)
+    t = a.metrics()
     assert value(t, "edge_agent_jetson_gpu_load_ratio") == pytest.approx(0.98)
     assert value(t, "edge_agent_jetson_gpu_frequency_hertz") == 1377e6
     assert value(t, "edge_agent_jetson_emc_load_ratio") == pytest.approx(0.47)
@@ -82,7 +64,7 @@ def test_xavier_gauges_from_tegrastats_and_a_clean_stop(agent_factory, tmp_path)
     assert value(t, "edge_agent_jetson_cpu_load_ratio", 'core="7"') == pytest.approx(0.28)
     assert value(t, "edge_agent_jetson_thermal_throttling") == 0
     assert names(t, "edge_agent_gpu_") == set()  # no NVML here
-    assert status(a)["telemetry"]["readers"][0]["state"] == "running"
+    assert a.status()["telemetry"]["readers"][0]["state"] == "running"
     pids = starts(tmp_path)
     assert len(pids) == 1 and alive(pids[0])
     assert a.stop() == 0
@@ -97,8 +79,8 @@ def test_orin_jetpack6_and_two_nvml_gpus(agent_factory, tmp_path):
     a = agent_factory(config={"telemetry": {**FAST["telemetry"], "throttle_temp_c": 97.0}}, env=env)
     copy_digits(a.models_dir)
     a.start()
-    wait_for(lambda: "edge_agent_gpu_utilization_ratio" in (t := scrape(a)) and "edge_agent_jetson_power" in t, timeout=20)
-    t = scrape(a)
+    wait_for(lambda: "edge_agent_gpu_utilization_ratio" in (t := a.metrics()) and "edge_agent_jetson_power" in t, timeout=20)
+    t = a.metrics()
     assert value(t, "edge_agent_jetson_power_watts", 'rail="VDD_CPU_GPU_CV"') == pytest.approx(0.520)
     assert value(t, "edge_agent_jetson_temperature_celsius", 'sensor="tj"') == 97.5
     assert value(t, "edge_agent_jetson_thermal_throttling") == 1  # tj 97.5 >= throttle_temp_c 97
@@ -113,7 +95,7 @@ def test_orin_jetpack6_and_two_nvml_gpus(agent_factory, tmp_path):
     assert 'edge_agent_gpu_power_watts{gpu="0"}' not in t  # GPU 0 does not support power: left out
     assert value(t, "edge_agent_gpu_throttled", 'gpu="1",reason="hw_thermal"') == 1
     assert value(t, "edge_agent_gpu_throttled", 'gpu="0",reason="hw_thermal"') == 0
-    assert {r["source"] for r in status(a)["telemetry"]["readers"]} == {"tegrastats", "nvml"}
+    assert {r["source"] for r in a.status()["telemetry"]["readers"]} == {"tegrastats", "nvml"}
 
 
 def test_absent_hardware_exports_nothing_and_is_no_error(agent_factory, tmp_path):
@@ -122,9 +104,9 @@ def test_absent_hardware_exports_nothing_and_is_no_error(agent_factory, tmp_path
     a = agent_factory(config=FAST, env=env)
     copy_digits(a.models_dir)
     a.start()
-    t = scrape(a)
+    t = a.metrics()
     assert names(t, "edge_agent_jetson_") == set() and names(t, "edge_agent_gpu_") == set()
-    assert status(a)["ready"] and status(a)["telemetry"] == {"readers": []}
+    assert a.status()["ready"] and a.status()["telemetry"] == {"readers": []}
     assert "no tegrastats on PATH" in a.log() and " ERROR " not in a.log()
     assert a.stop() == 0
 
@@ -136,9 +118,9 @@ def test_a_tegrastats_that_crashes_is_restarted_with_backoff_and_logged_once(age
     wait_for(lambda: len(starts(tmp_path)) >= 4, timeout=30)
     log = a.log()
     assert log.count("exited with status 3") == 1, log  # once, however often it crashes
-    t = scrape(a)
+    t = a.metrics()
     assert value(t, "edge_agent_jetson_tegrastats_restarts_total") >= 3
-    assert status(a)["ready"]
+    assert a.status()["ready"]
     a.signal(signal.SIGTERM)
     assert a.wait_exit(15) == 0
     wait_for(lambda: not any(alive(p) for p in starts(tmp_path)), timeout=5)
@@ -149,8 +131,8 @@ def test_a_tegrastats_that_stops_printing_leaves_its_gauges_absent_not_frozen(ag
     a = agent_factory(config=config, env={**fake_tegrastats(tmp_path, [XAVIER_BUSY], hang_after=3), **no_nvml_env()})
     copy_digits(a.models_dir)
     a.start()
-    wait_for(lambda: "edge_agent_jetson_gpu_load_ratio" in scrape(a), timeout=20)
-    wait_for(lambda: "edge_agent_jetson_gpu_load_ratio" not in scrape(a), timeout=20)
-    t = scrape(a)
+    wait_for(lambda: "edge_agent_jetson_gpu_load_ratio" in a.metrics(), timeout=20)
+    wait_for(lambda: "edge_agent_jetson_gpu_load_ratio" not in a.metrics(), timeout=20)
+    t = a.metrics()
     assert names(t, "edge_agent_jetson_") == {"edge_agent_jetson_tegrastats_restarts_total"}
     assert len(starts(tmp_path)) == 1  # hung, not exited: not restarted

@@ -49,11 +49,7 @@ def test_an_update_that_does_not_fit_ends_failed_and_the_old_version_serves(agen
     assert status == 200 and doc["model_version"] == "1"
     assert "model linear/2 loaded" not in a.log()
     time.sleep(0.5)  # a few more polls: the refused version is not tried again by itself
-    c = a.client()
-    try:
-        text = c.request("GET", "/metrics")[2].decode()
-    finally:
-        c.close()
+    text = a.metrics()
     assert metric_sum(text, "edge_agent_memory_refusals_total", 'during="ota_staging"') == 1
     assert metric_sum(text, "edge_agent_ota_rejections_total", 'code="insufficient_memory"') == 1
     assert metric_sum(text, "edge_agent_memory_min_available_bytes") == floor * MB

@@ -30,12 +30,7 @@ def test_elements_and_pixels_over_the_socket(agent_factory):
     assert status == 200 and doc["outputs"][0]["data"] == [1.0] * 6
     # The daemon keeps serving everyone else, and counts what it refused.
     assert a.infer_once("digits", digits_body(ok), version="1")[0] == 200
-    c = a.client()
-    try:
-        text = c.request("GET", "/metrics")[2].decode()
-    finally:
-        c.close()
-    assert metric_sum(text, "edge_agent_requests_total", 'outcome="input_too_large"') == 2
+    assert metric_sum(a.metrics(), "edge_agent_requests_total", 'outcome="input_too_large"') == 2
 
 
 def image_model(models_dir, max_pixels: int) -> None:

@@ -25,14 +25,6 @@ def index(a) -> dict:
         c.close()
 
 
-def scrape(a) -> str:
-    c = a.client()
-    try:
-        return c.request("GET", "/metrics")[2].decode()
-    finally:
-        c.close()
-
-
 def test_sighup_refuses_a_version_that_does_not_fit_and_loads_it_once_it_fits(agent_factory):
     a = agent_factory(config={"memory": {"load_factor": FACTOR, "remember": False}})
     v1 = copy_digits(a.models_dir, "1")
@@ -52,7 +44,7 @@ def test_sighup_refuses_a_version_that_does_not_fit_and_loads_it_once_it_fits(ag
     assert status == 200 and doc["model_version"] == "1"  # the old version keeps serving
     status, doc = a.infer_once("digits", digits_body(x), version="2")
     assert status == 503 and doc["code"] == "model_not_ready"
-    t = scrape(a)
+    t = a.metrics()
     assert metric_sum(t, "edge_agent_memory_refusals_total", 'model="digits"') == 1
     assert metric_sum(t, "edge_agent_memory_min_available_bytes") == floor * MB
     assert metric_sum(t, "edge_agent_model_memory_need_bytes", 'version="2"') == big.stat().st_size * FACTOR
