@@ -33,6 +33,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..backoff import backoff_delay
 from . import nvml
+from .soctherm import find_soctherm_oc, overcurrent_events
 from .tegrastats import TegraSample, parse
 
 log = logging.getLogger("edge_agent.telemetry")
@@ -41,11 +42,14 @@ log = logging.getLogger("edge_agent.telemetry")
 class TegrastatsReader:
     """``tegrastats`` in a helper thread; ``latest`` is (monotonic time, sample) or None."""
 
-    def __init__(self, exe: str, interval_ms: int, backoff_s: tuple) -> None:
+    def __init__(self, exe: str, interval_ms: int, backoff_s: tuple, oc_device=None) -> None:
         self.exe = exe
         self.interval_ms = interval_ms
         self.backoff_s = backoff_s
         self.latest: Optional[tuple] = None
+        # Orin's soctherm_oc hwmon device (soctherm.py), read with each line: throttling tegrastats does not print.
+        self.oc_device = oc_device
+        self.overcurrent: dict = {}
         self.restarts = 0
         self.state = "starting"
         self._stop = threading.Event()
@@ -76,6 +80,8 @@ class TegrastatsReader:
                 for line in proc.stdout:  # type: ignore[union-attr]
                     sample = parse(line)
                     if sample is not None:
+                        if self.oc_device is not None:
+                            self.overcurrent = overcurrent_events(self.oc_device)
                         self.latest = (time.monotonic(), sample)
                         got = True
                 why = f"exited with status {proc.wait()}"
@@ -239,6 +245,12 @@ class TelemetryCollector:
                                       value=t.restarts)
             if t.latest is not None and now - t.latest[0] <= fresh:
                 yield from jetson_families(t.latest[1], comp.cfg.throttle_temp_c)
+                if t.overcurrent:
+                    oc = CounterMetricFamily("edge_agent_jetson_overcurrent_events", "Over-current events that throttled the SoC "
+                                             "(Orin's soctherm_oc hwmon ocN_event_cnt).", labels=["oc"])
+                    for name, n in sorted(t.overcurrent.items()):
+                        oc.add_metric([name], n)
+                    yield oc
         n = comp.nvml
         if n is not None and n.latest is not None and now - n.latest[0] <= fresh:
             yield from gpu_families(n.latest[1])
@@ -265,7 +277,7 @@ class HardwareTelemetry:
         if exe is None:
             log.info("no %s on PATH: not a Jetson (or JetPack's tools are missing); no Jetson gauges", cfg.tegrastats)
         else:
-            self.tegrastats = TegrastatsReader(exe, cfg.interval_ms, (cfg.restart_min_s, cfg.restart_max_s))
+            self.tegrastats = TegrastatsReader(exe, cfg.interval_ms, (cfg.restart_min_s, cfg.restart_max_s), find_soctherm_oc())
             self.tegrastats.start()
             log.info("reading %s every %d ms", exe, cfg.interval_ms)
         if cfg.nvml:

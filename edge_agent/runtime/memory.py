@@ -103,7 +103,7 @@ class MemoryNeeds:
         while len(needs) > _KEEP:
             needs.pop(next(iter(needs)))
         try:
-            atomic_write(self.path, json.dumps(needs, indent=0).encode())
+            atomic_write(self.path, json.dumps(needs, indent=0).encode(), mode=0o640)
         except OSError as e:
             log.warning("cannot remember model memory needs in %s: %s", self.path, e)
 

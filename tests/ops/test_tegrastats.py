@@ -58,3 +58,21 @@ def test_nano_jetpack4_rails_without_units():
 @pytest.mark.parametrize("line", ["", "tegrastats: permission denied", "Error: unable to open /sys/devices/gpu.0/load"])
 def test_lines_without_fields_are_not_samples(line):
     assert parse(line) is None
+
+
+def test_orin_overcurrent_events_from_a_soctherm_oc_hwmon_tree(tmp_path):
+    # The sysfs layout of the tegra234-oc-event driver: a hwmon device named soctherm_oc, ocN_event_cnt files.
+    from edge_agent.ops.soctherm import find_soctherm_oc, overcurrent_events
+
+    (tmp_path / "hwmon0").mkdir()
+    (tmp_path / "hwmon0" / "name").write_text("ina3221\n")
+    oc = tmp_path / "hwmon3"
+    oc.mkdir()
+    (oc / "name").write_text("soctherm_oc\n")
+    for n, count in ((1, 0), (2, 17), (3, 2)):
+        (oc / f"oc{n}_event_cnt").write_text(f"{count}\n")
+        (oc / f"oc{n}_throt_en").write_text("1\n")
+    assert find_soctherm_oc(tmp_path) == oc
+    assert overcurrent_events(oc) == {"oc1": 0, "oc2": 17, "oc3": 2}
+    (tmp_path / "hwmon3" / "name").write_text("soctherm\n")
+    assert find_soctherm_oc(tmp_path) is None  # Xavier: no such device, nothing read
