@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import psutil
 from prometheus_client import Counter, Gauge
@@ -123,11 +123,13 @@ def _engine_cached(state_dir: Path, digest: str) -> bool:
     return any(d.is_dir() and any(d.iterdir()) for d in root.glob(f"{digest[:16]}-*"))
 
 
-def estimate(cfg, vdir: Path, needs: MemoryNeeds) -> Estimate:
-    """The need of the version in ``vdir`` under config ``cfg`` (the file this device would serve)."""
+def estimate(cfg, vdir: Path, needs: MemoryNeeds, providers: Optional[List[str]] = None) -> Estimate:
+    """The need of the version in ``vdir`` under config ``cfg`` (the file this device would serve).
+    ``providers``: short names, default the configured ones this ONNX Runtime has (as the loader picks)."""
     mem, runtime = cfg.memory, cfg.runtime
     spec = load_model_spec(vdir / "model.yaml")
-    providers = serving_providers(runtime)
+    if providers is None:
+        providers = serving_providers(runtime)
     choice = choose_artifact(spec, this_cpu(), providers)
     path = vdir / choice.file
     digest = sha256_file(path)

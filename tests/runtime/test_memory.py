@@ -49,3 +49,19 @@ def test_nvmap_line_of_a_jetson_meminfo(tmp_path):
     assert nvmap_used_bytes(p) == 204800 * 1024
     p.write_text("MemTotal: 100 kB\n")
     assert nvmap_used_bytes(p) == 0
+
+
+def test_a_tensorrt_engine_to_build_adds_its_workspace_until_one_is_cached(tmp_path):
+    c = Config(paths={"state_dir": str(tmp_path / "state")}, runtime={"tensorrt": {"workspace_mb": 512}},
+               memory={"load_factor": 2.0})
+    vdir = copy_digits(tmp_path / "models")
+    size = (vdir / "model.onnx").stat().st_size
+    needs = MemoryNeeds(tmp_path / "state")
+    est = estimate(c, vdir, needs, providers=["tensorrt", "cuda", "cpu"])
+    assert est.need == size * 2 + 512 * MB and "TensorRT build workspace 512 MiB" in est.basis
+    # An engine cached for this file (runtime/providers.py trt_dirs naming): nothing to build.
+    engine = tmp_path / "state" / "trt" / f"{est.digest[:16]}-orin-lib10"
+    engine.mkdir(parents=True)
+    (engine / "TensorrtExecutionProvider_TRTKernel.engine").write_bytes(b"x")
+    assert estimate(c, vdir, needs, providers=["tensorrt", "cpu"]).need == size * 2
+    assert estimate(c, vdir, needs, providers=["cpu"]).need == size * 2
