@@ -136,7 +136,8 @@ class Daemon:
         if not self.repo.models:
             log.warning("no model loaded from %s", cfg.paths.models_dir)
         self.http = HttpTransport(self, cfg.server.socket, cfg.server.socket_mode, cfg.server.socket_group, tcp,
-                                  cfg.server.max_body_bytes, *control, limits=cfg.server.limits)
+                                  cfg.server.max_body_bytes, *control, limits=cfg.server.limits,
+                                  metrics=(cfg.server.metrics.host, cfg.server.metrics.port) if cfg.server.metrics.enabled else None)
         await self.http.start()
         for comp in self._make_extras():
             await comp.start()

@@ -17,6 +17,7 @@ model (``load_config(path, overrides)``).
 Modules (one per group of sections; ``Config`` and ``load_config`` live here):
   base.py     Section (unknown keys forbidden), paths, logging, shared value checks
   server.py   server: socket, TCP listener, HTTP limits
+  metrics.py  server.metrics: the TCP listener Prometheus scrapes
   runtime.py  runtime (ONNX Runtime, TensorRT, CUDA), batching, admission
   mqtt.py     mqtt, offload
   updates.py  cache, ota
@@ -40,6 +41,7 @@ from .base import LoggingConfig, PathsConfig, Section, is_loopback  # noqa: F401
 from .memory import MemoryConfig  # noqa: F401
 from .mqtt import MqttConfig, MqttTlsConfig, OffloadConfig, OutboxConfig, RateLimitConfig  # noqa: F401
 from .runtime import AdmissionConfig, BatchingConfig, CudaConfig, RuntimeConfig, TensorRTConfig  # noqa: F401
+from .metrics import MetricsListenerConfig  # noqa: F401
 from .server import ServerConfig, ServerLimitsConfig, TcpConfig, TcpTlsConfig  # noqa: F401
 from .telemetry import TelemetryConfig  # noqa: F401
 from .updates import CacheConfig, CanaryConfig, OtaConfig  # noqa: F401

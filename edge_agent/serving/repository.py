@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..errors import EdgeError, ModelNotReady, UnknownModel, UnknownVersion
-from ..ops.metrics import MODEL_ARTIFACT, MODEL_INFO, MODEL_LOAD_FAILURES, WARMUP_SECONDS, ModelMetrics
+from ..ops.metrics import MODEL_ARTIFACT, MODEL_INFO, MODEL_LOAD_FAILURES, PROVIDER_FALLBACK, WARMUP_SECONDS, ModelMetrics
 # The OTA updater owns the on-disk layout: which directories are versions,
 # their order, and the active/previous pointers. The repository reads them
 # with the updater's own functions so the two can never disagree.
@@ -128,6 +128,8 @@ class ModelRepository:
             raise EdgeError(f"model {name}/{version}: {e}") from None
         mv = self._start(model)
         MODEL_ARTIFACT.labels(name, version, model.artifact.file, model.artifact.target).set(1)
+        for fb in model.provider_fallback:
+            PROVIDER_FALLBACK.labels(name, version, fb["wanted"], fb["bound"]).set(1)
         self.failed.pop((name, version), None)
         self.models.setdefault(name, ModelEntry()).versions[version] = mv
         return mv
@@ -200,6 +202,11 @@ class ModelRepository:
             MODEL_ARTIFACT.remove(name, version, mv.model.artifact.file, mv.model.artifact.target)
         except KeyError:
             pass
+        for fb in mv.model.provider_fallback:
+            try:
+                PROVIDER_FALLBACK.remove(name, version, fb["wanted"], fb["bound"])
+            except KeyError:
+                pass
         mv.model.close()
         self.memory.forget(name, version)
         if not entry.versions:

@@ -45,6 +45,9 @@ RULES = [
     ("companion over mqtt 3.1.1",
      "mode: companion\nmqtt:\n  enabled: true\n  protocol: '3.1.1'\n",
      "1: (top level)", 'mode companion with mqtt.enabled needs mqtt.protocol "5"'),
+    ("metrics port is the tcp port",
+     "server:\n  tcp:\n    enabled: true\n    port: 9000\n  metrics:\n    enabled: true\n    port: 9000\n",
+     "2: server", "server.metrics.port and server.tcp.port are both 9000"),
 ]
 
 
