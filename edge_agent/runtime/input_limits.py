@@ -4,7 +4,9 @@ A model with no limit set has no ``InputLimits`` at all (``input_limits``
 returns None), so its requests pay one ``is not None`` test. With limits, the
 tensor checks read shapes only (O(inputs), no pass over the data); the text
 byte count is one ``len`` per row, before the tokenizer runs; tokens are
-counted from the attention mask the tokenizer made.
+counted from the attention mask the tokenizer made. ``LoadedModel`` installs
+the checker at the end of its warm-up, whose batches may be larger than what
+clients may send.
 """
 
 from __future__ import annotations

@@ -122,7 +122,7 @@ class LoadedModel:
         self._finite = frozenset(
             t.name for t in self.spec.inputs if self.spec.non_finite_inputs == "reject" and V2_TO_NP[t.datatype].kind == "f"
         )
-        self._limits = input_limits(self.spec, name, self.max_batch > 0)  # model.yaml limits; None: none set
+        self._limits = None  # model.yaml limits (input_limits.py), from the end of warmup(): its batches may be larger
 
     # --- loading -------------------------------------------------------------
 
@@ -253,15 +253,6 @@ class LoadedModel:
     def warmup(self) -> float:
         """Run the configured warm-up batches; returns seconds taken."""
         t0 = time.perf_counter()
-        # Warm-up batches may be larger than model.yaml limits let a client ask for.
-        limits, self._limits = self._limits, None
-        try:
-            self._warm()
-        finally:
-            self._limits = limits
-        return time.perf_counter() - t0
-
-    def _warm(self) -> None:
         w = self.spec.warmup
         rng = np.random.default_rng(0)
         sizes = w.batch_sizes if self.max_batch > 0 else [1]
@@ -280,6 +271,8 @@ class LoadedModel:
                 inputs[t.name] = arr
             p = self.prepare(InferRequest(model=self.name, inputs=inputs))
             self.run_batch([p])
+        self._limits = input_limits(self.spec, self.name, self.max_batch > 0)  # clients' requests only
+        return time.perf_counter() - t0
 
     # --- serving -------------------------------------------------------------
 
