@@ -40,7 +40,7 @@ EXIT_FORCED = 130
 # changed (log, reload result, status: restart_needed) and applies the rest:
 # runtime and batching for versions loaded from then on, the request deadlines
 # (batching.deadline_*_s), and logging.level.
-RESTART_ONLY = ("mode", "device_id", "paths", "server", "mqtt", "cache", "ota", "offload")
+RESTART_ONLY = ("mode", "device_id", "paths", "server", "mqtt", "cache", "ota", "offload", "telemetry")
 
 
 def restart_only_changes(running: Config, new: Config) -> list[str]:
@@ -198,6 +198,10 @@ class Daemon:
                 mqtt.on_ota_command(lambda topic, command, source: ota.command(command, source=source))
                 ota.add_state_listener(mqtt.publish_ota_state)
             extras.append(ota)
+        if self.cfg.telemetry.enabled:
+            from .ops.hwtelemetry import HardwareTelemetry
+
+            extras.append(HardwareTelemetry(self.cfg.telemetry))
         return extras
 
     def _wire_offload(self, mqtt) -> None:

@@ -27,6 +27,7 @@ from ..ops.metrics import MODEL_ARTIFACT, MODEL_INFO, MODEL_LOAD_FAILURES, PROVI
 # with the updater's own functions so the two can never disagree.
 from ..ota.manifest import version_key
 from ..ota.versions import list_versions, read_pointers
+from ..runtime.memory import MemoryGate, footprint
 from ..runtime.session import LoadedModel
 from .batcher import Batcher
 
@@ -80,6 +81,8 @@ class ModelRepository:
         # ModelControl): a version they do not admit is not loaded by a scan.
         self.holds = None
         self._rand = random.Random()
+        # Refuses a load that would leave too little memory (insufficient_memory), learns what loads take.
+        self.memory = MemoryGate(cfg.paths.state_dir)
 
     # --- discovery and loading -------------------------------------------------
 
@@ -98,8 +101,11 @@ class ModelRepository:
         return found
 
     def _load_one(self, name: str, version: str, vdir: Path) -> LoadedModel:
+        est = self.memory.admit(self.cfg, name, version, vdir)
+        before = footprint()
         model = LoadedModel(name, version, vdir, self.cfg.runtime, self.cfg.paths.state_dir)
         secs = model.warmup()
+        self.memory.measured(self.cfg, est, before)
         WARMUP_SECONDS.labels(name, version).set(secs)
         log.info("model %s/%s loaded and warm in %.3fs on %s", name, version, secs, model.provider)
         return model
@@ -222,6 +228,7 @@ class ModelRepository:
             except KeyError:
                 pass
         mv.model.close()
+        self.memory.forget(name, version)
         if not entry.versions:
             del self.models[name]
             for fn in self.on_model_removed:

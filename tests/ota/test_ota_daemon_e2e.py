@@ -193,12 +193,7 @@ class Load:
 
 
 def metrics(a) -> str:
-    c = a.client()
-    try:
-        _, _, raw = c.request("GET", "/metrics")
-    finally:
-        c.close()
-    return raw.decode()
+    return a.metrics()
 
 
 def metric(text: str, name: str, *labels: str) -> float:
