@@ -74,6 +74,12 @@ def cmd_run(args) -> int:
     overrides = run_overrides(args)
     try:
         cfg = load_config(args.config, overrides)
+        if args.metrics_port_offset:
+            # The port it offsets is the file's, so the file is read first; the result is
+            # validated again with everything else (a port past 65535, or the TCP listener's).
+            port = cfg.server.metrics.port + args.metrics_port_offset
+            overrides.setdefault("server", {})["metrics"] = {"port": port}
+            cfg = load_config(args.config, overrides)
     except ConfigError as e:
         print(f"edge-agent: {e.message}", file=sys.stderr)
         return 3
@@ -261,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-mqtt", action="store_true",
                    help="disable MQTT whatever the config says (and offloading, which travels over it)")
     p.add_argument("--device-id", help="override device_id")
+    p.add_argument("--metrics-port-offset", type=int, default=0, metavar="N",
+                   help="serve server.metrics on its configured port + N (a companion pool's instance N; "
+                   "systemd/edge-agent-companion@.service passes its instance number)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=cmd_run)
 

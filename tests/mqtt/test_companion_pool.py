@@ -12,9 +12,11 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -79,6 +81,27 @@ class Instance:
                 self.proc.wait()
 
 
+def free_port_pair() -> int:
+    """A port p with p and p + 1 both free: the pool's metrics base and its instance 1."""
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            p = a.getsockname()[1]
+            if p < 65535:
+                with socket.socket() as b:
+                    try:
+                        b.bind(("127.0.0.1", p + 1))
+                        return p
+                    except OSError:
+                        pass
+    raise AssertionError("no two adjacent free ports")
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        return r.read().decode()
+
+
 @pytest.fixture
 def pool_root():
     root = Path(tempfile.mkdtemp(prefix="ea-pool-"))  # short: AF_UNIX paths are capped at 108 bytes
@@ -91,8 +114,10 @@ def test_two_instances_of_the_template_split_the_offloaded_requests(agent_factor
     models = pool_root / "lib" / "models"
     copy_digits(models)
     config = pool_root / "companion.yaml"  # one config for every instance, as /etc/edge-agent/companion.yaml
+    metrics_port = free_port_pair()
     config.write_text(yaml.safe_dump({
         "mode": "companion", "device_id": "set-by-the-unit",
+        "server": {"metrics": {"enabled": True, "port": metrics_port}},  # as systemd/companion.yaml
         "paths": {"models_dir": str(models)}, "runtime": {"intra_op_num_threads": 1},
         "mqtt": mqtt_section(broker, prefix, "", client_id=False), "offload": {"prefix": prefix},
     }))
@@ -108,6 +133,8 @@ def test_two_instances_of_the_template_split_the_offloaded_requests(agent_factor
             status = inst.client().json("GET", "/edge/status")[1]
             assert status["device_id"] == f"{host}-{i}" and status["mode"] == "companion"
             assert (pool_root / "lib" / f"companion-{i}" / "outbox").is_dir()  # its own state, cache and outbox
+            # its own metrics port (one config file names one port): base + instance number
+            assert "edge_agent_requests_total" in scrape(metrics_port + i), inst.log_path.read_text()
 
         n = 40
         for doc in offload_digits_stream(edge, X, n, workers=4):
