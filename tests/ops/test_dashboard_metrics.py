@@ -23,6 +23,8 @@ from edge_agent.client import AgentClient
 # name -> (module defining it, why a test daemon here does not export it)
 CONDITIONAL = {
     "edge_agent_ota_state": ("edge_agent/ota/metrics.py", "only with ota.enabled and a registry"),
+    "edge_agent_offload_breaker_state": ("edge_agent/transports/mqtt/offload.py", "only on edge units with offload.enabled"),
+    "edge_agent_offload_total": ("edge_agent/transports/mqtt/offload.py", "only on edge units with offload.enabled"),
 }
 # Jetson / dGPU telemetry and memory admission (issue 20 items 5 and 6, branch s3-telem): the
 # hardware ones are absent here (the watermark is exported whenever admission is on). Those not
