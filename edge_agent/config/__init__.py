@@ -37,7 +37,7 @@ from pydantic import Field, field_validator, model_validator
 from ..credentials import read_secret  # noqa: F401 -- secrets named in the config are read there (systemd 245 fallback)
 from ..errors import ConfigError
 from ..yaml_lines import load_yaml_with_lines, merge_overrides, validate_with_lines  # noqa: F401 -- model_spec imports them from here
-from .base import LoggingConfig, PathsConfig, Section, is_loopback  # noqa: F401
+from .base import LoggingConfig, PathsConfig, Section, _one_topic_level, is_loopback  # noqa: F401
 from .memory import MemoryConfig  # noqa: F401
 from .mqtt import MqttConfig, MqttTlsConfig, OffloadConfig, OutboxConfig, RateLimitConfig  # noqa: F401
 from .runtime import AdmissionConfig, BatchingConfig, CudaConfig, RuntimeConfig, TensorRTConfig  # noqa: F401
@@ -66,9 +66,7 @@ class Config(Section):
     @field_validator("device_id")
     @classmethod
     def _device_id_is_topic_safe(cls, v: str) -> str:
-        if not v or any(c in v for c in "/+#") :
-            raise ValueError("must be non-empty and contain none of / + #")
-        return v
+        return _one_topic_level(v)
 
     @model_validator(mode="after")
     def _offload_needs_mqtt_5(self) -> "Config":

@@ -8,7 +8,7 @@ from typing import Dict, List, Literal, Mapping, Optional  # noqa: F401 -- pydan
 
 from pydantic import Field, field_validator, model_validator
 
-from .base import Section, _topic_levels
+from .base import Section, _one_topic_level, _topic_levels
 
 
 class RateLimitConfig(Section):
@@ -135,9 +135,7 @@ class OffloadConfig(Section):
     @field_validator("group")
     @classmethod
     def _group_is_topic_safe(cls, v: str) -> str:
-        if not v or any(c in v for c in "/+#"):
-            raise ValueError("must be non-empty and contain none of / + #")
-        return v
+        return _one_topic_level(v)
 
     @model_validator(mode="before")
     @classmethod
