@@ -76,14 +76,25 @@ class Updater:
         self.hooks = hooks or StandaloneHooks()
         self.runner_factory = runner_factory
         # providers: the daemon's (configured and available), so validation picks the file it will serve.
-        self.validator = validator or (lambda d, m, s: validate_version(d, m, s, self.runner_factory, providers=providers))
-        self.installer = Installer(self.model, self.models_dir, self.registry, self.validator)
+        self.installer = Installer(self.model, self.models_dir, self.registry,
+                                   validator or (lambda d, m, s: validate_version(d, m, s, self.runner_factory,
+                                                                                  providers=providers)))
         self.keep_versions = keep_versions
         self.sm = UpdateStateMachine(self.state_dir, model, max_attempts=max_attempts,
                                      max_canary_attempts=max_canary_attempts, on_change=on_progress)
         self._canary_started = False
         self._last_progress = 0.0
         self._intents: List[Intent] = []  # for the caller to carry out, in order (take_intents)
+
+    @property
+    def validator(self) -> Validator:
+        """What checks a staged version; the installer runs it. Set after construction to wrap it
+        (the OTA agent puts memory admission in front: runtime/memory.py ``admitting``)."""
+        return self.installer.validator
+
+    @validator.setter
+    def validator(self, v: Validator) -> None:
+        self.installer.validator = v
 
     @classmethod
     def from_config(cls, cfg, model: str, **kw) -> Updater:
