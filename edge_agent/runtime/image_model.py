@@ -19,8 +19,8 @@ An image body (HTTP/MQTT) arrives as the input ``types.IMAGE_BODY``;
 ``resolve`` gives it the model's image input name and shape, so it is the same
 request (and the same cache key) as a BYTES input carrying those bytes.
 
-Detector post-processing (box decoding + NMS, vision/detect.py from the vision
-ops) hooks in after ``to_original``: ``_postprocess`` is the one place.
+Detector post-processing (box decoding + NMS from the vision package's detector ops)
+hooks in after ``to_original``: ``_postprocess`` is the one place.
 """
 
 from __future__ import annotations
