@@ -23,7 +23,7 @@ import paho.mqtt.client as paho
 import pytest
 
 from brokers import Mosquitto, free_port
-from daemon_proc import DIGITS, REPO, AgentProcess, copy_digits, digits_body
+from daemon_proc import DIGITS, REPO, AgentProcess, copy_digits, digits_body, proc_status
 from edge_agent.client import AgentClient
 from edge_agent.transports.mqtt.client import MqttInferClient
 from image_files import digit_pixels, digit_png, digits_image_model, encode, hostile_images, zlib_bomb_png
@@ -220,10 +220,7 @@ def test_an_image_body_to_a_tensor_model_is_invalid_input(rig):
 
 
 def _vm_hwm_kb(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmHWM")
+    return proc_status(pid)["VmHWM"]
 
 
 class _Bystander(threading.Thread):
