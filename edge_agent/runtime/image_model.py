@@ -65,12 +65,21 @@ def resolve_image_body(inputs: dict, name: str, batched: bool) -> dict:
     return {name: body.reshape((1, 1) if batched else (1,))}
 
 
-def tiny_png() -> bytes:
-    """A 64x64 mid-grey PNG: the warm-up image."""
+_MODES = {3: "RGB", 1: "L", 4: "RGBA", 2: "LA"}
+_SAVE = {"jpeg": "JPEG", "png": "PNG", "bmp": "BMP", "webp": "WEBP"}
+
+
+def warmup_image(limits: ImageLimits) -> bytes:
+    """A mid-grey image the model's own limits accept (format, channels, size): warm-up
+    runs the whole decode -> pre-process -> graph path once."""
     from PIL import Image
 
+    side = max(1, min(64, limits.max_side, int(limits.max_pixels ** 0.5)))
+    fmt = _SAVE[limits.formats[0]]
+    channels = [c for c in (3, 1, 4, 2) if c in limits.channels and not (fmt == "JPEG" and c in (2, 4))]
+    mode = _MODES[channels[0] if channels else 3]
     buf = io.BytesIO()
-    Image.new("L", (64, 64), 128).save(buf, format="PNG")
+    Image.new(mode, (side, side), (128,) * len(mode)).save(buf, format=fmt)
     return buf.getvalue()
 
 
@@ -169,4 +178,4 @@ class ImageModel:
         return out
 
     def warmup_bytes(self) -> bytes:
-        return tiny_png()
+        return warmup_image(self.spec)

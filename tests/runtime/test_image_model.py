@@ -123,3 +123,18 @@ def test_load_refuses_what_cannot_work(tmp_path):
         _model(tmp_path / "a", LETTERBOX, preprocess={"resize": LETTERBOX, "dtype": "UINT8"})
     with pytest.raises(ModelLoadError, match="to_original"):
         _model(tmp_path / "b", LETTERBOX, to_original=[{"output": "nope"}])
+
+
+@pytest.mark.parametrize("limits", [
+    {"formats": ["jpeg"], "channels": [3]},
+    {"formats": ["bmp"], "channels": [1]},
+    {"formats": ["webp", "png"], "channels": [4], "max_pixels": 100},
+    {"formats": ["png"], "max_side": 7},
+])
+def test_warm_up_image_meets_the_models_own_limits(limits):
+    from edge_agent.runtime.image_model import warmup_image
+    from edge_agent.vision.image import ImageLimits, decode
+
+    lim = ImageLimits(**limits)
+    img = decode(warmup_image(lim), lim)  # would raise if the limits refused it
+    assert img.shape[0] <= min(64, lim.max_side) and img.shape[0] * img.shape[1] <= lim.max_pixels

@@ -292,3 +292,9 @@ def _binary_bytes_body(data: bytes) -> tuple[bytes, int]:
     head = orjson.dumps({"inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES",
                                      "parameters": {"binary_data_size": len(data) + 4}}]})
     return head + struct.pack("<I", len(data)) + data, len(head)
+
+
+def test_cli_refuses_an_mqtt311_image_it_could_not_match_an_answer_to(png_file):
+    r = subprocess.run([sys.executable, "-m", "edge_agent.cli", "infer", MODEL, str(png_file), "--mqtt", "127.0.0.1:9",
+                        "--mqtt-protocol", "3.1.1"], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.returncode == 2 and "MQTT 5" in r.stderr
