@@ -192,6 +192,9 @@ def pipeline_runner_factory(config: Callable[[], object]) -> RunnerFactory:
                             cfg.runtime, cfg.paths.state_dir)
 
         def run(inputs):
-            return model.run_batch([model.prepare(InferRequest(model=model.name, inputs=inputs))])[0]
+            out = model.run_batch([model.prepare(InferRequest(model=model.name, inputs=inputs))])[0]
+            if isinstance(out, Exception):  # an image model answers a refused image with its error
+                raise out
+            return out
         return run
     return factory
