@@ -69,17 +69,22 @@ _MODES = {3: "RGB", 1: "L", 4: "RGBA", 2: "LA"}
 _SAVE = {"jpeg": "JPEG", "png": "PNG", "bmp": "BMP", "webp": "WEBP"}
 
 
-def warmup_image(limits: ImageLimits) -> bytes:
-    """A mid-grey image the model's own limits accept (format, channels, size): warm-up
-    runs the whole decode -> pre-process -> graph path once."""
+def warmup_image(limits: ImageLimits, rng: Optional[np.random.Generator] = None) -> bytes:
+    """An image the model's own limits accept (format, channels, size): mid-grey for the
+    warm-up (the whole decode -> pre-process -> graph path once), or noise drawn from ``rng``
+    for OTA golden inputs (ota/golden.py)."""
     from PIL import Image
 
     side = max(1, min(64, limits.max_side, int(limits.max_pixels ** 0.5)))
     fmt = _SAVE[limits.formats[0]]
     channels = [c for c in (3, 1, 4, 2) if c in limits.channels and not (fmt == "JPEG" and c in (2, 4))]
     mode = _MODES[channels[0] if channels else 3]
+    if rng is None:
+        im = Image.new(mode, (side, side), (128,) * len(mode))
+    else:
+        im = Image.frombytes(mode, (side, side), rng.integers(0, 256, side * side * len(mode), dtype=np.uint8).tobytes())
     buf = io.BytesIO()
-    Image.new(mode, (side, side), (128,) * len(mode)).save(buf, format=fmt)
+    im.save(buf, format=fmt)
     return buf.getvalue()
 
 
