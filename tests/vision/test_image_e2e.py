@@ -23,7 +23,7 @@ import paho.mqtt.client as paho
 import pytest
 
 from brokers import Mosquitto, free_port
-from daemon_proc import DIGITS, REPO, AgentProcess, copy_digits, digits_body, proc_status
+from daemon_proc import DIGITS, REPO, AgentProcess, copy_digits, digits_body, metric_sum, proc_status
 from edge_agent.client import AgentClient
 from edge_agent.transports.mqtt.client import MqttInferClient
 from image_files import digit_pixels, digit_png, digits_image_model, encode, hostile_images, zlib_bomb_png
@@ -245,6 +245,11 @@ def test_hostile_images_get_their_codes_on_both_transports_while_others_are_serv
     # A real bomb as well: ~70 KB of PNG that would be 192 MB as BGR (the model takes 1M pixels).
     hostile["zlib_bomb"] = (zlib_bomb_png(8000), "image_too_large")
     hostile["over_max_bytes"] = (digit_png() + b"\0" * 70000, "image_too_large")
+    def refused(code: str) -> float:
+        status, _, text = a.client().request("GET", "/metrics")
+        return metric_sum(text.decode(), "edge_agent_requests_total", f'model="{MODEL}",outcome="{code}",version="1"')
+
+    counted = {code: refused(code) for code in ("invalid_image", "image_too_large")}
     bystander = _Bystander(a)
     hwm_before = _vm_hwm_kb(a.proc.pid)
     bystander.start()
@@ -284,6 +289,9 @@ def test_hostile_images_get_their_codes_on_both_transports_while_others_are_serv
     assert grown_mb < 64, f"the daemon's peak RSS grew {grown_mb:.0f} MB"
     log = a.log()
     assert "invalid_image" in log and "image_too_large" in log
+    # Counted once per refusal: socket + MQTT for each, and the two BYTES-input cases.
+    sent = {code: 2 * sum(c == code for _, c in hostile.values()) + 1 for code in counted}
+    assert {code: refused(code) - n for code, n in counted.items()} == sent
 
 
 def _binary_bytes_body(data: bytes) -> tuple[bytes, int]:
