@@ -116,3 +116,37 @@ def test_sixteen_bit_images_are_refused_with_invalid_image():
     Image.fromarray(deep).save(buf, format="PNG")
     with pytest.raises(InvalidImage, match="8-bit"):
         decode(buf.getvalue(), LIMITS)
+
+
+def test_mutated_files_only_ever_get_coded_errors():
+    """Seeded mutations (bytes changed, cut, inserted) of PNG, JPEG, progressive JPEG, BMP and
+    WebP files: each decodes or gets invalid_image / image_too_large, never anything else."""
+    import random
+
+    from edge_agent.errors import EdgeError
+
+    rng = random.Random(18)
+    rgb = _rgb()
+    seeds = [encode(rgb, f, **kw) for f, kw in (("PNG", {}), ("JPEG", {}), ("JPEG", {"progressive": True}), ("BMP", {}), ("WEBP", {}))]
+    codes = set()
+    for _ in range(600):
+        d = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 6)):
+            if not d:
+                break
+            p, k = rng.randrange(len(d)), rng.random()
+            if k < 0.5:
+                d[p] = rng.randrange(256)
+            elif k < 0.7:
+                del d[p:p + rng.randint(1, 50)]
+            elif k < 0.85:
+                d[p:p] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 20)))
+            else:
+                del d[p:]
+        try:
+            out = decode(bytes(d), LIMITS)
+            assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 3
+            codes.add("ok")
+        except EdgeError as e:
+            codes.add(e.code)
+    assert codes <= {"ok", "invalid_image", "image_too_large"} and "invalid_image" in codes and "ok" in codes
