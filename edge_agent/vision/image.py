@@ -52,7 +52,7 @@ class ImageLimits(Section):
     """What a model takes as an encoded image (model.yaml ``image:``)."""
 
     max_bytes: int = Field(8 * 1024 * 1024, gt=0, description="Largest encoded image, in bytes received; over it: image_too_large.")
-    max_pixels: int = Field(40_000_000, gt=0, description="Largest width x height the header may state (decompression bombs); over it: image_too_large, before decoding.")
+    max_pixels: int = Field(40_000_000, gt=0, description="Largest width x height the header may state (decompression bombs); over it: image_too_large, before decoding. Pillow refuses more than 178956970 pixels whatever this says (also image_too_large).")
     max_side: int = Field(16384, gt=0, description="Longest side the header may state; over it: image_too_large, before decoding.")
     channels: List[int] = Field([1, 2, 3, 4], description="Channel counts of the encoded image accepted (1 grey, 2 grey+alpha, 3 colour, 4 colour+alpha); others: invalid_image.")
     formats: List[Format] = Field(["jpeg", "png", "bmp", "webp"], description="Encoded formats accepted; any other file: invalid_image.")
