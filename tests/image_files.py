@@ -2,7 +2,8 @@
 transport and MQTT tests.
 
 - ``encode``: an array -> PNG / JPEG / BMP bytes.
-- ``digit_png``: the digits demo's sample (models/digits/1/sample.npy) as a 32x32 grey PNG.
+- ``digit_png``: the digits demo's sample (models/digits/1/sample.npy) as a 32x32 grey PNG
+  (models/digits-image/1/sample.png holds these bytes; ``digits_image_model`` copies that demo).
 - ``claimed_png``: a valid PNG whose header claims any size, with one tiny IDAT (a header-only bomb).
 - ``zlib_bomb_png``: a real decompression bomb: a grey PNG of zeros, ``side`` x ``side``,
   a few hundred KB compressed, ``side**2`` bytes (x3 as BGR) once inflated.
@@ -74,30 +75,20 @@ def hostile_images() -> dict:
     }
 
 
-# The digits demo as an image model: a PNG of a digit in, the usual label/top-k answer out.
-# decode -> grey -> 8x8 (area average: the 4x4 cells of digit_png come back exactly) ->
-# x 16/255 (pixels 0..255 -> the 0..16 the MLP was trained on) -> flat [64].
-DIGITS_IMAGE = {
-    "input": "image",
-    "max_bytes": 65536,
-    "max_pixels": 1_000_000,
-    "preprocess": {"color": "gray", "resize": {"mode": "stretch", "height": 8, "width": 8, "interpolation": "area"},
-                   "normalize": {"scale": 16 / 255}, "layout": "NHWC"},
-    "reshape": [64],
-}
+DIGITS_IMAGE = DIGITS.parent.parent / "digits-image" / "1"
 
 
 def digits_image_model(models_dir, name: str = "digits-image", version: str = "1", **image):
-    """The shipped digits graph as ``{models_dir}/{name}/{version}`` taking a PNG/JPEG input ``image``."""
+    """The shipped image demo (models/digits-image/1: the digits graph taking a PNG/JPEG input
+    ``image``) as ``{models_dir}/{name}/{version}``, with ``image:`` keys overridden."""
     import shutil
 
     import yaml
 
     dest = models_dir / name / version
-    shutil.copytree(DIGITS, dest)
+    shutil.copytree(DIGITS_IMAGE, dest)
     spec = yaml.safe_load((dest / "model.yaml").read_text())
     spec["name"] = name
-    spec["inputs"] = [{"name": "image", "datatype": "BYTES", "dims": [1]}]
-    spec["image"] = {**DIGITS_IMAGE, **image}
+    spec["image"].update(image)
     (dest / "model.yaml").write_text(yaml.safe_dump(spec))
     return dest

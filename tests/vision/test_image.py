@@ -150,3 +150,10 @@ def test_mutated_files_only_ever_get_coded_errors():
         except EdgeError as e:
             codes.add(e.code)
     assert codes <= {"ok", "invalid_image", "image_too_large"} and "invalid_image" in codes and "ok" in codes
+
+
+def test_the_committed_demo_sample_is_the_test_digit():
+    from daemon_proc import REPO
+
+    png = (REPO / "models" / "digits-image" / "1" / "sample.png").read_bytes()
+    np.testing.assert_array_equal(decode(png, LIMITS)[..., 1], digit_pixels())
