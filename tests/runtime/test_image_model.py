@@ -138,3 +138,13 @@ def test_warm_up_image_meets_the_models_own_limits(limits):
     lim = ImageLimits(**limits)
     img = decode(warmup_image(lim), lim)  # would raise if the limits refused it
     assert img.shape[0] <= min(64, lim.max_side) and img.shape[0] * img.shape[1] <= lim.max_pixels
+
+
+def test_the_image_demo_serves_the_digits_graph_itself():
+    """models/digits-image/1/model.onnx is a copy of the digits demo's (scripts/train_digits.py
+    rebuilds that one): kept byte for byte the same, so both demos give one answer."""
+    from daemon_proc import DIGITS
+    from image_files import DIGITS_IMAGE
+
+    assert (DIGITS_IMAGE / "model.onnx").read_bytes() == (DIGITS / "model.onnx").read_bytes()
+    assert (DIGITS_IMAGE / "labels.txt").read_text() == (DIGITS / "labels.txt").read_text()
