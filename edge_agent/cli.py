@@ -191,10 +191,10 @@ def cmd_infer(args) -> int:
     client = _client(args)
     image = _image_file(args)
     if image is not None:
-        if args.priority or args.timeout_ms or args.no_cache:
-            print("edge-agent infer: --priority/--timeout-ms/--no-cache do not apply to an image body over the socket",
-                  file=sys.stderr)
-        status, doc = client.infer_image(args.model, image[0], image[1], args.version)
+        params = _add_params({}, args).get("parameters", {})
+        if "cache" in params:
+            params["cache"] = "false"
+        status, doc = client.infer_image(args.model, image[0], image[1], args.version, params)
         print(json.dumps(doc, indent=None if args.compact else 2))
         return 0 if status == 200 else 1
     body = _add_params(_request_body(args, client), args)

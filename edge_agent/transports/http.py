@@ -289,8 +289,8 @@ class HttpTransport:
         hl = req.headers.get(_HL_KEY)
         ct = req.headers.get(_CT_KEY)
         image = ct is not None and ct[:6] == b"image/"  # the body is an encoded image (curl --data-binary @photo.jpg)
-        if image:
-            hl = _IMAGE_MEMO
+        if image:  # the memo keys the query too: cache=false must not be answered from it
+            hl = _IMAGE_MEMO + req.query
         pin = None
         if req.error is None and name not in service.sampling_models:
             # A request byte for byte like an earlier one answered from the
@@ -301,7 +301,7 @@ class HttpTransport:
         try:
             body = _body(req)
             if image:
-                ireq = image_request(body, name, version)
+                ireq = image_request(body, name, version, req.query)
             else:
                 if hl is not None:
                     try:

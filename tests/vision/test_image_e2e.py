@@ -306,3 +306,21 @@ def test_cli_refuses_an_mqtt311_image_it_could_not_match_an_answer_to(png_file):
     r = subprocess.run([sys.executable, "-m", "edge_agent.cli", "infer", MODEL, str(png_file), "--mqtt", "127.0.0.1:9",
                         "--mqtt-protocol", "3.1.1"], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert r.returncode == 2 and "MQTT 5" in r.stderr
+
+
+def test_image_body_query_parameters(rig):
+    a, _, _ = rig
+    c = a.client()
+    status, doc = c.infer_image(MODEL, digit_png(), "image/png", params={"id": "cam7-1", "priority": "high", "timeout_ms": 5000})
+    assert status == 200 and doc["id"] == "cam7-1", doc
+    # cache=false is not answered from the cache (nor from the memo of encoded answers).
+    c.infer_image(MODEL, digit_png(), "image/png")
+    status, doc = c.infer_image(MODEL, digit_png(), "image/png")
+    assert doc.get("parameters", {}).get("cached") is True
+    status, doc = c.infer_image(MODEL, digit_png(), "image/png", params={"cache": "false"})
+    assert status == 200 and "cached" not in doc.get("parameters", {}), doc
+    for bad in ({"priority": "urgent"}, {"priority": "²"}, {"timeout_ms": "-1"}, {"colour": "red"}, {"cache": "maybe"}):
+        status, doc = c.infer_image(MODEL, digit_png(), "image/png", params=bad)
+        assert (status, doc["code"]) == (400, "malformed_request"), (bad, doc)
+    status, _, raw = c.request("POST", f"/v2/models/{MODEL}/infer?id=1&id=2&id=3&id=4&id=5", digit_png(), {"Content-Type": "image/png"})
+    assert (status, orjson.loads(raw)["code"]) == (400, "malformed_request")

@@ -11,7 +11,6 @@ a function of its arguments, so tests/mqtt/test_inbound.py covers it rule by rul
 from __future__ import annotations
 
 import logging
-import math
 import struct
 import time
 from typing import Dict, Optional, Tuple, Union
@@ -20,7 +19,7 @@ import orjson
 
 from ...compat import slotted_dataclass
 from ...errors import EdgeError, MalformedRequest, PayloadTooLarge, ReplyTopicRefused
-from ...serving.codec import HEADER_LENGTH, decode_request, image_request, parse_priority
+from ...serving.codec import HEADER_LENGTH, decode_request, image_request, priority_from_text, timeout_ms_from_text
 from ...types import InferRequest
 from .reply_topics import ReplyTopics
 from .topics import split_image_suffix, split_model_path
@@ -71,21 +70,9 @@ def lenient_params(payload: bytes) -> dict:
 def apply_user_props(req: InferRequest, user: Dict[str, str]) -> None:
     """priority and timeout_ms user properties onto a decoded request."""
     if "priority" in user:
-        p = user["priority"]
-        # "²".isdigit() is True and int("²") raises: only ASCII digits are a number here.
-        if p.isascii() and p.isdigit():
-            try:
-                p = int(p)
-            except ValueError:  # more digits than int() takes
-                raise MalformedRequest(f"user property priority is not a valid number: {p[:40]!r}...") from None
-        req.priority = parse_priority(p)
+        req.priority = priority_from_text(user["priority"], "user property priority")
     if "timeout_ms" in user:
-        try:
-            tm = float(user["timeout_ms"])
-        except ValueError:
-            tm = -1
-        if not (tm > 0 and math.isfinite(tm)):
-            raise MalformedRequest(f"user property timeout_ms must be a positive number, got {user['timeout_ms'][:40]!r}")
+        tm = timeout_ms_from_text(user["timeout_ms"], "user property timeout_ms")
         req.timeout_s = min(req.timeout_s or tm / 1000.0, tm / 1000.0)
 
 
