@@ -204,6 +204,10 @@ def test_cli_infer_image_over_socket_and_mqtt(rig, png_file):
     out = subprocess.run(base + ["--socket", str(a.socket)], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 0, out.stderr
     assert _outputs(orjson.loads(out.stdout))["probabilities_topk_labels"][0] == "digit-2"
+    out = subprocess.run(base + ["--socket", str(a.socket), "--priority", "high", "--timeout-ms", "5000", "--no-cache"],
+                         capture_output=True, text=True, cwd=REPO, timeout=60)
+    doc = orjson.loads(out.stdout)
+    assert out.returncode == 0 and "cached" not in doc.get("parameters", {}), (out.stderr, doc)
     out = subprocess.run(base + ["--mqtt", f"127.0.0.1:{broker.port}", "--device", DEVICE, "--prefix", PREFIX, "--timeout", "20"],
                          capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 0, out.stderr
