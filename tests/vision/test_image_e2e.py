@@ -122,6 +122,7 @@ def test_tritonclient_bytes_input_over_tcp(rig):
     # An image body and the same bytes as a BYTES input are one request to the cache.
     inp1 = tc.InferInput("image", [1, 1], "BYTES")
     inp1.set_data_from_numpy(images[:1], binary_data=True)
+    assert client.infer(MODEL, [inp1]).as_numpy("label").tolist() == [2]
     status, doc = a.client().infer_image(MODEL, digit_png(), "image/png")
     assert status == 200 and doc.get("parameters", {}).get("cached") is True, doc
 
