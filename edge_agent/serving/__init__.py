@@ -6,4 +6,5 @@ What lives here:
   repository.py  the model repository: every version on disk loaded, each with its batcher
   batcher.py     the dynamic batcher, one per model version: queue, worker threads, deadlines
   codec.py       KServe v2 bodies (JSON and binary tensors) <-> InferRequest / InferResponse
+  image_body.py  an encoded image as the whole body (HTTP image/*, MQTT) -> InferRequest; text parameters
 """

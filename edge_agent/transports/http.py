@@ -25,7 +25,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from .. import __version__
 from ..errors import EdgeError, MalformedRequest, NotFound
-from ..serving.codec import HEADER_LENGTH, decode_request, encode_error, encode_response, image_request
+from ..serving.codec import HEADER_LENGTH, decode_request, encode_error, encode_response
+from ..serving.image_body import image_request
 from ..serving.service import Started
 from ..types import InferRequest, InferResponse
 from .authority import ControlAuthority

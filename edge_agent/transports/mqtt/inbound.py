@@ -19,7 +19,8 @@ import orjson
 
 from ...compat import slotted_dataclass
 from ...errors import EdgeError, MalformedRequest, PayloadTooLarge, ReplyTopicRefused
-from ...serving.codec import HEADER_LENGTH, decode_request, image_request, priority_from_text, timeout_ms_from_text
+from ...serving.codec import HEADER_LENGTH, decode_request
+from ...serving.image_body import image_request, priority_from_text, timeout_ms_from_text
 from ...types import InferRequest
 from .reply_topics import ReplyTopics
 from .topics import split_image_suffix, split_model_path
@@ -94,7 +95,7 @@ def parse_request(
     """One request message -> (the request, or the error to answer it with; its Reply).
 
     ``rest`` is the topic after ``topic_prefix`` (``model[/version]``). The payload is an
-    encoded image (``codec.image_request``) when the MQTT 5 content type is ``image/*`` or
+    encoded image (``image_body.image_request``) when the MQTT 5 content type is ``image/*`` or
     the topic ends with an image suffix (``model[/version]/jpeg``, topics.py). The answer goes
     to the request's reply topic (MQTT 5 ResponseTopic, else ``parameters.reply_to``)
     when reply_topics allows it; otherwise, and when there is none, to the default
