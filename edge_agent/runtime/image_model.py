@@ -115,6 +115,13 @@ class ImageModel:
     def graph_inputs(self) -> set:
         return {self.graph_input}
 
+    def resolve(self, req):
+        """An image body as the image input, in the request itself: the cache keys it as that."""
+        req.inputs = resolve_image_body(req.inputs, self.name, self.batched)
+        if IMAGE_BODY in req.inputs:
+            raise InvalidInput(f"an image body is the whole request; model '{req.model}' takes it as input '{self.name}'")
+        return req
+
     # --- event loop ----------------------------------------------------------
 
     def check(self, inputs: dict) -> None:

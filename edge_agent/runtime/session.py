@@ -25,7 +25,7 @@ from ..types import IMAGE_BODY, V2_TO_NP, InferRequest
 from .artifacts import (ArtifactChoice, check_artifact_files, check_artifact_signatures, choose_artifact, serving_providers,
                         session_signature)
 from .cpu import this_cpu
-from .image_model import ImageModel, resolve_image_body
+from .image_model import ImageModel
 from .model_spec import ModelSpec, TensorSpec, load_model_spec
 from .providers import build_providers, create_session
 
@@ -292,7 +292,7 @@ class LoadedModel:
             if IMAGE_BODY in inputs:
                 if self.image is None:
                     raise InvalidInput(f"model '{self.name}' takes no image (it has no model.yaml image:); it takes inputs {sorted(specs)}")
-                return self.prepare(self._image_body(req))
+                return self.prepare(self.image.resolve(req))
             missing = sorted(set(specs) - set(inputs))
             # A client may send thousands of names: the message (which is
             # logged) names the first few.
@@ -341,13 +341,6 @@ class LoadedModel:
         else:
             feeds = inputs
         return Prepared(feeds, rows, outputs)
-
-    def _image_body(self, req: InferRequest) -> InferRequest:
-        """An image body as the image input, in the request itself: the cache keys it as that."""
-        req.inputs = resolve_image_body(req.inputs, self.image.name, self.max_batch > 0)
-        if IMAGE_BODY in req.inputs:
-            raise InvalidInput(f"an image body is the whole request; model '{self.name}' takes it as input '{self.image.name}'")
-        return req
 
     def _shape_str(self, spec: TensorSpec) -> str:
         return str((["N"] if self.max_batch > 0 else []) + spec.dims)
