@@ -84,6 +84,18 @@ class AgentClient:
         url = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
         return self.json("POST", url, doc)
 
+    def infer_image(self, model: str, data: bytes, content_type: str, version: str | None = None,
+                    params: dict | None = None) -> tuple[int, dict]:
+        """An encoded image as the whole body (``Content-Type: image/png``); ``params``
+        (priority, timeout_ms, cache, id) go in the query. The answer is JSON."""
+        from urllib.parse import urlencode
+
+        url = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
+        if params:
+            url += "?" + urlencode(params)
+        status, _, body = self.request("POST", url, data, {"Content-Type": content_type})
+        return status, orjson.loads(body) if body else None
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()

@@ -24,6 +24,18 @@ REPO = Path(__file__).resolve().parents[1]
 DIGITS = REPO / "models" / "digits" / "1"
 
 
+def proc_status(pid: int) -> dict[str, int]:
+    """kB figures of /proc/PID/status (VmRSS, VmHWM = peak RSS, Threads...)."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            parts = value.split()
+            if parts and parts[0].isdigit():
+                out[key] = int(parts[0])
+    return out
+
+
 def copy_digits(models_dir: Path, version: str = "1", **yaml_changes) -> Path:
     """Copy the shipped digits model as {models_dir}/digits/{version}, editing model.yaml."""
     dest = models_dir / "digits" / version

@@ -58,6 +58,13 @@ def test_quickstart_on_a_fresh_checkout():
         doc = orjson.loads(r.stdout)
         label = next(o for o in doc["outputs"] if o["name"] == "label")
         assert label["data"] == [2]
+        r = subprocess.run(
+            ["curl", "-s", "--unix-socket", str(sock), "--data-binary", "@models/digits-image/1/sample.png",
+             "-H", "Content-Type: image/png", "http://localhost/v2/models/digits-image/infer"],
+            cwd=checkout, capture_output=True, check=True,
+        )
+        label = next(o for o in orjson.loads(r.stdout)["outputs"] if o["name"] == "label")
+        assert label["data"] == [2]
         assert "no MQTT broker at 127.0.0.1:9" in (tmp / "quickstart.log").read_text()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

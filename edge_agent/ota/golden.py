@@ -38,9 +38,23 @@ def make_inputs(spec: ModelSpec, cases: int = 2, seed: int = SEED) -> list[dict[
         case = {}
         for t in spec.inputs:
             shape = batch + [VARIABLE_DIM if d == -1 else d for d in t.dims]
-            case[t.name] = _random(rng, t.datatype, shape)
+            if spec.image is not None and t.name == spec.image.input:
+                case[t.name] = _images(rng, spec, shape)
+            else:
+                case[t.name] = _random(rng, t.datatype, shape)
         out.append(case)
     return out
+
+
+def _images(rng: np.random.Generator, spec: ModelSpec, shape: list[int]) -> np.ndarray:
+    """An image model's input: encoded noise images its limits accept (random bytes would all
+    be refused with invalid_image, and golden outputs would check nothing)."""
+    from ..runtime.image_model import warmup_image
+
+    out = np.empty(int(np.prod(shape)), dtype=object)
+    for i in range(out.size):
+        out[i] = warmup_image(spec.image, rng)
+    return out.reshape(shape)
 
 
 def _random(rng: np.random.Generator, datatype: str, shape: list[int]) -> np.ndarray:
@@ -89,9 +103,10 @@ class OrtRunner:
 
 
 def default_runner_factory(version_dir: Path, spec: ModelSpec, artifact: str = DEFAULT_ARTIFACT) -> GoldenRunner:
-    if spec.text is not None:
+    if spec.text is not None or spec.image is not None:
         raise GoldenRunnerMissing(
-            "text model: golden outputs need the daemon's text pipeline; pass a runner factory",
+            f"{'text' if spec.text is not None else 'image'} model: golden outputs need the daemon's "
+            f"{'text pipeline' if spec.text is not None else 'decoding and pre-processing'}; pass a runner factory",
             model=spec.name,
         )
     return OrtRunner(version_dir, spec, artifact)
@@ -192,6 +207,9 @@ def pipeline_runner_factory(config: Callable[[], object]) -> RunnerFactory:
                             cfg.runtime, cfg.paths.state_dir)
 
         def run(inputs):
-            return model.run_batch([model.prepare(InferRequest(model=model.name, inputs=inputs))])[0]
+            out = model.run_batch([model.prepare(InferRequest(model=model.name, inputs=inputs))])[0]
+            if isinstance(out, Exception):  # an image model answers a refused image with its error
+                raise out
+            return out
         return run
     return factory

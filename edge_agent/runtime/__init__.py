@@ -11,4 +11,6 @@ What lives here:
   text.py        text models: UTF-8 in, tokenized and padded; pooled embedding out
   memory.py      memory admission: a version's estimated need against available memory, before it loads
   input_limits.py  model.yaml limits: a request's elements, pixels, text bytes, tokens, before queueing
+  image_model.py image models (model.yaml image:): encoded image in, decoded and pre-processed
+                 on the batcher thread; outputs mapped back to the image's pixels
 """

@@ -7,4 +7,5 @@ What lives here:
   model_control.py  the operator's load / unload, persisted; refuses what conflicts with OTA
   batcher.py     the dynamic batcher, one per model version: queue, worker threads, deadlines
   codec.py       KServe v2 bodies (JSON and binary tensors) <-> InferRequest / InferResponse
+  image_body.py  an encoded image as the whole body (HTTP image/*, MQTT) -> InferRequest; text parameters
 """

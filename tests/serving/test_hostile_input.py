@@ -15,23 +15,11 @@ import orjson
 import pytest
 import yaml
 
-from daemon_proc import DIGITS, AgentProcess, copy_digits, digits_body
+from daemon_proc import DIGITS, AgentProcess, copy_digits, digits_body, proc_status
 
 pytestmark = pytest.mark.timeout(120)
 
 HL = "Inference-Header-Content-Length"
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    """kB figures of /proc/PID/status (VmRSS, VmHWM = peak RSS, Threads...)."""
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            parts = value.split()
-            if parts and parts[0].isdigit():
-                out[key] = int(parts[0])
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 import pytest
 
-from daemon_proc import AgentProcess, make_slow_model
+from daemon_proc import AgentProcess, make_slow_model, proc_status
 from http_wire import Reader, ServerThread, connect, get, post, wait_until
 from edge_agent.errors import HeaderTooLarge, Overloaded, RequestTimeout, UriTooLong
 from edge_agent.transports.httpserver import HttpLimits, connection_cap
@@ -337,10 +337,7 @@ def srv_default():
 
 
 def rss_kb(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+    return proc_status(pid)["VmRSS"]
 
 
 class Prober(threading.Thread):

@@ -11,7 +11,6 @@ a function of its arguments, so tests/mqtt/test_inbound.py covers it rule by rul
 from __future__ import annotations
 
 import logging
-import math
 import struct
 import time
 from typing import Dict, Optional, Tuple, Union
@@ -20,10 +19,11 @@ import orjson
 
 from ...compat import slotted_dataclass
 from ...errors import EdgeError, MalformedRequest, PayloadTooLarge, ReplyTopicRefused
-from ...serving.codec import HEADER_LENGTH, decode_request, parse_priority
+from ...serving.codec import HEADER_LENGTH, decode_request
+from ...serving.image_body import image_request, priority_from_text, timeout_ms_from_text
 from ...types import InferRequest
 from .reply_topics import ReplyTopics
-from .topics import split_model_path
+from .topics import split_image_suffix, split_model_path
 
 log = logging.getLogger(__name__)
 
@@ -71,21 +71,9 @@ def lenient_params(payload: bytes) -> dict:
 def apply_user_props(req: InferRequest, user: Dict[str, str]) -> None:
     """priority and timeout_ms user properties onto a decoded request."""
     if "priority" in user:
-        p = user["priority"]
-        # "²".isdigit() is True and int("²") raises: only ASCII digits are a number here.
-        if p.isascii() and p.isdigit():
-            try:
-                p = int(p)
-            except ValueError:  # more digits than int() takes
-                raise MalformedRequest(f"user property priority is not a valid number: {p[:40]!r}...") from None
-        req.priority = parse_priority(p)
+        req.priority = priority_from_text(user["priority"], "user property priority")
     if "timeout_ms" in user:
-        try:
-            tm = float(user["timeout_ms"])
-        except ValueError:
-            tm = -1
-        if not (tm > 0 and math.isfinite(tm)):
-            raise MalformedRequest(f"user property timeout_ms must be a positive number, got {user['timeout_ms'][:40]!r}")
+        tm = timeout_ms_from_text(user["timeout_ms"], "user property timeout_ms")
         req.timeout_s = min(req.timeout_s or tm / 1000.0, tm / 1000.0)
 
 
@@ -106,7 +94,9 @@ def parse_request(
 ) -> Tuple[Union[InferRequest, EdgeError], Reply]:
     """One request message -> (the request, or the error to answer it with; its Reply).
 
-    ``rest`` is the topic after ``topic_prefix`` (``model[/version]``). The answer goes
+    ``rest`` is the topic after ``topic_prefix`` (``model[/version]``). The payload is an
+    encoded image (``image_body.image_request``) when the MQTT 5 content type is ``image/*`` or
+    the topic ends with an image suffix (``model[/version]/jpeg``, topics.py). The answer goes
     to the request's reply topic (MQTT 5 ResponseTopic, else ``parameters.reply_to``)
     when reply_topics allows it; otherwise, and when there is none, to the default
     response topic, refused topics with ``reply_topic_refused``. An id or correlation
@@ -122,6 +112,10 @@ def parse_request(
     err: EdgeError | None = None
     params: dict = {}
     try:
+        rest, image = split_image_suffix(rest)
+        if not image and props is not None:
+            ctype = getattr(props, "ContentType", None)
+            image = ctype is not None and ctype[:6] == "image/"
         path = split_model_path(rest)
         if path is None:
             raise MalformedRequest(f"topic must be {topic_prefix}{{model}}[/{{version}}], got {msg.topic!r}")
@@ -132,7 +126,10 @@ def parse_request(
             header_length = int(hl) if hl is not None else None
         except ValueError:
             raise MalformedRequest(f"user property {HEADER_LENGTH} must be an integer, got {hl[:40]!r}") from None
-        decoded = decode_request(payload, path[0], path[1], header_length)
+        if image:
+            decoded = image_request(payload, path[0], path[1])
+        else:
+            decoded = decode_request(payload, path[0], path[1], header_length)
         params = decoded.parameters
         apply_user_props(decoded, user)
         req = decoded
