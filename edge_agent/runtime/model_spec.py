@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ..config import Section, load_yaml_with_lines, validate_with_lines
 from ..errors import ConfigError, ModelLoadError
+from ..pipeline.spec import PipelineStep, check_pipeline
 from ..types import V2_TO_NP
 from .cpu import KNOWN_FEATURES
 
@@ -161,6 +162,16 @@ class ModelSpec(Section):
         "requires or provider. Absent: model.onnx alone, as before. Every file must have the same inputs and outputs.",
     )
 
+    pipeline: Optional[List[PipelineStep]] = Field(
+        None, description="Several graphs in this version folder run as one model (pipeline/spec.py, docs/MODELS.md): "
+        "the first step reads the decoded image, later ones its crops; each step has its own batcher.")
+
+    @model_validator(mode="after")
+    def _pipeline_rules(self):
+        if self.pipeline is not None:
+            check_pipeline(self)
+        return self
+
     @model_validator(mode="after")
     def _unique_names(self):
         for kind, ts in (("inputs", self.inputs), ("outputs", self.outputs)):
@@ -186,6 +197,8 @@ class ModelSpec(Section):
 
     def artifact_files(self) -> list[str]:
         """The distinct ONNX files of this version, in order of first mention."""
+        if self.pipeline is not None:
+            return list(dict.fromkeys(s.model for s in self.pipeline))
         if self.artifacts is None:
             return [DEFAULT_ARTIFACT]
         return list(dict.fromkeys(a.file for a in self.artifacts))
