@@ -189,3 +189,19 @@ class Forbidden(EdgeError):
 
     code = "forbidden"
     http_status = 403
+
+
+class InvalidImage(EdgeError):
+    """An image input is not an image the daemon decodes: zero bytes, not an accepted format,
+    a corrupt or truncated file, or a colour mode / channel count the model does not take."""
+
+    code = "invalid_image"
+    http_status = 400
+
+
+class ImageTooLarge(EdgeError):
+    """An image input is over its model's limits (model.yaml ``image``: max_bytes of encoded
+    data, or max_pixels / max_side as its header claims, checked before decoding)."""
+
+    code = "image_too_large"
+    http_status = 413
