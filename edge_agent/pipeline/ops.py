@@ -53,7 +53,7 @@ def _scale_to(img: np.ndarray, side: int, longer: bool):
     ratio = float(side) / (h if (h > w) == longer else w)
     rh, rw = int(round(int(h * ratio) / 32) * 32), int(round(int(w * ratio) / 32) * 32)
     if rh <= 0 or rw <= 0:
-        from ..vision.image import InvalidImage
+        from ..errors import InvalidImage
 
         raise InvalidImage(f"image of {w}x{h} pixels is too thin to read")
     return cv2.resize(img, (rw, rh)), h / rh, w / rw
@@ -134,8 +134,8 @@ class DetectOp:
         return [(idx, np.stack([items[i].tensor for i in idx])) for idx in groups.values()]
 
     def finish(self, items, out: np.ndarray) -> list:
-        from ..vision.crops import reading_order, rotate_crop
-        from ..vision.dbnet import db_boxes, filter_boxes
+        from ..vision.crops import filter_boxes, reading_order, rotate_crop
+        from ..vision.dbnet import db_boxes
 
         results = []
         for it, prob in zip(items, out):
@@ -146,22 +146,14 @@ class DetectOp:
             if len(boxes):
                 ph, pw = pm.shape
                 boxes = np.array(boxes, dtype=np.float32)
-                boxes[..., 0] = np.clip(np.round(boxes[..., 0] / pw * w), 0, w)
-                boxes[..., 1] = np.clip(np.round(boxes[..., 1] / ph * h), 0, h)
-                boxes = _filtered(boxes, filter_boxes(boxes, (h, w)))
+                boxes[..., 0] = boxes[..., 0] / pw * w  # RapidOCR's order of operations, for the same rounding
+                boxes[..., 1] = boxes[..., 1] / ph * h
+                boxes = filter_boxes(boxes, (h, w))
             if len(boxes):
                 boxes = boxes[reading_order(boxes)]
             crops = [rotate_crop(f.image, b) for b in boxes]
             results.append(Regions(to_original(boxes, f), crops))
         return results
-
-
-def _filtered(boxes: np.ndarray, kept) -> np.ndarray:
-    """filter_boxes may answer with the kept boxes, a mask or indices."""
-    kept = np.asarray(kept)
-    if kept.ndim == 3:
-        return kept.astype(np.float32).reshape(-1, 4, 2)
-    return boxes[kept].reshape(-1, 4, 2)
 
 
 # --- crops: classifier (angle) and recogniser (ctc) ---------------------------
