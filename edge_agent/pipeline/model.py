@@ -113,7 +113,7 @@ class PipelineModel:
         regions = self.steps[0].run_all([self.start(p.feeds[self.input.name].reshape(-1)[0])])[0]
         items = regions.crops
         for s in self.steps[1:]:
-            items = s.run_all([Item(c) for c in items]) if items else []
+            items = s.run_all(s.op.items(items)) if items else []
         return self.answer(regions, items, None)
 
     # --- loading --------------------------------------------------------------

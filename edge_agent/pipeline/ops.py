@@ -11,8 +11,9 @@ batch layouts. Collate and finish run on the step's batcher thread, so none
 of this CPU work touches the event loop.
 
 Adding an op: a class with ``collate(items) -> [(indices, tensor)]`` and
-``finish(items, output) -> [result]``, registered in ``OPS`` and named in
-spec.py's ``op`` Literal.
+``finish(items, output) -> [result]`` (and, for a crop step,
+``items(crops) -> [Item]``), registered in ``OPS`` and named in spec.py's
+``op`` Literal.
 """
 
 from __future__ import annotations
@@ -179,6 +180,11 @@ class AngleOp:
         self.width = int(params.get("width", 192))
         self.threshold = float(params.get("threshold", 0.9))
 
+    def items(self, crops: list) -> list:
+        from .step import Item
+
+        return [Item(c) for c in crops]
+
     def collate(self, items) -> list:
         return [(list(range(len(items))), np.stack([crop_tensor(it.tensor, self.height, self.width) for it in items]))]
 
@@ -191,21 +197,40 @@ class AngleOp:
 
 
 class RecognizeOp:
-    """The recogniser: crops at height 48, the batch as wide as its widest
-    crop (at least ``min_width``), each padded on the right (RapidOCR's
-    batch layout); greedy CTC with the character list in the graph's metadata."""
+    """The recogniser: greedy CTC with the character list in the graph's metadata.
+
+    Its answers depend on how far a crop is padded (the graph mixes the whole
+    line), so each crop gets the width RapidOCR would give it: RapidOCR sorts
+    an image's crops by aspect ratio and pads each run of ``rapid_batch`` to
+    its widest (at least ``min_width``). ``items`` plans those widths per
+    image; ``collate`` batches crops of the same width, from any image."""
 
     def __init__(self, params: dict, session) -> None:
         from ..vision.ctc import charset_from_metadata
 
         self.height = int(params.get("height", 48))
         self.min_width = int(params.get("min_width", 320))
+        self.rapid_batch = int(params.get("rapid_batch", 6))
         self.charset = charset_from_metadata(session.get_modelmeta().custom_metadata_map)
 
+    def items(self, crops: list) -> list:
+        from .step import Item
+
+        ratios = [c.shape[1] / float(c.shape[0]) for c in crops]
+        order = np.argsort(np.array(ratios))
+        width = [0] * len(crops)
+        for start in range(0, len(crops), self.rapid_batch):
+            run = order[start:start + self.rapid_batch]
+            w = int(self.height * max([self.min_width / self.height] + [ratios[i] for i in run]))
+            for i in run:
+                width[i] = w
+        return [Item(c, w) for c, w in zip(crops, width)]
+
     def collate(self, items) -> list:
-        ratio = max([self.min_width / self.height] + [it.tensor.shape[1] / float(it.tensor.shape[0]) for it in items])
-        width = int(self.height * ratio)
-        return [(list(range(len(items))), np.stack([crop_tensor(it.tensor, self.height, width) for it in items]))]
+        groups: dict = {}
+        for i, it in enumerate(items):
+            groups.setdefault(it.ctx, []).append(i)
+        return [(idx, np.stack([crop_tensor(items[i].tensor, self.height, w) for i in idx])) for w, idx in groups.items()]
 
     def finish(self, items, out: np.ndarray) -> list:
         from ..vision.ctc import ctc_greedy

@@ -23,7 +23,6 @@ from concurrent.futures import ThreadPoolExecutor
 from ..errors import Overloaded, ShuttingDown
 from ..ops.metrics import BATCHER_STUCK, QUEUE_DEPTH
 from ..serving.batcher import RUN_EWMA, Batcher
-from .step import Item
 
 _now = time.monotonic
 
@@ -87,7 +86,7 @@ class PipelineRunner:
             for b in self.batchers[1:]:
                 if not items:
                     break
-                futs = [b.submit(Item(c), priority, deadline) for c in items]
+                futs = [b.submit(it, priority, deadline) for it in b.model.op.items(items)]
                 items = _first_error(await asyncio.gather(*futs, return_exceptions=True))
             outputs = model.answer(regions, items or [], prepared.outputs)
             if store is not None:
