@@ -130,6 +130,22 @@ def _token(args) -> str | None:
     return token.strip() if token else None
 
 
+# Image files the infer command sends as they are (the daemon decodes them), by suffix.
+IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".bmp": "image/bmp", ".webp": "image/webp"}
+
+
+def _image_file(args) -> tuple[bytes, str] | None:
+    """(bytes, content type) when FILE is an image; None for .json/.npy/--text."""
+    ctype = IMAGE_TYPES.get(Path(args.file).suffix.lower()) if args.file is not None else None
+    if ctype is None:
+        return None
+    try:
+        return Path(args.file).read_bytes(), ctype
+    except OSError as e:
+        print(f"edge-agent infer: cannot read {args.file}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def _request_body(args, client) -> dict:
     if args.text is not None:
         texts = args.text
@@ -173,6 +189,14 @@ def cmd_infer(args) -> int:
     if args.mqtt:
         return _infer_mqtt(args)
     client = _client(args)
+    image = _image_file(args)
+    if image is not None:
+        if args.priority or args.timeout_ms or args.no_cache:
+            print("edge-agent infer: --priority/--timeout-ms/--no-cache do not apply to an image body over the socket",
+                  file=sys.stderr)
+        status, doc = client.infer_image(args.model, image[0], image[1], args.version)
+        print(json.dumps(doc, indent=None if args.compact else 2))
+        return 0 if status == 200 else 1
     body = _add_params(_request_body(args, client), args)
     status, doc = client.infer(args.model, body, args.version)
     print(json.dumps(doc, indent=None if args.compact else 2))
@@ -187,12 +211,18 @@ def _infer_mqtt(args) -> int:
     if args.file is not None and args.file.endswith(".npy") and args.input is None:
         print("edge-agent infer --mqtt: give --input NAME with a .npy file", file=sys.stderr)
         return 2
-    body = _add_params(_request_body(args, None), args)
+    image = _image_file(args)
+    if image is not None and args.mqtt_protocol != "5":
+        print("edge-agent infer --mqtt: send images with MQTT 5 (a raw 3.1.1 image payload carries no reply "
+              "topic or id; its answer goes to the unit's default response topic, docs/MQTT.md)", file=sys.stderr)
+        return 2
+    body = image[0] if image is not None else _add_params(_request_body(args, None), args)
     host, port = args.mqtt
     try:
         doc = run_infer(
             f"{host}:{port}", args.model, body, device=args.device or _socket.gethostname(), prefix=args.prefix,
             version=args.version, protocol=args.mqtt_protocol, qos=args.qos, timeout=args.timeout,
+            content_type=image[1] if image is not None else None,
         )
     except (OSError, TimeoutError) as e:
         print(f"edge-agent infer --mqtt: {e}", file=sys.stderr)
@@ -275,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("infer", help="send one inference request and print the answer")
     p.add_argument("model")
-    p.add_argument("file", nargs="?", help="KServe v2 JSON body (.json) or a tensor (.npy)")
+    p.add_argument("file", nargs="?", help="KServe v2 JSON body (.json), a tensor (.npy), or an image (.jpg/.png/.bmp/.webp) "
+                                           "for a model with an image input")
     p.add_argument("--version", dest="version", help="model version (default: the served one)")
     p.add_argument("--input", help="input name for .npy/--text (default: the model's first input / 'text')")
     p.add_argument("--text", action="append", help="text input for text models (repeat for a batch)")

@@ -84,6 +84,12 @@ class AgentClient:
         url = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
         return self.json("POST", url, doc)
 
+    def infer_image(self, model: str, data: bytes, content_type: str, version: str | None = None) -> tuple[int, dict]:
+        """An encoded image as the whole body (``Content-Type: image/png``); the answer is JSON."""
+        url = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
+        status, _, body = self.request("POST", url, data, {"Content-Type": content_type})
+        return status, orjson.loads(body) if body else None
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()

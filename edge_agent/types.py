@@ -35,6 +35,11 @@ V2_TO_NP: dict[str, np.dtype] = {
 }
 NP_TO_V2: dict[np.dtype, str] = {v: k for k, v in V2_TO_NP.items()}
 
+# The input name of an image sent as the whole body (HTTP ``Content-Type: image/png``, an MQTT
+# payload with an image content type): a one-element BYTES array the model gives its own image
+# input's name (runtime/image_model.py ``resolve_image_body``). Not a name a model can declare.
+IMAGE_BODY = "$image"
+
 
 # Each dtype seen so far -> its datatype: a response names the datatype of
 # each output, so this is on the request path. Fixed-width strings ('<U7')

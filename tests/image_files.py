@@ -72,3 +72,32 @@ def hostile_images() -> dict:
         "corrupt_png": (good_png[:60] + bytes(b ^ 0x5A for b in good_png[60:-12]) + good_png[-12:], "invalid_image"),
         "huge_dimensions": (claimed_png(100000, 100000), "image_too_large"),
     }
+
+
+# The digits demo as an image model: a PNG of a digit in, the usual label/top-k answer out.
+# decode -> grey -> 8x8 (area average: the 4x4 cells of digit_png come back exactly) ->
+# x 16/255 (pixels 0..255 -> the 0..16 the MLP was trained on) -> flat [64].
+DIGITS_IMAGE = {
+    "input": "image",
+    "max_bytes": 65536,
+    "max_pixels": 1_000_000,
+    "preprocess": {"color": "gray", "resize": {"mode": "stretch", "height": 8, "width": 8, "interpolation": "area"},
+                   "normalize": {"scale": 16 / 255}, "layout": "NHWC"},
+    "reshape": [64],
+}
+
+
+def digits_image_model(models_dir, name: str = "digits-image", version: str = "1", **image):
+    """The shipped digits graph as ``{models_dir}/{name}/{version}`` taking a PNG/JPEG input ``image``."""
+    import shutil
+
+    import yaml
+
+    dest = models_dir / name / version
+    shutil.copytree(DIGITS, dest)
+    spec = yaml.safe_load((dest / "model.yaml").read_text())
+    spec["name"] = name
+    spec["inputs"] = [{"name": "image", "datatype": "BYTES", "dims": [1]}]
+    spec["image"] = {**DIGITS_IMAGE, **image}
+    (dest / "model.yaml").write_text(yaml.safe_dump(spec))
+    return dest

@@ -10,4 +10,6 @@ What lives here:
   providers.py   execution providers (TensorRT, CUDA, CPU), their options per
                  ONNX Runtime version, and the check of what bound
   text.py        text models: UTF-8 in, tokenized and padded; pooled embedding out
+  image_model.py image models (model.yaml image:): encoded image in, decoded and pre-processed
+                 on the batcher thread; outputs mapped back to the image's pixels
 """

@@ -18,6 +18,7 @@ from ..errors import ConfigError, ModelLoadError
 from ..pipeline.spec import PipelineStep, check_pipeline
 from ..types import V2_TO_NP
 from .cpu import KNOWN_FEATURES
+from .image_model import ImageSpec
 
 V2Type = Literal["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"]
 
@@ -146,6 +147,7 @@ class ModelSpec(Section):
     cache: CacheSpec = Field(default_factory=CacheSpec, description="Response cache settings.")
     session: SessionSpec = Field(default_factory=SessionSpec, description="ONNX Runtime session settings that belong to this graph.")
     text: TextSpec | None = Field(None, description="Text model: tokenize a BYTES input in the daemon and pool the token states.")
+    image: Optional[ImageSpec] = Field(None, description="Image model: a BYTES input carries an encoded image, decoded with these limits and pre-processed in the daemon (runtime/image_model.py).")
     non_finite_inputs: Literal["reject", "allow"] = Field(
         "reject",
         description="NaN or ±Inf in a floating-point input (FP16/FP32/FP64): `reject` refuses the request with "
@@ -178,6 +180,17 @@ class ModelSpec(Section):
             names = [t.name for t in ts]
             if len(set(names)) != len(names):
                 raise ValueError(f"{kind} names must be unique")
+        return self
+
+    @model_validator(mode="after")
+    def _image_input_declared(self):
+        img = self.image
+        if img is not None:
+            t = self.input(img.input)
+            if t is None or t.datatype != "BYTES" or t.dims != [1]:
+                raise ValueError(f"image.input '{img.input}' must be an input of datatype BYTES and dims [1] (one encoded image per row)")
+            if self.text is not None:
+                raise ValueError("a model is a text model (text:) or an image model (image:), not both")
         return self
 
     @model_validator(mode="after")

@@ -20,10 +20,11 @@ from ..compat import slotted_dataclass
 from ..config import RuntimeConfig
 from ..digests import sha256_file
 from ..errors import InferenceFailed, InvalidInput, ModelLoadError
-from ..types import V2_TO_NP, InferRequest
+from ..types import IMAGE_BODY, V2_TO_NP, InferRequest
 from .artifacts import (ArtifactChoice, check_artifact_files, check_artifact_signatures, choose_artifact, serving_providers,
                         session_signature)
 from .cpu import this_cpu
+from .image_model import ImageModel, resolve_image_body
 from .model_spec import ModelSpec, TensorSpec, load_model_spec
 from .ortsession import ORT_TYPES, intra_op_threads, open_session  # noqa: F401 - intra_op_threads: re-exported
 
@@ -67,6 +68,10 @@ class LoadedModel:
             from .text import TextPipeline
 
             self.text = TextPipeline(self.spec.text, version_dir, [i.name for i in self.session.get_inputs()], model=name)
+        self.image = None
+        if self.spec.image is not None:  # an encoded image in, decoded on the batcher thread (image_model.py)
+            self.image = ImageModel(self.spec.image, self.session.get_inputs(), [t.name for t in self.spec.inputs],
+                                    [o.name for o in self.session.get_outputs()], self.max_batch > 0, f"{version_dir}/model.yaml")
         self._check_signature()
         if self.spec.artifacts is not None:
             check_artifact_signatures(self.spec, version_dir, (self.artifact.file, session_signature(self.session)))
@@ -119,12 +124,15 @@ class LoadedModel:
                 raise ModelLoadError(f"{where}: graph has no output '{self.spec.text.graph_output}'")
             return
         batch = 1 if self.max_batch > 0 else 0
+        fed = self.image.graph_inputs() if self.image is not None else set()
         for t in self.spec.inputs:
+            if self.image is not None and t.name == self.image.name:
+                continue
             g = graph_inputs.get(t.name)
             if g is None:
                 raise ModelLoadError(f"{where}: input '{t.name}' is not in the graph (graph has {sorted(graph_inputs)})")
             self._check_tensor(where, "input", t, g, batch)
-        extra = set(graph_inputs) - {t.name for t in self.spec.inputs}
+        extra = set(graph_inputs) - {t.name for t in self.spec.inputs} - fed
         if extra:
             raise ModelLoadError(f"{where}: graph inputs {sorted(extra)} are not described")
         graph_outputs = {o.name: o for o in self.session.get_outputs()}
@@ -192,14 +200,17 @@ class LoadedModel:
                 dims = [d if d > 0 else 8 for d in t.dims]
                 shape = ([n] if self.max_batch > 0 else []) + dims
                 if t.datatype == "BYTES":
-                    arr = np.full(shape, w.text.encode(), dtype=object)
+                    image = self.image is not None and t.name == self.image.name
+                    arr = np.full(shape, self.image.warmup_bytes() if image else w.text.encode(), dtype=object)
                 elif w.fill == "random":
                     arr = rng.random(shape).astype(V2_TO_NP[t.datatype])
                 else:
                     arr = np.full(shape, 1 if w.fill == "ones" else 0, dtype=V2_TO_NP[t.datatype])
                 inputs[t.name] = arr
             p = self.prepare(InferRequest(model=self.name, inputs=inputs))
-            self.run_batch([p])
+            out = self.run_batch([p])[0]
+            if isinstance(out, Exception):  # an image model returns a refused image's error in its results
+                raise ModelLoadError(f"model {self.name}/{self.version}: warm-up failed: {out}")
         return time.perf_counter() - t0
 
     # --- serving -------------------------------------------------------------
@@ -209,6 +220,10 @@ class LoadedModel:
         inputs = req.inputs
         specs = self._inputs
         if len(inputs) != len(specs) or any(n not in specs for n in inputs):
+            if IMAGE_BODY in inputs:
+                if self.image is None:
+                    raise InvalidInput(f"model '{self.name}' takes no image (it has no model.yaml image:); it takes inputs {sorted(specs)}")
+                return self.prepare(self._image_body(req))
             missing = sorted(set(specs) - set(inputs))
             # A client may send thousands of names: the message (which is
             # logged) names the first few.
@@ -250,19 +265,34 @@ class LoadedModel:
             for o in outputs:
                 if o not in self.output_names:
                     raise InvalidInput(f"model '{self.name}' has no output '{o}' (has {self.output_names})")
+        if self.image is not None:
+            self.image.check(inputs)
         if self.text is not None:
             feeds = self.text.prepare(inputs[self.spec.text.input], inputs[self.spec.text.input].shape)
         else:
             feeds = inputs
         return Prepared(feeds, rows, outputs)
 
+    def _image_body(self, req: InferRequest) -> InferRequest:
+        """An image body as the image input, in the request itself: the cache keys it as that."""
+        req.inputs = resolve_image_body(req.inputs, self.image.name, self.max_batch > 0)
+        if IMAGE_BODY in req.inputs:
+            raise InvalidInput(f"an image body is the whole request; model '{self.name}' takes it as input '{self.image.name}'")
+        return req
+
     def _shape_str(self, spec: TensorSpec) -> str:
         return str((["N"] if self.max_batch > 0 else []) + spec.dims)
 
     def run_batch(self, batch: list[Prepared]) -> list[dict[str, np.ndarray]]:
-        """Run requests as one batch; returns each request's outputs.
+        """Run requests as one batch; returns each request's outputs (an image model: or
+        the error of a request whose image was refused).
 
         Runs on a batcher thread (ORT releases the GIL during run)."""
+        if self.image is not None:
+            return self.image.run_batch(batch, self._run_tensors)
+        return self._run_tensors(batch)
+
+    def _run_tensors(self, batch: list[Prepared]) -> list[dict[str, np.ndarray]]:
         text = self.text
         if text is not None:
             # Token sequences differ in length: pad to the longest in the batch

@@ -24,7 +24,7 @@ import numpy as np
 import orjson
 
 from ..errors import InvalidInput, MalformedRequest, PayloadTooLarge
-from ..types import PRIORITY_HIGH, PRIORITY_NAMES, V2_TO_NP, InferRequest, InferResponse, v2_datatype
+from ..types import IMAGE_BODY, PRIORITY_HIGH, PRIORITY_NAMES, V2_TO_NP, InferRequest, InferResponse, v2_datatype
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _OPT = orjson.OPT_SERIALIZE_NUMPY
@@ -91,6 +91,15 @@ def parse_priority(value) -> int:
         # 0 is the highest level; everything above high is normal.
         return PRIORITY_HIGH if value == PRIORITY_HIGH else PRIORITY_NAMES["normal"]
     raise MalformedRequest(f"parameters.priority must be 'high', 'normal' or an integer >= 0, got {_brief(value)}")
+
+
+def image_request(body: bytes, model: str, version: str | None) -> InferRequest:
+    """An encoded image sent as the whole body (HTTP ``Content-Type: image/*``, an MQTT payload
+    with an image content type or topic suffix): one BYTES element under ``IMAGE_BODY``, which
+    the model names as its image input (runtime/image_model.py). Nothing is decoded here."""
+    arr = np.empty(1, dtype=object)
+    arr[0] = body if type(body) is bytes else bytes(body)
+    return InferRequest(model=model, inputs={IMAGE_BODY: arr}, version=version)
 
 
 def decode_bytes_tensor(raw: bytes | memoryview, count: int, name: str) -> np.ndarray:

@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from .. import __version__
 from ..errors import EdgeError, MalformedRequest, NotFound
-from ..serving.codec import HEADER_LENGTH, decode_request, encode_error, encode_response
+from ..serving.codec import HEADER_LENGTH, decode_request, encode_error, encode_response, image_request
 from ..serving.service import Started
 from ..types import InferRequest, InferResponse
 from .authority import ControlAuthority
@@ -37,6 +37,9 @@ log = logging.getLogger("edge_agent.http")
 
 _EXTENSIONS = ["binary_tensor_data", "model_repository", "edge_agent"]
 _HL_KEY = HEADER_LENGTH.lower().encode()
+_CT_KEY = b"content-type"
+# The memo's transport key of image bodies: never that of a KServe body (its header length).
+_IMAGE_MEMO = b"image"
 _CT_BINARY = b"Content-Type: application/octet-stream\r\n" + HEADER_LENGTH.encode() + b": %d\r\n"
 _CT_METRICS = b"Content-Type: " + CONTENT_TYPE_LATEST.encode() + b"\r\n"
 _BEARER = b'WWW-Authenticate: Bearer realm="edge-agent control"\r\n'
@@ -284,6 +287,10 @@ class HttpTransport:
         the memo, or refused); else (None, the InferRequest, the memo pin)."""
         service = self.app.service
         hl = req.headers.get(_HL_KEY)
+        ct = req.headers.get(_CT_KEY)
+        image = ct is not None and ct[:6] == b"image/"  # the body is an encoded image (curl --data-binary @photo.jpg)
+        if image:
+            hl = _IMAGE_MEMO
         pin = None
         if req.error is None and name not in service.sampling_models:
             # A request byte for byte like an earlier one answered from the
@@ -293,12 +300,15 @@ class HttpTransport:
                 return answer, None, None
         try:
             body = _body(req)
-            if hl is not None:
-                try:
-                    hl = int(hl)
-                except ValueError:
-                    raise MalformedRequest(f"{HEADER_LENGTH} is not an integer") from None
-            ireq = decode_request(body, name, version, hl)
+            if image:
+                ireq = image_request(body, name, version)
+            else:
+                if hl is not None:
+                    try:
+                        hl = int(hl)
+                    except ValueError:
+                        raise MalformedRequest(f"{HEADER_LENGTH} is not an integer") from None
+                ireq = decode_request(body, name, version, hl)
         except EdgeError as e:
             service.refused("socket", e)
             self.errlog(f"infer {name}", e)

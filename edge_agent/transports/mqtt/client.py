@@ -19,7 +19,7 @@ import orjson
 from ...serving.codec import HEADER_LENGTH
 from .bridge import BrokerSettings, PahoBridge, PublishProperties, TlsSettings
 from .rpc import Calls
-from .topics import client_reply_topic, infer_topic
+from .topics import client_reply_topic, infer_image_topic, infer_topic
 
 
 @dataclass
@@ -137,9 +137,16 @@ class MqttInferClient:
         expiry_s: int | None = None,
         header_length: int | None = None,
         topic: str | None = None,
+        content_type: str | None = None,
     ) -> asyncio.Future:
-        """Publish one request; the future resolves with its MqttAnswer."""
+        """Publish one request; the future resolves with its MqttAnswer.
+
+        ``content_type`` ``image/png`` or ``image/jpeg``: ``body`` is the encoded image (MQTT 5:
+        the content type; 3.1.1: a topic suffix, and the answer goes to the unit's default
+        response topic, as a raw image carries no id or reply topic)."""
         corr = correlation or uuid.uuid4().hex
+        if topic is None and content_type is not None and not self.v5:
+            topic = infer_image_topic(self.prefix, self.device, model, version, content_type.partition("/")[2])
         topic = topic or infer_topic(self.prefix, self.device, model, version)
         props = None
         if self.v5:
@@ -148,6 +155,7 @@ class MqttInferClient:
                 user.append((HEADER_LENGTH, str(header_length)))
             props = PublishProperties(
                 correlation=corr.encode(), response_topic=self.reply_topic, expiry_s=expiry_s or None, user=user,
+                content_type=content_type,
             )
             key: bytes | str = corr.encode()
             payload = body if isinstance(body, bytes) else orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -185,6 +193,7 @@ def run_infer(
     tls: TlsSettings | None = None,
     username: str | None = None,
     password_file: Path | None = None,
+    content_type: str | None = None,
 ) -> dict:
     """One request for the CLI: returns the answer's JSON document (or its error)."""
     from .bridge import read_password
@@ -198,7 +207,7 @@ def run_infer(
         )
         try:
             await c.connect(timeout)
-            ans = await c.infer(model, body, version=version, qos=qos, timeout=timeout)
+            ans = await c.infer(model, body, version=version, qos=qos, timeout=timeout, content_type=content_type)
             return ans.doc
         finally:
             await c.close()

@@ -20,10 +20,10 @@ import orjson
 
 from ...compat import slotted_dataclass
 from ...errors import EdgeError, MalformedRequest, PayloadTooLarge, ReplyTopicRefused
-from ...serving.codec import HEADER_LENGTH, decode_request, parse_priority
+from ...serving.codec import HEADER_LENGTH, decode_request, image_request, parse_priority
 from ...types import InferRequest
 from .reply_topics import ReplyTopics
-from .topics import split_model_path
+from .topics import split_image_suffix, split_model_path
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,9 @@ def parse_request(
 ) -> Tuple[Union[InferRequest, EdgeError], Reply]:
     """One request message -> (the request, or the error to answer it with; its Reply).
 
-    ``rest`` is the topic after ``topic_prefix`` (``model[/version]``). The answer goes
+    ``rest`` is the topic after ``topic_prefix`` (``model[/version]``). The payload is an
+    encoded image (``codec.image_request``) when the MQTT 5 content type is ``image/*`` or
+    the topic ends with an image suffix (``model[/version]/jpeg``, topics.py). The answer goes
     to the request's reply topic (MQTT 5 ResponseTopic, else ``parameters.reply_to``)
     when reply_topics allows it; otherwise, and when there is none, to the default
     response topic, refused topics with ``reply_topic_refused``. An id or correlation
@@ -122,6 +124,10 @@ def parse_request(
     err: EdgeError | None = None
     params: dict = {}
     try:
+        rest, image = split_image_suffix(rest)
+        if not image and props is not None:
+            ctype = getattr(props, "ContentType", None)
+            image = ctype is not None and ctype[:6] == "image/"
         path = split_model_path(rest)
         if path is None:
             raise MalformedRequest(f"topic must be {topic_prefix}{{model}}[/{{version}}], got {msg.topic!r}")
@@ -132,7 +138,10 @@ def parse_request(
             header_length = int(hl) if hl is not None else None
         except ValueError:
             raise MalformedRequest(f"user property {HEADER_LENGTH} must be an integer, got {hl[:40]!r}") from None
-        decoded = decode_request(payload, path[0], path[1], header_length)
+        if image:
+            decoded = image_request(payload, path[0], path[1])
+        else:
+            decoded = decode_request(payload, path[0], path[1], header_length)
         params = decoded.parameters
         apply_user_props(decoded, user)
         req = decoded

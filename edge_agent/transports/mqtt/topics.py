@@ -14,6 +14,10 @@ from typing import List, Optional, Tuple
 from ...compat import slotted_dataclass
 
 OFFLOAD_REPLIES = "offload-replies"
+# The last level of an infer topic that marks the payload as an encoded image, for MQTT 3.1.1
+# clients, which have no content type: ``.../infer/{model}[/{version}]/jpeg``. MQTT 5 clients may
+# set the content type (image/jpeg, image/png) instead. A version cannot be named like these.
+IMAGE_SUFFIXES = frozenset({"jpeg", "jpg", "png", "image"})
 
 
 def model_path(model: str, version: Optional[str]) -> str:
@@ -24,6 +28,19 @@ def model_path(model: str, version: Optional[str]) -> str:
 def infer_topic(prefix: str, device: str, model: str, version: Optional[str] = None) -> str:
     """Where a client sends a request to one unit."""
     return f"{prefix}/{device}/infer/" + model_path(model, version)
+
+
+def infer_image_topic(prefix: str, device: str, model: str, version: Optional[str], fmt: str) -> str:
+    """Where a 3.1.1 client sends an encoded image (``fmt``: one of IMAGE_SUFFIXES)."""
+    return infer_topic(prefix, device, model, version) + "/" + fmt
+
+
+def split_image_suffix(rest: str) -> Tuple[str, bool]:
+    """``model[/version]/jpeg`` -> (``model[/version]``, True); any other tail as it is, False."""
+    head, sep, last = rest.rpartition("/")
+    if sep and last in IMAGE_SUFFIXES:
+        return head, True
+    return rest, False
 
 
 def client_reply_topic(prefix: str, client_id: str) -> str:

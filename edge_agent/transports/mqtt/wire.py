@@ -38,10 +38,13 @@ class PublishProperties:
         response_topic: str | None = None,
         expiry_s: int | None = None,
         user: list[tuple[str, str]] | None = None,
+        content_type: str | None = None,
     ) -> None:
         b = bytearray()
         if expiry_s is not None:
             b += b"\x02" + struct.pack("!I", expiry_s)  # Message Expiry Interval
+        if content_type is not None:
+            b += b"\x03" + _str16(content_type)  # Content Type (an image request: image/png)
         if response_topic is not None:
             b += b"\x08" + _str16(response_topic)
         if correlation is not None:
