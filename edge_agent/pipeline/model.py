@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InvalidInput, ModelLoadError
+from ..errors import ImageTooLarge, InvalidInput, ModelLoadError
 from ..runtime.artifacts import ArtifactChoice, check_artifact_files
+from ..runtime.image_model import resolve_image_body
 from ..runtime.model_spec import ModelSpec, TensorSpec, load_model_spec
 from ..runtime.session import Prepared
-from ..types import InferRequest
+from ..types import IMAGE_BODY, InferRequest
 from .step import STEP_CPU, Item, StepModel
 
 # What the last op's answer gives, by output name (model.yaml outputs name a subset).
@@ -68,12 +69,21 @@ class PipelineModel:
         """Check the request: one BYTES element (the encoded image) under the input's name."""
         inputs = req.inputs
         name = self.input.name
+        if IMAGE_BODY in inputs:  # an image body (HTTP/MQTT): the image input, in the request itself, so the cache keys it as that
+            inputs = req.inputs = resolve_image_body(inputs, name, False)
         arr = inputs.get(name)
         if arr is None or len(inputs) != 1:
             raise InvalidInput(f"model '{self.name}' takes one input '{name}' (the encoded image); got {sorted(inputs)[:8]}")
         if arr.dtype.kind != "O" or arr.size != 1:
             got = "BYTES" if arr.dtype.kind == "O" else arr.dtype.name
             raise InvalidInput(f"input '{name}': {got} of shape {list(arr.shape)}, model expects one BYTES element (the encoded image)")
+        data = arr.reshape(-1)[0]
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise InvalidInput(f"input '{name}': the encoded image must be bytes, got {type(data).__name__}")
+        n = len(data)
+        if n > self.limits.max_bytes:  # the bytes received, before anything is allocated for them
+            raise ImageTooLarge(f"the image is {n} bytes, more than this model's max_bytes {self.limits.max_bytes}",
+                                limit="max_bytes", value=n, max=self.limits.max_bytes)
         outputs = req.outputs
         if outputs is not None:
             for o in outputs:
@@ -88,8 +98,6 @@ class PipelineModel:
 
         t0 = time.thread_time()
         try:
-            if not isinstance(data, (bytes, bytearray, memoryview)):
-                raise InvalidInput(f"input '{self.input.name}': the encoded image must be bytes")
             img = decode(bytes(data), self.limits)
             f, x = self.steps[0].op.prepare(img)
             return Item(x, f)
