@@ -12,7 +12,7 @@ from typing import List, NamedTuple
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "models" / "ocr-samples"
 _engine = None
 
