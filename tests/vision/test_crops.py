@@ -4,6 +4,7 @@ sorted_boxes, on the boxes its own detector finds in rendered images."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import ocr_reference as ref
 from edge_agent.vision.crops import reading_order, rotate_crop
@@ -22,12 +23,13 @@ def test_crops_equal_rapidocr_pixel_for_pixel():
     assert n >= 4
 
 
-def test_tall_crop_is_turned_like_rapidocr():
+@pytest.mark.parametrize("height, turned", [(75, True), (30, True), (29, False)])
+def test_tall_crop_is_turned_like_rapidocr(height, turned):
     img = ref.rendered(1, seed=3)[0][0]
-    box = np.array([[20, 5], [40, 5], [40, 80], [20, 80]], np.float32)   # 20 x 75: vertical text
+    box = np.array([[20, 5], [40, 5], [40, 5 + height], [20, 5 + height]], np.float32)  # 20 wide
     want = ref.engine().get_crop_img_list(img, [box])[0]
     got = rotate_crop(img, box)
-    assert got.shape[:2] == (20, 75)
+    assert got.shape[:2] == ((20, height) if turned else (height, 20))
     np.testing.assert_array_equal(got, want)
 
 

@@ -72,3 +72,27 @@ def test_empty_map_and_bad_shape():
     assert boxes.shape == (0, 4, 2) and scores.shape == (0,)
     with pytest.raises(ValueError):
         db_boxes(np.zeros((1, 64, 64), np.float32), DBSpec())
+
+
+def synthetic_map(rng):
+    """Blobs near every threshold: probabilities around box_thresh, sides around min_size."""
+    prob = rng.uniform(0, 0.25, (96, 160)).astype(np.float32)
+    for _ in range(14):
+        h, w = int(rng.integers(1, 9)), int(rng.integers(1, 30))
+        y, x = int(rng.integers(0, 96 - h)), int(rng.integers(0, 160 - w))
+        prob[y:y + h, x:x + w] = rng.uniform(0.31, 0.75)
+    return prob
+
+
+@pytest.mark.parametrize("spec", SPECS + [DBSpec(min_size=5), DBSpec(unclip_ratio=0.3)], ids=["default", "slow-nodilate", "wider", "min5", "tight"])
+def test_synthetic_maps_at_the_thresholds_match_rapidocr(spec):
+    rng = np.random.default_rng(18)
+    for _ in range(40):
+        prob = synthetic_map(rng)
+        post = DBPostProcess(thresh=spec.thresh, box_thresh=spec.box_thresh, max_candidates=spec.max_candidates,
+                             unclip_ratio=spec.unclip_ratio, score_mode=spec.score_mode, use_dilation=spec.use_dilation)
+        post.min_size = spec.min_size
+        want, _ = post(prob[None, None], prob.shape)
+        got, _ = db_boxes(prob, spec)
+        rounded = np.clip(np.round(got), 0, [160, 96]).astype(np.int32)
+        np.testing.assert_array_equal(rounded, np.asarray(want).reshape(-1, 4, 2))
