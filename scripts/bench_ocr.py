@@ -18,6 +18,7 @@ rapidocr-onnxruntime (extras dev). Writes bench-results/ocr.png.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import shutil
 import subprocess
 import tempfile
@@ -69,25 +70,27 @@ def _proc_cpu(pid: int) -> float:
     return t.user + t.system
 
 
+def _done(i: int, images: list, stop: float) -> bool:
+    """A run ends once every image was sent at least once and its time is up."""
+    return i >= len(images) and time.perf_counter() > stop
+
+
 def _socket_run(daemon, images: list, concurrency: int, seconds: float) -> dict:
     from edge_agent.client import AgentClient
 
-    lat, lock, nxt, stop = [], threading.Lock(), [0], time.perf_counter() + seconds
-    errors = [0]
+    lat, lock, stop = [], threading.Lock(), time.perf_counter() + seconds
+    errors, take = [0], itertools.count().__next__  # one image index per request, across threads
 
     def worker():
         c = AgentClient(str(daemon.socket), timeout=120)
-        while True:
-            with lock:
-                i = nxt[0]
-                nxt[0] += 1
-            if i >= len(images) and time.perf_counter() > stop:
-                break
+        i = take()
+        while not _done(i, images, stop):
             t0 = time.perf_counter()
             status, _, _ = c.request("POST", "/v2/models/ocr/infer", images[i % len(images)], {"Content-Type": "image/png"})
             with lock:
                 lat.append(time.perf_counter() - t0)
                 errors[0] += status != 200
+            i = take()
         c.close()
 
     t0 = time.perf_counter()
@@ -106,17 +109,15 @@ def _mqtt_run(port: int, images: list, concurrency: int, seconds: float) -> dict
     async def go():
         c = MqttInferClient("127.0.0.1", port, device="bench-unit", prefix="edge", protocol="5")
         await c.connect()
-        lat, nxt, errors = [], [0], [0]
+        lat, errors, take = [], [0], itertools.count().__next__
         stop = time.perf_counter() + seconds
 
         async def worker():
-            while True:
-                i = nxt[0]
-                nxt[0] += 1
-                if i >= len(images) and time.perf_counter() > stop:
-                    return
+            i = take()
+            while not _done(i, images, stop):
                 t0 = time.perf_counter()
                 ans = await c.infer("ocr", images[i % len(images)], content_type="image/png", timeout=120)
+                i = take()
                 lat.append(time.perf_counter() - t0)
                 errors[0] += "outputs" not in ans.doc
 

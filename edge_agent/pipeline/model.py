@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import ImageTooLarge, InvalidInput, ModelLoadError
 from ..runtime.artifacts import ArtifactChoice, check_artifact_files
 from ..runtime.image_model import resolve_image_body
-from ..runtime.model_spec import ModelSpec, TensorSpec, load_model_spec
+from ..runtime.model_spec import ModelSpec, TensorSpec, kserve_tensors, load_model_spec
 from ..runtime.session import Prepared
 from ..types import IMAGE_BODY, InferRequest
 from .step import STEP_CPU, Item, StepModel
@@ -138,15 +138,10 @@ class PipelineModel:
         return time.perf_counter() - t0
 
     def metadata(self) -> dict:
-        def t(s: TensorSpec) -> dict:
-            return {"name": s.name, "datatype": s.datatype, "shape": s.dims}
-
+        """KServe v2 model metadata; the parameters name every step's graph."""
         return {
-            "name": self.name,
-            "versions": [self.version],
-            "platform": "edge_agent_pipeline",
-            "inputs": [t(s) for s in self.spec.inputs],
-            "outputs": [t(s) for s in self.output_specs],
+            "name": self.name, "versions": [self.version], "platform": "edge_agent_pipeline",
+            "inputs": kserve_tensors(self.spec.inputs, False), "outputs": kserve_tensors(self.output_specs, False),
             "parameters": {
                 "provider": self.provider,
                 "provider_fallback": self.provider_fallback,

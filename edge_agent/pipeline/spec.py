@@ -18,6 +18,15 @@ from pydantic import Field, field_validator
 from ..config import Section
 
 
+def plain_onnx_name(v: str) -> str:
+    """A graph file named in model.yaml (a step's ``model``, an ``artifacts`` entry's ``file``):
+    a plain file name in the version directory ending in .onnx, never a path out of it."""
+    p = PurePosixPath(v)
+    if len(p.parts) != 1 or v.startswith(".") or "\\" in v or not v.endswith(".onnx"):
+        raise ValueError("must be a plain file name in the version directory ending in .onnx")
+    return v
+
+
 class StepBatching(Section):
     max_batch_size: int = Field(8, ge=1, le=256, description="Items (images or crops) per run of this step's graph.")
     max_queue_delay_us: Optional[int] = Field(None, ge=0, description="How long a partial batch of this step may wait; default: the daemon's batching.max_queue_delay_us.")
@@ -47,13 +56,7 @@ class PipelineStep(Section):
                                                             "angle: threshold, width; ctc: height, min_width, text_score.")
     batching: StepBatching = Field(default_factory=StepBatching, description="This step's batcher.")
 
-    @field_validator("model")
-    @classmethod
-    def _plain_onnx_name(cls, v: str) -> str:
-        p = PurePosixPath(v)
-        if len(p.parts) != 1 or v.startswith(".") or "\\" in v or not v.endswith(".onnx"):
-            raise ValueError("must be a plain file name in the version directory ending in .onnx")
-        return v
+    _plain_name = field_validator("model")(classmethod(lambda cls, v: plain_onnx_name(v)))
 
 
 def check_steps(steps: List[PipelineStep]) -> List[PipelineStep]:

@@ -8,14 +8,14 @@ inside the daemon from a BYTES input.
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import List, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
 from ..config import Section, load_yaml_with_lines, validate_with_lines
 from ..errors import ConfigError, ModelLoadError
-from ..pipeline.spec import PipelineStep, check_pipeline
+from ..pipeline.spec import PipelineStep, check_pipeline, plain_onnx_name
 from ..types import V2_TO_NP
 from .cpu import KNOWN_FEATURES
 from .image_model import ImageSpec
@@ -108,13 +108,7 @@ class ArtifactSpec(Section):
     accuracy: Optional[dict] = Field(None, description="This file's accuracy gate report, written by `edge-agent quantize`.")
     recipe: Optional[dict] = Field(None, description="How this file was built (quantization recipe), written by `edge-agent quantize`.")
 
-    @field_validator("file")
-    @classmethod
-    def _plain_onnx_name(cls, v: str) -> str:
-        p = PurePosixPath(v)
-        if len(p.parts) != 1 or v.startswith(".") or "\\" in v or not v.endswith(".onnx"):
-            raise ValueError("must be a plain file name in the version directory ending in .onnx")
-        return v
+    _plain_name = field_validator("file")(classmethod(lambda cls, v: plain_onnx_name(v)))
 
     @field_validator("requires")
     @classmethod
@@ -248,6 +242,11 @@ def load_model_spec(path: Path) -> ModelSpec:
         return validate_with_lines(ModelSpec, data, lines, str(path))
     except ConfigError as e:
         raise ModelLoadError(e.message) from None
+
+
+def kserve_tensors(specs, batched: bool) -> list[dict]:
+    """KServe v2 metadata of served tensors, the batch axis as -1 when there is one."""
+    return [{"name": s.name, "datatype": s.datatype, "shape": ([-1] if batched else []) + s.dims} for s in specs]
 
 
 def np_dtype(datatype: str):

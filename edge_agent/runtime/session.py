@@ -25,7 +25,7 @@ from .artifacts import (ArtifactChoice, check_artifact_files, check_artifact_sig
                         session_signature)
 from .cpu import this_cpu
 from .image_model import ImageModel, resolve_image_body
-from .model_spec import ModelSpec, TensorSpec, load_model_spec
+from .model_spec import ModelSpec, TensorSpec, kserve_tensors, load_model_spec
 from .ortsession import ORT_TYPES, intra_op_threads, open_session  # noqa: F401 - intra_op_threads: re-exported
 
 log = logging.getLogger("edge_agent.runtime")
@@ -344,15 +344,12 @@ class LoadedModel:
 
     def metadata(self) -> dict:
         """KServe v2 model metadata, plus the bound provider."""
-        def t(s: TensorSpec) -> dict:
-            return {"name": s.name, "datatype": s.datatype, "shape": ([-1] if self.max_batch > 0 else []) + s.dims}
-
         return {
             "name": self.name,
             "versions": [self.version],
             "platform": "onnxruntime_onnx",
-            "inputs": [t(s) for s in self.spec.inputs],
-            "outputs": [t(s) for s in self.output_specs],
+            "inputs": kserve_tensors(self.spec.inputs, self.max_batch > 0),
+            "outputs": kserve_tensors(self.output_specs, self.max_batch > 0),
             "parameters": {
                 "provider": self.provider,
                 "providers": self.session.get_providers(),
