@@ -20,7 +20,7 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from ..errors import Overloaded, ShuttingDown
+from ..errors import DeadlineExceeded, Overloaded, ShuttingDown
 from ..ops.metrics import BATCHER_STUCK, QUEUE_DEPTH
 from ..serving.batcher import RUN_EWMA, Batcher
 
@@ -80,7 +80,11 @@ class PipelineRunner:
         try:
             model = self.model
             data = prepared.feeds[model.input.name].reshape(-1)[0]
-            first = await self.loop.run_in_executor(self.pool, model.start, data)
+            # Waiting for the pool counts against the deadline too: answered at it, not when decoded.
+            try:
+                first = await asyncio.wait_for(self.loop.run_in_executor(self.pool, model.start, data), max(0.0, deadline - t0))
+            except asyncio.TimeoutError:
+                raise DeadlineExceeded("deadline passed while the image waited to be decoded; it was not run") from None
             regions = await self.batchers[0].submit(first, priority, deadline)
             items = regions.crops
             for b in self.batchers[1:]:
