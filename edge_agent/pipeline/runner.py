@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ..errors import DeadlineExceeded, Overloaded, ShuttingDown
 from ..ops.metrics import BATCHER_STUCK, QUEUE_DEPTH
 from ..serving.batcher import RUN_EWMA, Batcher
+from .step import STEP_CPU
 
 _now = time.monotonic
 
@@ -127,3 +128,7 @@ class PipelineRunner:
             b.close()
         self.pool.shutdown(wait=False)
         self.metrics.remove()
+        try:
+            STEP_CPU.remove(self.model.name, self.model.version, "decode", "pre")
+        except KeyError:
+            pass

@@ -74,7 +74,8 @@ def test_an_ota_update_of_the_whole_pipeline(agent_factory, ocr_build, devserver
     t.start()
     try:
         publish(_source(ocr_build, tmp_path, "2", 8), registry, keys[0], channel="stable", runner_factory=runner, golden_inputs=golden_inputs)
-        _wait(a, lambda r: r.get("state") == "active" and r.get("target") == "2", "version 2 active", 240)
+        rec = _wait(a, lambda r: r.get("state") == "active" and r.get("target") == "2", "version 2 active", 240)
+        assert [h["state"] for h in rec["history"]][-3:] == ["staged", "canary", "active"], rec  # validated, then judged live
         # A pipeline whose recogniser changed after signing: refused, version 2 keeps serving.
         publish(_source(ocr_build, tmp_path, "3", 8), registry, keys[0], runner_factory=runner, golden_inputs=golden_inputs)
         rec_onnx = registry / MODEL / "3" / "rec.onnx"
