@@ -40,6 +40,12 @@ def pins(name: str, marker: str) -> list:
     return out
 
 
+# The OCR demo's build and test dependencies (issue 18): RapidOCR 1.4.4 and what it imports
+# (shapely, six; Pillow also renders the sample images).
+OCR_NEW = ["rapidocr-onnxruntime==1.4.4", "opencv-python==4.13.0.92", "shapely==2.2.0", "six==1.17.0", "pillow==13.0.0"]
+OCR_OLD = ["rapidocr-onnxruntime==1.4.4", "opencv-python==4.13.0.92", "shapely==2.0.7", "six==1.17.0", "pillow==10.4.0"]
+
+
 def both(new: list, old: list) -> list:
     return [f"{r}; {NEW}" for r in new] + [f"{r}; {OLD}" for r in old]
 
@@ -59,8 +65,13 @@ setup(
         # installs on aarch64 and 3.8); without it the edge_agent_gpu_* gauges are absent.
         "nvml": both(["nvidia-ml-py==13.615.71"], ["nvidia-ml-py==13.615.71"]),
         # Model building: quantization, export of the demo models.
-        "build": both(["onnx==1.23.2", "scikit-learn==1.9.1", "matplotlib==3.11.2"],
-                      ["onnx==1.17.0", "scikit-learn==1.3.2", "matplotlib==3.7.5"]),
+        # rapidocr-onnxruntime: the OCR demo's models (scripts/build_ocr.py) and the reference
+        # the OCR tests compare with. It asks for opencv-python (the GUI build), which writes the
+        # same cv2/ as our opencv-python-headless: pinned to the same version here so either
+        # copy is the same OpenCV. In a venv, prefer `pip install --no-deps
+        # rapidocr-onnxruntime==1.4.4` after the pins (docs/INSTALL.md).
+        "build": both(["onnx==1.23.2", "scikit-learn==1.9.1", "matplotlib==3.11.2"] + OCR_NEW,
+                      ["onnx==1.17.0", "scikit-learn==1.3.2", "matplotlib==3.7.5"] + OCR_OLD),
         # The benchmarks' comparison server (scripts/mosec_digits.py) and plots.
         "bench": both(["mosec==0.9.8", "matplotlib==3.11.2"], ["matplotlib==3.7.5"]),
         # The test suite. On Python < 3.11 (the JetPack 5 stack, run on 3.8):
@@ -68,9 +79,9 @@ setup(
         # >= 2.3.3, which has no 3.8 wheel; hypothesis 6.113.0, its last for 3.8); no matplotlib (only the bench scripts plot).
         "dev": both(
             ["onnx==1.23.2", "scikit-learn==1.9.1", "matplotlib==3.11.2", "pytest==9.2.0", "pytest-asyncio==1.5.0",
-             "pytest-timeout==2.4.0", "tritonclient[http]==2.73.0", "vermin==1.9.2", "hypothesis==6.151.9"],
+             "pytest-timeout==2.4.0", "tritonclient[http]==2.73.0", "vermin==1.9.2", "hypothesis==6.151.9"] + OCR_NEW,
             ["onnx==1.17.0", "scikit-learn==1.3.2", "pytest==8.3.5", "pytest-asyncio==0.24.0",
-             "pytest-timeout==2.4.0", "tritonclient[http]==2.51.0", "vermin==1.9.2", "hypothesis==6.113.0"],
+             "pytest-timeout==2.4.0", "tritonclient[http]==2.51.0", "vermin==1.9.2", "hypothesis==6.113.0"] + OCR_OLD,
         ),
     },
     entry_points={"console_scripts": ["edge-agent=edge_agent.cli:main"]},

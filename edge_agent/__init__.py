@@ -11,7 +11,8 @@ What lives here:
   runtime/        one model version in an ONNX Runtime session; providers; text models
   ota/            over-the-air model updates, and the registry side that publishes them
   quantize/       INT8 / FP16 quantization behind an accuracy gate
-  vision/         images: decoding with limits, declared pre-processing, vision post-processing
+  vision/         images: decoding with limits, declared pre-processing, the OCR pipeline's ops
+  pipeline/       several graphs of one version served as one model (model.yaml pipeline:)
   ops/            the daemon's footing on its host: logs, metrics, systemd, the doctor
   daemon.py       the daemon's lifecycle: start-up, main loop, ordered shutdown, SIGHUP
   cli.py          the `edge-agent` command line

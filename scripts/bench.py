@@ -21,6 +21,9 @@ Sections (all by default; pick with --only):
   offload offload throughput through one mosquitto with 1 and with 2 companions
           (a pool, as edge-agent-companion@.service runs it), alternating
           rounds (scripts/bench_offload.py)
+  ocr     the OCR pipeline: RapidOCR in-process vs the daemon over the socket
+          and MQTT at concurrency 1/4/16, rec batch, CPU per image by step;
+          det FP32 vs INT8 (scripts/bench_ocr.py; needs .cache/ocr)
 
 Clients run in their own processes (scripts/loadgen.py, scripts/mqttload.py),
 so the client's Python does not share the daemon's GIL; on a 2-core machine
@@ -581,8 +584,14 @@ def bench_offload(args, results: dict) -> None:
     bench_offload.run(args, results, sys.modules[__name__])
 
 
+def bench_ocr(args, results: dict) -> None:
+    from bench_ocr import bench_ocr as run
+
+    run(args, results, Daemon, free_port, log)
+
+
 SECTIONS = {"raw": bench_raw, "socket": bench_socket, "tcp": bench_tcp, "mqtt": bench_mqtt, "cache": bench_cache,
-            "minilm": bench_minilm, "offload": bench_offload}
+            "minilm": bench_minilm, "offload": bench_offload, "ocr": bench_ocr}
 
 
 # --- output --------------------------------------------------------------------------------
@@ -698,6 +707,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0, help="measurement time per point")
     ap.add_argument("--warmup", type=float, default=1.0, help="warm-up time per point")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds for the TCP-vs-Mosec, MQTT, cache-miss, MiniLM and offload comparisons (median reported)")
+    ap.add_argument("--ocr-images", type=int, default=24, help="ocr: rendered images cycled through")
+    ap.add_argument("--ocr-concurrency", type=int, nargs="+", default=[1, 4, 16], help="ocr: concurrencies")
+    ap.add_argument("--ocr-det-int8", type=Path, help="ocr: an INT8 det.onnx (edge-agent quantize) to time against FP32")
     ap.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     ap.add_argument("--plot", type=Path, default=REPO / "bench-results" / "bench.png")
     args = ap.parse_args()
@@ -714,6 +726,12 @@ def main() -> None:
     else:
         print_table(results)
     plot(results, args.plot)
+    if "ocr" in results:
+        from bench_ocr import plot_ocr, print_ocr
+
+        if not args.json:
+            print_ocr(results)
+        plot_ocr(results, args.plot.with_name("ocr.png"))
 
 
 if __name__ == "__main__":

@@ -43,3 +43,29 @@ def minilm_build():
         subprocess.run([sys.executable, str(REPO / "scripts" / "export_minilm.py"), "--out", str(root.parent), "--no-progress"],
                        check=True, timeout=1200, cwd=REPO)
     return root
+
+
+@pytest.fixture(scope="session")
+def ocr_build():
+    """The OCR pipeline version (.cache/ocr/1: det/cls/rec graphs of the rapidocr-onnxruntime
+    wheel and the pipeline's model.yaml), built by scripts/build_ocr.py when missing or when
+    its model.yaml is not a pipeline this checkout serves (an older build)."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    from daemon_proc import REPO
+    from edge_agent.errors import ModelLoadError
+    from edge_agent.runtime.model_spec import load_model_spec
+
+    root = REPO / ".cache" / "ocr"
+    try:
+        built = load_model_spec(root / "1" / "model.yaml").pipeline is not None
+    except ModelLoadError:
+        built = False
+    if not built and importlib.util.find_spec("rapidocr_onnxruntime") is None:
+        pytest.skip("OCR pipeline not built and rapidocr-onnxruntime (extras dev) not installed (see scripts/build_ocr.py)")
+    if not built:
+        subprocess.run([sys.executable, str(REPO / "scripts" / "build_ocr.py"), "--out", str(root.parent)],
+                       check=True, timeout=600, cwd=REPO)
+    return root

@@ -72,3 +72,41 @@ def test_reload_keeps_restart_only_sections_together_whatever_rules_join_them(ag
     assert _status(a)["restart_needed"] == ["mqtt", "offload"]
     assert "mqtt" not in _status(a)  # still as running: no MQTT
     assert a.client().infer("digits", digits_body(X[:1]))[0] == 200
+
+
+def test_sighup_adds_a_version_of_a_pipeline_while_it_serves(agent_factory, ocr_build):
+    import shutil
+    import threading
+
+    import ocr_reference as ref
+    from ocr_daemon import differences, infer_bytes, install_ocr, outputs_of, rendered_cases
+
+    ref.require_rapidocr()
+    (data, want), = rendered_cases(1, seed=5)
+    a = agent_factory(config={"cache": {"enabled": False}, "runtime": {"intra_op_num_threads": 0}})
+    install_ocr(ocr_build, a.models_dir)
+    a.start(timeout=180)
+    seen, stop = [], threading.Event()
+
+    def steady():
+        c = a.client(timeout=60)
+        while not stop.is_set():
+            status, doc = infer_bytes(c, data)
+            seen.append((status, doc.get("model_version"), status == 200 and differences(outputs_of(doc)["text"], outputs_of(doc)["boxes"], want)))
+
+    t = threading.Thread(target=steady)
+    t.start()
+    try:
+        wait_for(lambda: len(seen) >= 2, timeout=60)
+        shutil.copytree(a.models_dir / "ocr" / "1", a.models_dir / "ocr" / "2")
+        a.signal(signal.SIGHUP)
+        wait_for(lambda: [m["version"] for m in a.client().json("POST", "/v2/repository/index")[1]] == ["1", "2"], timeout=120)
+        status, doc = infer_bytes(a.client(timeout=60), data, version="2")
+        assert status == 200 and doc["model_version"] == "2" and differences(outputs_of(doc)["text"], outputs_of(doc)["boxes"], want) is None
+        n = len(seen)
+        wait_for(lambda: len(seen) > n + 1, timeout=60)
+    finally:
+        stop.set()
+        t.join(60)
+    assert [s for s in seen if s[0] != 200 or s[2]] == []
+    assert seen[-1][1] == "2"  # the default moved to the new version

@@ -40,7 +40,7 @@ from .metrics import CANARY_REQUESTS, CANARY_VERDICTS, COMMANDS, POLL_ERRORS
 from .routing import RoutingRule
 from .statemachine import IN_FLIGHT, State, UpdateRecord
 from .updater import Updater
-from .versions import Pointers, read_pointers, write_pointers
+from .versions import Pointers, is_version_dir, read_pointers, write_pointers
 from .worker import SerialWorker
 
 log = logging.getLogger("edge_agent.ota")
@@ -356,7 +356,7 @@ class OtaAgent:
         if version:
             entry = repo.models.get(model)
             vdir = self.cfg.paths.models_dir / model / version
-            if (entry is None or version not in entry.versions) and (vdir / "model.onnx").is_file():
+            if (entry is None or version not in entry.versions) and is_version_dir(vdir):
                 await repo.load(model, version, vdir)
         if model in repo.models:
             repo.set_canary(model, None)

@@ -109,6 +109,9 @@ def default_runner_factory(version_dir: Path, spec: ModelSpec, artifact: str = D
             f"{'text pipeline' if spec.text is not None else 'decoding and pre-processing'}; pass a runner factory",
             model=spec.name,
         )
+    if spec.pipeline is not None:
+        raise GoldenRunnerMissing("pipeline: golden outputs are the pipeline's final answers; pass the daemon's runner factory",
+                                  model=spec.name)
     return OrtRunner(version_dir, spec, artifact)
 
 
@@ -197,14 +200,17 @@ def check(runner: GoldenRunner, cases: list[tuple[dict, dict]], golden: GoldenSp
 
 def pipeline_runner_factory(config: Callable[[], object]) -> RunnerFactory:
     """Runners that go through the daemon's own pipeline (tokenizer + pooling of text
-    models), as live requests do; ``config()`` is the daemon's current Config."""
-    from ..runtime.session import LoadedModel
+    models; every step of a model.yaml ``pipeline:``, whose golden outputs are its final
+    answers), as live requests do; ``config()`` is the daemon's current Config."""
+    from ..pipeline.model import open_version
     from ..types import InferRequest
 
     def factory(version_dir: Path, spec: ModelSpec) -> GoldenRunner:
         cfg = config()
-        model = LoadedModel(spec.name or version_dir.parent.name, version_dir.name, version_dir,
-                            cfg.runtime, cfg.paths.state_dir)
+        model = open_version(spec.name or version_dir.parent.name, version_dir.name, version_dir,
+                             cfg.runtime, cfg.paths.state_dir)
+        if spec.pipeline is not None:
+            return model.run_sync
 
         def run(inputs):
             out = model.run_batch([model.prepare(InferRequest(model=model.name, inputs=inputs))])[0]

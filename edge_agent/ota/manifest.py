@@ -161,9 +161,10 @@ class Manifest(Section):
         paths = [a.path for a in self.artifacts]
         if len(set(paths)) != len(paths):
             raise ValueError("artifact paths must be unique")
-        for required in ("model.onnx", "model.yaml"):
-            if required not in paths:
-                raise ValueError(f"artifacts must include {required}")
+        if "model.yaml" not in paths:
+            raise ValueError("artifacts must include model.yaml")
+        if "model.onnx" not in paths and not any(p.endswith(".onnx") for p in paths):
+            raise ValueError("artifacts must include model.onnx (a pipeline: its steps' .onnx files)")
         if self.golden is not None and self.golden.file not in paths:
             raise ValueError(f"golden file {self.golden.file} is not an artifact")
         if self.golden is not None:

@@ -27,6 +27,7 @@ from .errors import OtaError, PublishError
 from .manifest import (GOLDEN, MANIFEST, SIGNATURE, Artifact, GoldenSpec, IndexEntry, IOSignature, Lineage,
                        Manifest, RegistryIndex, Tolerance, safe_name, utc_now, version_key)
 from .signing import load_private_key, sign
+from .versions import is_version_dir
 
 log = logging.getLogger(__name__)
 _SKIP = {MANIFEST, SIGNATURE, GOLDEN}
@@ -78,8 +79,8 @@ def publish(
             safe_name(channel)
         except ValueError as e:
             raise PublishError(f"channel: {e}") from None
-    if not (model_dir / "model.onnx").is_file():
-        raise PublishError(f"{model_dir}: no model.onnx")
+    if not is_version_dir(model_dir):
+        raise PublishError(f"{model_dir}: no model.onnx (nor a pipeline in model.yaml)")
     try:
         check_artifact_files(spec, model_dir)
         check_artifact_signatures(spec, model_dir)

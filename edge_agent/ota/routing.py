@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Collection, Dict, Optional
 
 from .statemachine import State, UpdateRecord
-from .versions import Pointers, read_pointers
+from .versions import Pointers, is_version_dir, read_pointers
 
 log = logging.getLogger("edge_agent.ota")
 
@@ -85,7 +85,7 @@ class RoutingRule:
         """The admit hook: may ``version`` of ``model`` be loaded and routed?"""
         if not self.follows(model):
             return True
-        on_disk = (self.models_dir / model / version / "model.onnx").is_file()
+        on_disk = is_version_dir(self.models_dir / model / version)
         return routable(version, read_pointers(self.state_dir, model), self.record(model), on_disk)
 
     def _read(self, model: str) -> UpdateRecord | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from dataclasses import asdict, dataclass
@@ -50,21 +51,33 @@ def write_pointers(state_dir: Path, model: str, pointers: Pointers) -> None:
     atomic_write_json(pointers_path(state_dir, model), asdict(pointers))
 
 
+def is_version_dir(path: Path) -> bool:
+    """A model version folder: it holds model.onnx, or a model.yaml declaring a
+    ``pipeline:`` (pipeline/spec.py), whose graphs it names."""
+    if (path / "model.onnx").is_file():
+        return True
+    try:
+        text = (path / "model.yaml").read_text()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return re.search(r"^pipeline\s*:", text, re.M) is not None
+
+
 def list_versions(models_dir: Path, model: str) -> list[str]:
-    """Installed versions (directories holding model.onnx), oldest first."""
+    """Installed versions (directories holding model.onnx, or a pipeline's model.yaml), oldest first."""
     root = Path(models_dir) / model
     if not root.is_dir():
         return []
     names = [p.name for p in root.iterdir()
              if p.is_dir() and not p.name.startswith(".") and not p.name.endswith(STAGING_SUFFIX)
-             and (p / "model.onnx").is_file()]
+             and is_version_dir(p)]
     return sorted(names, key=version_key)
 
 
 def served_version(models_dir: Path, state_dir: Path, model: str) -> str | None:
     """The pointer's active version, else the newest installed one (first start)."""
     active = read_pointers(state_dir, model).active
-    if active and (Path(models_dir) / model / active / "model.onnx").is_file():
+    if active and is_version_dir(Path(models_dir) / model / active):
         return active
     versions = list_versions(models_dir, model)
     return versions[-1] if versions else None

@@ -12,4 +12,6 @@ What lives here:
   targets.py      the CPU targets of --targets, and how each one's gate runs faithfully here
   smooth.py       SmoothQuant for weight MatMuls
   gate.py         the accuracy gate against the FP32 reference
+  pipeline_version.py  a pipeline version's conv-net step (OCR det) as gated static INT8
+  ocr_gate.py     the OCR pipeline in-process, and the det gate: box F1 and character error rate
 """

@@ -17,6 +17,7 @@ CALIBRATE_METHODS = ("Entropy", "MinMax", "Percentile")
 DYNAMIC_WEIGHTS = ("int8", "uint8")
 TARGETS = ("avx512vnni", "avxvnni", "avx2")  # checked against targets.TARGETS by the tests
 DEFAULT_MIN_MEAN_COSINE, DEFAULT_MIN_MIN_COSINE, DEFAULT_MAX_TOP1_DROP_PP = 0.99, 0.98, 3.0
+DEFAULT_MIN_BOX_F1, DEFAULT_MAX_CER = 0.98, 0.01  # checked against ocr_gate.OcrGateThresholds by the tests
 
 EXIT_OK, EXIT_ERROR, EXIT_GATE_FAILED = 0, 2, 3
 
@@ -59,6 +60,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--min-cosine", type=float, default=DEFAULT_MIN_MEAN_COSINE, help="embedding gate: minimum mean cosine")
     p.add_argument("--min-min-cosine", type=float, default=DEFAULT_MIN_MIN_COSINE, help="embedding gate: minimum per-sample cosine")
     p.add_argument("--max-top1-drop", type=float, default=DEFAULT_MAX_TOP1_DROP_PP, help="classification gate: largest top-1 drop, percentage points")
+    p.add_argument("--step", default="det", help="pipeline versions (model.yaml pipeline:): the conv-net step to quantize "
+                   "(static QDQ; --calibration and --eval are folders of images). Default det (the OCR text detector)")
+    p.add_argument("--min-box-f1", type=float, default=DEFAULT_MIN_BOX_F1, help="OCR det gate: minimum box F1 at IoU 0.5 vs FP32")
+    p.add_argument("--max-cer", type=float, default=DEFAULT_MAX_CER, help="OCR det gate: largest character error rate of the pipeline vs FP32")
     p.add_argument("--json", action="store_true", help="print the gate report as JSON")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=run)
@@ -66,9 +71,12 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .gate import AccuracyGateFailed, GateThresholds
+    from .gate import GateThresholds
+    from .pipeline_version import is_pipeline_version
     from .version import quantize_version
 
+    if is_pipeline_version(args.version_dir):
+        return run_pipeline(args)
     if args.mode == "qdq" and not args.calibration:
         print("edge-agent quantize: --mode qdq needs --calibration", file=sys.stderr)
         return EXIT_ERROR
@@ -79,15 +87,22 @@ def run(args: argparse.Namespace) -> int:
         print("edge-agent quantize: --targets needs --mode dynamic and sets the weight type per target (no --dynamic-weights)", file=sys.stderr)
         return EXIT_ERROR
     th = GateThresholds(max_top1_drop_pp=args.max_top1_drop, min_mean_cosine=args.min_cosine, min_min_cosine=args.min_min_cosine)
+    return _gated(args, lambda: quantize_version(
+        args.version_dir, args.out, args.mode, eval_source=args.eval_source, calibration=args.calibration,
+        task=args.task, thresholds=th, per_channel=args.per_channel, calibrate_method=args.calibrate_method,
+        op_types_to_quantize=args.op_types or None, exclude_op_types=args.exclude_op_types, exclude_nodes=args.exclude_nodes,
+        symmetric_activations=args.symmetric, dynamic_weights=args.dynamic_weights or "int8", smooth_alpha=args.smooth_alpha,
+        smooth_nodes=args.smooth_nodes, disabled_optimizers=args.disable_optimizers, output=args.output, progress=args.progress,
+        targets=args.targets,
+    ))
+
+
+def _gated(args: argparse.Namespace, build) -> int:
+    """Run a gated build; print its report; the exit code says written / refused / error."""
+    from .gate import AccuracyGateFailed
+
     try:
-        report = quantize_version(
-            args.version_dir, args.out, args.mode, eval_source=args.eval_source, calibration=args.calibration,
-            task=args.task, thresholds=th, per_channel=args.per_channel, calibrate_method=args.calibrate_method,
-            op_types_to_quantize=args.op_types or None, exclude_op_types=args.exclude_op_types, exclude_nodes=args.exclude_nodes,
-            symmetric_activations=args.symmetric, dynamic_weights=args.dynamic_weights or "int8", smooth_alpha=args.smooth_alpha,
-            smooth_nodes=args.smooth_nodes, disabled_optimizers=args.disable_optimizers, output=args.output, progress=args.progress,
-            targets=args.targets,
-        )
+        report = build()
     except AccuracyGateFailed as e:
         print(json.dumps(e.report.to_dict()) if args.json else e.report.summary(), file=sys.stdout)
         print(f"edge-agent quantize: refused, {args.out} not written", file=sys.stderr)
@@ -98,3 +113,18 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps(report.to_dict()) if args.json else report.summary())
     print(f"wrote {args.out}", file=sys.stderr)
     return EXIT_OK
+
+
+def run_pipeline(args: argparse.Namespace) -> int:
+    """A pipeline version: its conv-net step as static QDQ, gated on boxes and text (OCR)."""
+    from .ocr_gate import OcrGateThresholds
+    from .pipeline_version import quantize_ocr_det
+
+    if args.mode != "qdq" or not args.calibration:
+        print("edge-agent quantize: a pipeline version takes --mode qdq with --calibration and --eval folders of images", file=sys.stderr)
+        return EXIT_ERROR
+    th = OcrGateThresholds(min_box_f1=args.min_box_f1, max_cer=args.max_cer)
+    return _gated(args, lambda: quantize_ocr_det(
+        args.version_dir, args.out, Path(args.calibration), Path(args.eval_source), thresholds=th, step=args.step,
+        calibrate_method=args.calibrate_method, exclude_op_types=args.exclude_op_types, exclude_nodes=args.exclude_nodes,
+        per_channel=args.per_channel, progress=args.progress))

@@ -3,6 +3,7 @@
 What lives here:
   session.py     LoadedModel: one version in an ORT session: checks against
                  model.yaml, warm-up, request validation, batch runs
+  ortsession.py  opening one ONNX file in an ORT session (options, threads, providers)
   model_spec.py  model.yaml: a version's signature, batching, warm-up and extras
   artifacts.py   which of a version's ONNX files (model.yaml artifacts) this machine serves
   cpu.py         what this CPU offers for INT8, from /proc/cpuinfo (daemon, quantize, doctor)

@@ -8,13 +8,14 @@ inside the daemon from a BYTES input.
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import List, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
 from ..config import Section, load_yaml_with_lines, validate_with_lines
 from ..errors import ConfigError, ModelLoadError
+from ..pipeline.spec import PipelineStep, check_pipeline, plain_onnx_name
 from ..types import V2_TO_NP
 from .cpu import KNOWN_FEATURES
 from .image_model import ImageSpec
@@ -118,13 +119,7 @@ class ArtifactSpec(Section):
     accuracy: Optional[dict] = Field(None, description="This file's accuracy gate report, written by `edge-agent quantize`.")
     recipe: Optional[dict] = Field(None, description="How this file was built (quantization recipe), written by `edge-agent quantize`.")
 
-    @field_validator("file")
-    @classmethod
-    def _plain_onnx_name(cls, v: str) -> str:
-        p = PurePosixPath(v)
-        if len(p.parts) != 1 or v.startswith(".") or "\\" in v or not v.endswith(".onnx"):
-            raise ValueError("must be a plain file name in the version directory ending in .onnx")
-        return v
+    _plain_name = field_validator("file")(classmethod(lambda cls, v: plain_onnx_name(v)))
 
     @field_validator("requires")
     @classmethod
@@ -175,6 +170,16 @@ class ModelSpec(Section):
         "requires or provider. Absent: model.onnx alone, as before. Every file must have the same inputs and outputs.",
     )
 
+    pipeline: Optional[List[PipelineStep]] = Field(
+        None, description="Several graphs in this version folder run as one model (pipeline/spec.py, docs/MODELS.md): "
+        "the first step reads the decoded image, later ones its crops; each step has its own batcher.")
+
+    @model_validator(mode="after")
+    def _pipeline_rules(self):
+        if self.pipeline is not None:
+            check_pipeline(self)
+        return self
+
     @model_validator(mode="after")
     def _unique_names(self):
         for kind, ts in (("inputs", self.inputs), ("outputs", self.outputs)):
@@ -211,6 +216,8 @@ class ModelSpec(Section):
 
     def artifact_files(self) -> list[str]:
         """The distinct ONNX files of this version, in order of first mention."""
+        if self.pipeline is not None:
+            return list(dict.fromkeys(s.model for s in self.pipeline))
         if self.artifacts is None:
             return [DEFAULT_ARTIFACT]
         return list(dict.fromkeys(a.file for a in self.artifacts))
@@ -247,6 +254,11 @@ def load_model_spec(path: Path) -> ModelSpec:
         return validate_with_lines(ModelSpec, data, lines, str(path))
     except ConfigError as e:
         raise ModelLoadError(e.message) from None
+
+
+def kserve_tensors(specs, batched: bool) -> list[dict]:
+    """KServe v2 metadata of served tensors, the batch axis as -1 when there is one."""
+    return [{"name": s.name, "datatype": s.datatype, "shape": ([-1] if batched else []) + s.dims} for s in specs]
 
 
 def np_dtype(datatype: str):

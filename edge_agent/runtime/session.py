@@ -9,7 +9,6 @@ split back per request.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,39 +24,12 @@ from ..types import IMAGE_BODY, V2_TO_NP, InferRequest
 from .artifacts import (ArtifactChoice, check_artifact_files, check_artifact_signatures, choose_artifact, serving_providers,
                         session_signature)
 from .cpu import this_cpu
-from .input_limits import input_limits
 from .image_model import ImageModel
-from .model_spec import ModelSpec, TensorSpec, load_model_spec
-from .providers import build_providers, create_session
+from .input_limits import input_limits
+from .model_spec import ModelSpec, TensorSpec, kserve_tensors, load_model_spec
+from .ortsession import ORT_TYPES, intra_op_threads, open_session  # noqa: F401 - intra_op_threads: re-exported
 
 log = logging.getLogger("edge_agent.runtime")
-
-_ORT_TYPES = {
-    "tensor(bool)": "BOOL",
-    "tensor(uint8)": "UINT8",
-    "tensor(uint16)": "UINT16",
-    "tensor(uint32)": "UINT32",
-    "tensor(uint64)": "UINT64",
-    "tensor(int8)": "INT8",
-    "tensor(int16)": "INT16",
-    "tensor(int32)": "INT32",
-    "tensor(int64)": "INT64",
-    "tensor(float16)": "FP16",
-    "tensor(float)": "FP32",
-    "tensor(double)": "FP64",
-    "tensor(string)": "BYTES",
-}
-_OPT_LEVELS = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
-_PROVIDER_SHORT = {
-    "TensorrtExecutionProvider": "tensorrt",
-    "CUDAExecutionProvider": "cuda",
-    "CPUExecutionProvider": "cpu",
-}
 
 
 @slotted_dataclass
@@ -67,20 +39,6 @@ class Prepared:
     feeds: dict[str, np.ndarray]
     rows: int
     outputs: list[str] | None
-
-
-def intra_op_threads(spec: ModelSpec, runtime: RuntimeConfig) -> int:
-    """Threads per operator: model.yaml's session setting, else the daemon's; when both leave
-    it to ONNX Runtime (0) and the model runs several batcher instances, the cores are shared
-    out between them instead of every instance's pool claiming all of them."""
-    threads = spec.session.intra_op_num_threads
-    if threads is None:
-        threads = runtime.intra_op_num_threads
-    instances = spec.batching.instances
-    if threads == 0 and instances > 1:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        threads = max(1, cores // instances)
-    return threads
 
 
 def _non_finite(name: str, arr: np.ndarray) -> InvalidInput:
@@ -153,34 +111,8 @@ class LoadedModel:
         return choice, session, provider
 
     def _create_session(self, path: Path, runtime: RuntimeConfig, state_dir: Path, precision: str) -> tuple[ort.InferenceSession, str]:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = _OPT_LEVELS[runtime.graph_optimization_level]
-        so.intra_op_num_threads = intra_op_threads(self.spec, runtime)
-        so.inter_op_num_threads = runtime.inter_op_num_threads
-        so.log_severity_level = 3
-        if not runtime.allow_spinning:
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        available = ort.get_available_providers()
-        providers = build_providers(runtime, available, state_dir, self.digest, precision)
-        disabled = list(self.spec.session.disabled_optimizers)
-        try:
-            # TensorRT -> CUDA -> CPU: create_session drops a GPU provider ORT refuses, and reports
-            # (log, metric, self.provider_fallback) every offered GPU provider that did not bind.
-            sess, fallbacks = create_session(path, so, providers, disabled_optimizers=disabled, model=self.name, version=self.version)
-        except Exception as e:  # noqa: BLE001 - ORT raises its own untyped errors
-            raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {e}") from None
+        sess, provider, fallbacks = open_session(path, self.spec, runtime, state_dir, self.digest, precision, self.name, self.version)
         self.provider_fallback = [f.as_dict() for f in fallbacks]
-        bound = sess.get_providers()
-        provider = _PROVIDER_SHORT.get(bound[0], bound[0])
-        wanted = [p for p in runtime.providers]
-        if wanted and wanted[0] != provider and not fallbacks:
-            log.warning(
-                "model %s/%s: preferred provider %s unavailable (have %s); running on %s",
-                self.name, self.version, wanted[0], available, provider,
-            )
-        log.info("model %s/%s bound to %s (providers %s)%s", self.name, self.version, provider, bound,
-                 f", optimizers disabled: {disabled}" if disabled else "")
         return sess, provider
 
     def _check_signature(self) -> None:
@@ -220,7 +152,7 @@ class LoadedModel:
                 raise ModelLoadError(f"{where}: postprocess reads '{p.output}', which the graph does not produce")
 
     def _check_tensor(self, where: str, kind: str, t: TensorSpec, g, batch: int) -> None:
-        gtype = _ORT_TYPES.get(g.type)
+        gtype = ORT_TYPES.get(g.type)
         if gtype != t.datatype:
             raise ModelLoadError(f"{where}: {kind} '{t.name}' is {t.datatype}, the graph says {gtype or g.type}")
         gshape = list(g.shape)
@@ -414,15 +346,12 @@ class LoadedModel:
 
     def metadata(self) -> dict:
         """KServe v2 model metadata, plus the bound provider."""
-        def t(s: TensorSpec) -> dict:
-            return {"name": s.name, "datatype": s.datatype, "shape": ([-1] if self.max_batch > 0 else []) + s.dims}
-
         return {
             "name": self.name,
             "versions": [self.version],
             "platform": "onnxruntime_onnx",
-            "inputs": [t(s) for s in self.spec.inputs],
-            "outputs": [t(s) for s in self.output_specs],
+            "inputs": kserve_tensors(self.spec.inputs, self.max_batch > 0),
+            "outputs": kserve_tensors(self.output_specs, self.max_batch > 0),
             "parameters": {
                 "provider": self.provider,
                 "providers": self.session.get_providers(),

@@ -28,6 +28,7 @@ from ..ops.metrics import MODEL_ARTIFACT, MODEL_INFO, MODEL_LOAD_FAILURES, PROVI
 from ..ota.manifest import version_key
 from ..ota.versions import list_versions, read_pointers
 from ..runtime.memory import MemoryGate, footprint
+from ..pipeline.model import open_version
 from ..runtime.session import LoadedModel
 from .batcher import Batcher
 
@@ -103,7 +104,7 @@ class ModelRepository:
     def _load_one(self, name: str, version: str, vdir: Path) -> LoadedModel:
         est = self.memory.admit(self.cfg, name, version, vdir)
         before = footprint()
-        model = LoadedModel(name, version, vdir, self.cfg.runtime, self.cfg.paths.state_dir)
+        model = open_version(name, version, vdir, self.cfg.runtime, self.cfg.paths.state_dir)
         secs = model.warmup()
         self.memory.measured(self.cfg, est, before)
         WARMUP_SECONDS.labels(name, version).set(secs)
@@ -116,6 +117,10 @@ class ModelRepository:
         delay_us = spec.max_queue_delay_us if spec.max_queue_delay_us is not None else b.max_queue_delay_us
         qsize = spec.max_queue_size if spec.max_queue_size is not None else b.max_queue_size
         metrics = ModelMetrics(model.name, model.version)
+        if model.spec.pipeline is not None:  # one batcher per step, behind one runner (pipeline/runner.py)
+            from ..pipeline.runner import PipelineRunner
+
+            return ModelVersion(model, PipelineRunner(model, self.loop, metrics, delay_us / 1e6, qsize), metrics)
         batcher = Batcher(model, self.loop, metrics, delay_us / 1e6, qsize, spec.preferred_batch_size, spec.instances)
         return ModelVersion(model, batcher, metrics)
 
