@@ -10,7 +10,7 @@ writes DIR/ocr/1/ (default DIR: .cache, the shared model cache ~/.cache/edge-age
     rec.onnx   ch_PP-OCRv4_rec_infer.onnx       (CTC over 6,625 classes, [N,3,48,W]; its
                character list stays in the model's metadata, read by vision/ctc.py)
     model.yaml the pipeline (det -> crops -> cls -> rec) with RapidOCR 1.4.4's parameters
-               (docs/MODELS.md documents the schema; /work notes: VISION_CONTRACT.md)
+               (its schema is the pipeline package's; the pipeline may tune the batching keys)
 Never committed (models are build outputs). Idempotent: a build of the same recipe and the
 same wheel files is kept. Built into a temporary folder, renamed into place at the end, so a
 half-built version is never served. --check-samples also runs RapidOCR on the committed
@@ -43,7 +43,7 @@ RECIPE = {"format": 1, "wheel": f"{WHEEL}=={WHEEL_VERSION}", "graphs": GRAPHS}
 
 
 def model_yaml() -> dict:
-    """The pipeline version's model.yaml (the pipeline's schema: edge_agent/pipeline/spec.py).
+    """The pipeline version's model.yaml (the schema of the pipeline package, model.yaml `pipeline:`).
     Parameters are RapidOCR 1.4.4's config.yaml defaults."""
     return {
         "name": NAME,
