@@ -11,6 +11,7 @@ What lives here:
   runtime/        one model version in an ONNX Runtime session; providers; text models
   ota/            over-the-air model updates, and the registry side that publishes them
   quantize/       INT8 / FP16 quantization behind an accuracy gate
+  fleet/          `edge-agent fleet`: rollouts over many units in waves, from the broker's side
   ops/            the daemon's footing on its host: logs, metrics, systemd, the doctor
   daemon.py       the daemon's lifecycle: start-up, main loop, ordered shutdown, SIGHUP
   cli.py          the `edge-agent` command line
