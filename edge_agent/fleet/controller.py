@@ -176,8 +176,10 @@ class Controller:
             self.bus.command(dev, rec.model, rec.version, rec.controller)
         log.info("fleet: %s: wave %d of %d started: %d unit(s) commanded", rec.id, k + 1, len(rec.waves), len(todo))
 
-    def _prepare(self, dev: str, u: UnitEntry, now: float) -> bool:
-        """Decide one unit of a starting wave; True when it is to be commanded (marked so already)."""
+    def _prepare(self, dev: str, u: UnitEntry, now: float) -> Optional[bool]:
+        """Decide one not yet commanded unit: True to command it (marked so already), False when
+        its outcome is known without a command, None to wait: a unit busy with another update
+        refuses a command until that ends, so it is commanded once it rests (or times out)."""
         unit = self.bus.inventory.units.get(dev)
         ota = (unit.ota.get(self.rec.model) or {}) if unit else {}
         if unit is not None and unit.served(self.rec.model) == self.rec.version and ota.get("state") in _RESTING:
@@ -190,9 +192,13 @@ class Controller:
             u.outcome, u.code, u.finished_at = "error", ota.get("code") or "rejected_before", now
             u.reason = f"the unit refused version {self.rec.version} before"
             return False
+        u.outcome = None
+        if ota.get("state") not in _RESTING and ota.get("state") is not None:
+            u.reason = f"waiting: busy with an update ({ota.get('state')} {ota.get('target')})"
+            return None
         u.previous = unit.served(self.rec.model)
         u.seen_at = ota.get("updated_at")
-        u.commanded_at = now
+        u.commanded_at, u.reason = now, None
         self.rec.commands += 1
         return True
 
@@ -202,13 +208,7 @@ class Controller:
             return False
         unit = self.bus.inventory.units.get(dev)
         if u.commanded_at is None:
-            # Offline when its wave started and back since: command it now, within the rollout.
-            if unit is not None and unit.online and self.rec.state == "running" and self._prepare(dev, u, now):
-                u.outcome = u.reason = None
-                self.save(publish_now=True)
-                self.bus.command(dev, self.rec.model, self.rec.version, self.rec.controller)
-                return True
-            return False
+            return self._not_commanded(dev, u, now)
         ota = (unit.ota.get(self.rec.model) or {}) if unit else {}
         fresh = ota.get("updated_at") != u.seen_at
         outcome = None
@@ -232,6 +232,21 @@ class Controller:
         else:
             u.code = u.reason = None
         return True
+
+    def _not_commanded(self, dev: str, u: UnitEntry, now: float) -> bool:
+        """A unit of a started wave not commanded yet (offline, or busy, when its wave started):
+        command it once it can take the command, within the wave's timeout."""
+        if self.rec.state != "running":
+            return False
+        before = (u.outcome, u.reason)
+        verdict = self._prepare(dev, u, now)
+        if verdict:
+            self.save(publish_now=True)
+            self.bus.command(dev, self.rec.model, self.rec.version, self.rec.controller)
+            return True
+        if verdict is None and now > self.rec.wave_started_at[u.wave] + self.rec.wave_timeout_s:
+            u.outcome, u.finished_at = "timeout", now
+        return (u.outcome, u.reason) != before
 
     def halt(self, reason: str, final: str = "halted") -> None:
         rec = self.rec
