@@ -9,6 +9,7 @@ Daemons start in parallel but bounded (the machine has 2 shared cores).
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import subprocess
@@ -17,7 +18,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 import paho.mqtt.client as paho
@@ -152,6 +153,23 @@ class Fleet:
             return subprocess.Popen(self.argv(*args), stdout=subprocess.PIPE, stderr=log, cwd=REPO)
         finally:
             log.close()
+
+    @contextlib.contextmanager
+    def controller(self, *args: str) -> Iterator[subprocess.Popen]:
+        """A controller running in the background; killed on the way out if it still runs."""
+        proc = self.popen(*args)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    @staticmethod
+    def outcome(proc: subprocess.Popen, timeout: float = 300) -> tuple:
+        """(exit code, the --json summary) of a background controller, once it ends."""
+        out, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, json.loads(out.decode().strip().splitlines()[-1])
 
     def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         return subprocess.run(self.argv(*args), capture_output=True, text=True, timeout=timeout, cwd=REPO)

@@ -96,9 +96,8 @@ def test_bad_version_halts_in_wave_one_and_leaves_the_rest_untouched(fleet):
 
 def test_abort_while_awaiting_approval_rolls_wave_one_back(fleet):
     fleet.publish("4")
-    ctl = fleet.popen("rollout", MODEL, "4", "--waves", "10%,100%", "--approve-each-wave", "--rollback-on-halt",
-                      "--json", "--wave-timeout", "240s", "--id", "digits-4")
-    try:
+    with fleet.controller("rollout", MODEL, "4", "--waves", "10%,100%", "--approve-each-wave", "--rollback-on-halt",
+                          "--json", "--wave-timeout", "240s", "--id", "digits-4") as ctl:
         path = fleet.state_dir / "digits-4.json"
         wait_for(lambda: path.exists() and json.loads(path.read_text())["state"] == "awaiting_approval", 240,
                  "wave 1 done, waiting for approval")
@@ -106,12 +105,8 @@ def test_abort_while_awaiting_approval_rolls_wave_one_back(fleet):
         assert all(fleet.active(d) == "4" for d in wave1)
         a = fleet.run("abort", "digits-4")
         assert a.returncode == 0, a.stderr
-        out, _ = ctl.communicate(timeout=240)
-    finally:
-        if ctl.poll() is None:
-            ctl.kill()
-    assert ctl.returncode == 1
-    s = json.loads(out.decode().strip().splitlines()[-1])
+        rc, s = fleet.outcome(ctl)
+    assert rc == 1
     assert s["state"] == "aborted" and sorted(s["rollback"]["restored"]) == sorted(wave1)
     assert all(fleet.active(d) == "2" for d in wave1)
     assert set(fleet.audit.commands_for("4")) == set(wave1)
@@ -120,17 +115,12 @@ def test_abort_while_awaiting_approval_rolls_wave_one_back(fleet):
 
 def test_unit_killed_mid_wave_is_reported_offline_and_does_not_block(fleet):
     fleet.publish("5")
-    ctl = fleet.popen("rollout", MODEL, "5", "--waves", "20%,100%", "--json", "--wave-timeout", "240s",
-                      "--success-threshold", "100%", "--id", "digits-5")
-    try:
+    with fleet.controller("rollout", MODEL, "5", "--waves", "20%,100%", "--json", "--wave-timeout", "240s",
+                          "--success-threshold", "100%", "--id", "digits-5") as ctl:
         victim = wait_for(lambda: next(iter(fleet.audit.commands_for("5")), None), 120, "the first command")
         fleet.agents[victim].kill()
-        out, _ = ctl.communicate(timeout=300)
-    finally:
-        if ctl.poll() is None:
-            ctl.kill()
-    assert ctl.returncode == 0
-    s = json.loads(out.decode().strip().splitlines()[-1])
+        rc, s = fleet.outcome(ctl)
+    assert rc == 0
     assert s["state"] == "done" and s["offline"] == [victim] and s["totals"]["success"] == UNITS - 1
     assert all(fleet.active(d) == "5" for d in fleet.agents if d != victim)
     fleet.agents[victim].start(timeout=240)  # back for the next scenario
@@ -138,16 +128,12 @@ def test_unit_killed_mid_wave_is_reported_offline_and_does_not_block(fleet):
 
 def test_controller_killed_with_kill_9_mid_wave_resumes_commanding_each_unit_once(fleet):
     fleet.publish("6")
-    ctl = fleet.popen("rollout", MODEL, "6", "--waves", "10%,50%,100%", "--json", "--wave-timeout", "240s",
-                      "--lease", "15s", "--id", "digits-6")
-    try:
+    with fleet.controller("rollout", MODEL, "6", "--waves", "10%,50%,100%", "--json", "--wave-timeout", "240s",
+                          "--lease", "15s", "--id", "digits-6") as ctl:
         first = -(-UNITS // 10)
         wait_for(lambda: sum(fleet.audit.commands_for("6").values()) > first, 240, "wave 2 commanded")
         ctl.send_signal(signal.SIGKILL)
         ctl.wait(10)
-    finally:
-        if ctl.poll() is None:
-            ctl.kill()
     # A second controller while the dead one's lease is still valid refuses to drive it.
     refused = fleet.run("resume", "digits-6", "--lease", "6s")
     assert refused.returncode == 1 and "rollout_lease_held" in refused.stderr, refused.stderr
