@@ -1,7 +1,7 @@
 """Rollouts over a simulated fleet: >= 50 real daemons on one mosquitto, the registry behind nginx.
 
 One module-scoped fleet serves every scenario; each scenario rolls a new version, so
-they run in file order (v2 good, v3 bad, v4 aborted, v5 unit killed, v6 controller
+they run in file order (v2 good, v3 bad, v4 approved then aborted, v5 unit killed, v6 controller
 killed). Commands are counted at the broker by an audit subscriber, outcomes are read
 from each unit's own persisted state. FLEET_UNITS overrides the size (default 50).
 """
@@ -94,23 +94,30 @@ def test_bad_version_halts_in_wave_one_and_leaves_the_rest_untouched(fleet):
             assert rec["target"] == "2" and rec["state"] == "active" and fleet.active(d) == "2"  # untouched
 
 
-def test_abort_while_awaiting_approval_rolls_wave_one_back(fleet):
+def test_approve_each_wave_then_abort_rolls_the_updated_units_back(fleet):
     fleet.publish("4")
-    with fleet.controller("rollout", MODEL, "4", "--waves", "10%,100%", "--approve-each-wave", "--rollback-on-halt",
-                          "--json", "--wave-timeout", "240s", "--id", "digits-4") as ctl:
-        path = fleet.state_dir / "digits-4.json"
-        wait_for(lambda: path.exists() and json.loads(path.read_text())["state"] == "awaiting_approval", 240,
-                 "wave 1 done, waiting for approval")
-        wave1 = json.loads(path.read_text())["waves"][0]
-        assert all(fleet.active(d) == "4" for d in wave1)
+    path = fleet.state_dir / "digits-4.json"
+
+    def awaiting(wave: int) -> bool:
+        rec = json.loads(path.read_text()) if path.exists() else {}
+        return rec.get("state") == "awaiting_approval" and rec.get("wave") == wave
+
+    with fleet.controller("rollout", MODEL, "4", "--waves", "10%,50%,100%", "--approve-each-wave",
+                          "--rollback-on-halt", "--json", "--wave-timeout", "240s", "--id", "digits-4") as ctl:
+        wait_for(lambda: awaiting(0), 240, "wave 1 done, waiting for approval")
+        waves = json.loads(path.read_text())["waves"]
+        assert all(fleet.active(d) == "4" for d in waves[0]) and not fleet.audit.commands_for("4").keys() - set(waves[0])
+        approve = fleet.run("resume", "digits-4")  # approves wave 2
+        assert approve.returncode == 0, approve.stderr
+        wait_for(lambda: awaiting(1), 240, "wave 2 done, waiting for approval")
         a = fleet.run("abort", "digits-4")
         assert a.returncode == 0, a.stderr
         rc, s = fleet.outcome(ctl)
     assert rc == 1
-    assert s["state"] == "aborted" and sorted(s["rollback"]["restored"]) == sorted(wave1)
-    assert all(fleet.active(d) == "2" for d in wave1)
-    assert set(fleet.audit.commands_for("4")) == set(wave1)
-    assert all(fleet.active(d) == "2" for d in fleet.agents)
+    updated = set(waves[0]) | set(waves[1])
+    assert s["state"] == "aborted" and set(s["rollback"]["restored"]) == updated
+    assert set(fleet.audit.commands_for("4")) == updated  # wave 3 never commanded
+    assert all(fleet.active(d) == "2" for d in fleet.agents)  # the updated ones restored, the rest untouched
 
 
 def test_unit_killed_mid_wave_is_reported_offline_and_does_not_block(fleet):
