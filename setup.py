@@ -55,6 +55,9 @@ setup(
         # x86_64 / server GPUs (Python >= 3.11); on Jetson use NVIDIA's JetPack wheel instead.
         "gpu": both(["onnxruntime-gpu==1.32.0"], []),
         "trt": both(["tensorrt==10.13.3.9"], []),
+        # dGPU telemetry on companion hosts (ops/nvml.py): NVIDIA's NVML bindings, pure Python (py3-none-any,
+        # installs on aarch64 and 3.8); without it the edge_agent_gpu_* gauges are absent.
+        "nvml": both(["nvidia-ml-py==13.615.71"], ["nvidia-ml-py==13.615.71"]),
         # Model building: quantization, export of the demo models.
         "build": both(["onnx==1.23.2", "scikit-learn==1.9.1", "matplotlib==3.11.2"],
                       ["onnx==1.17.0", "scikit-learn==1.3.2", "matplotlib==3.7.5"]),

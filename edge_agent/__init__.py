@@ -23,6 +23,7 @@ What lives here:
   types.py        InferRequest / InferResponse, what every transport decodes into
   atomic.py       power-cut-safe file writes
   backoff.py      the one retry-delay formula (exponential, equal jitter)
+  breaker.py      the circuit breaker for calls to another host (offload to companions)
   compat.py       what Python 3.10+ gives and the units' Python 3.8 lacks
   digests.py      file digests of model files, artifacts and lineage
 """

@@ -74,6 +74,12 @@ def cmd_run(args) -> int:
     overrides = run_overrides(args)
     try:
         cfg = load_config(args.config, overrides)
+        if args.metrics_port_offset:
+            # The port it offsets is the file's, so the file is read first; the result is
+            # validated again with everything else (a port past 65535, or the TCP listener's).
+            port = cfg.server.metrics.port + args.metrics_port_offset
+            overrides.setdefault("server", {})["metrics"] = {"port": port}
+            cfg = load_config(args.config, overrides)
     except ConfigError as e:
         print(f"edge-agent: {e.message}", file=sys.stderr)
         return 3
@@ -231,8 +237,12 @@ def cmd_reload(args) -> int:
 
 
 def cmd_ctl(args) -> int:
-    body = {"version": args.version} if args.version else {}
-    status, doc = _client(args).json("POST", f"/edge/models/{args.model}/{args.action}", body)
+    version = args.version or args.version_arg
+    body = {"version": version} if version else {}
+    # load/unload: the KServe/Triton repository extension's paths; the daemon answers both the same.
+    path = (f"/v2/repository/models/{args.model}/{args.action}" if args.action in ("load", "unload")
+            else f"/edge/models/{args.model}/{args.action}")
+    status, doc = _client(args).json("POST", path, body)
     print(json.dumps(doc, indent=2))
     return 0 if status == 200 else 1
 
@@ -257,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-mqtt", action="store_true",
                    help="disable MQTT whatever the config says (and offloading, which travels over it)")
     p.add_argument("--device-id", help="override device_id")
+    p.add_argument("--metrics-port-offset", type=int, default=0, metavar="N",
+                   help="serve server.metrics on its configured port + N (a companion pool's instance N; "
+                   "systemd/edge-agent-companion@.service passes its instance number)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=cmd_run)
 
@@ -304,9 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     client_opts(p)
     p.set_defaults(func=cmd_reload)
 
-    p = sub.add_parser("ctl", help="operator actions on a model's update (promote, rollback)")
-    p.add_argument("action", choices=["promote", "rollback"])
+    p = sub.add_parser("ctl", help="operator actions on a model: load, unload (drains first; stays unloaded across "
+                                   "reloads and restarts until loaded again), and its update's promote, rollback")
+    p.add_argument("action", choices=["load", "unload", "promote", "rollback"])
     p.add_argument("model")
+    p.add_argument("version_arg", nargs="?", metavar="VERSION", help="one version (default: every version)")
     p.add_argument("--version", dest="version")
     client_opts(p)
     p.set_defaults(func=cmd_ctl)

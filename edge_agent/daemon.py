@@ -40,7 +40,7 @@ EXIT_FORCED = 130
 # changed (log, reload result, status: restart_needed) and applies the rest:
 # runtime and batching for versions loaded from then on, the request deadlines
 # (batching.deadline_*_s), and logging.level.
-RESTART_ONLY = ("mode", "device_id", "paths", "server", "mqtt", "cache", "ota", "offload")
+RESTART_ONLY = ("mode", "device_id", "paths", "server", "mqtt", "cache", "ota", "offload", "telemetry")
 
 
 def restart_only_changes(running: Config, new: Config) -> list[str]:
@@ -63,6 +63,7 @@ class Daemon:
         self.restart_needed: list[str] = []
         self.repo: ModelRepository | None = None
         self.routing = None  # with OTA: the routing rule installed on repo (ota/routing.py)
+        self.control = None  # the operator's load/unload (serving/model_control.py)
         self.service: InferenceService | None = None
         self.http: HttpTransport | None = None
         self.extras: list = []  # optional components with start()/stop()/status()
@@ -131,12 +132,17 @@ class Daemon:
             self.routing = RoutingRule(cfg.paths.state_dir, cfg.paths.models_dir, cfg.ota.models)
             self.repo.admit = self.routing
         self.service = InferenceService(cfg, self.repo, cache=self._make_cache())
+        from .serving.model_control import ModelControl
+
+        # Before the first scan: a model the operator unloaded stays unloaded (persisted).
+        self.control = ModelControl(self.repo, cfg.paths.state_dir, cfg.server.drain_timeout_s, self.routing)
         self.notifier.status("loading models")
         await self.repo.sync()
         if not self.repo.models:
             log.warning("no model loaded from %s", cfg.paths.models_dir)
         self.http = HttpTransport(self, cfg.server.socket, cfg.server.socket_mode, cfg.server.socket_group, tcp,
-                                  cfg.server.max_body_bytes, *control, limits=cfg.server.limits)
+                                  cfg.server.max_body_bytes, *control, limits=cfg.server.limits,
+                                  metrics=(cfg.server.metrics.host, cfg.server.metrics.port) if cfg.server.metrics.enabled else None)
         await self.http.start()
         for comp in self._make_extras():
             await comp.start()
@@ -192,6 +198,10 @@ class Daemon:
                 mqtt.on_ota_command(lambda topic, command, source: ota.command(command, source=source))
                 ota.add_state_listener(mqtt.publish_ota_state)
             extras.append(ota)
+        if self.cfg.telemetry.enabled:
+            from .ops.hwtelemetry import HardwareTelemetry
+
+            extras.append(HardwareTelemetry(self.cfg.telemetry))
         return extras
 
     def _wire_offload(self, mqtt) -> None:
@@ -274,13 +284,16 @@ class Daemon:
             return result
 
     async def ctl(self, model: str, action: str, body: dict) -> dict:
-        """Operator actions on a model over the socket (OTA adds promote/rollback)."""
+        """Operator actions on a model over the socket: load/unload (model_control.py); OTA adds promote/rollback."""
         for comp in self.extras:
             handler = getattr(comp, "ctl", None)
             if handler is not None:
                 res = await handler(model, action, body)
                 if res is not None:
                     return res
+        res = await self.control.act(model, action, body)
+        if res is not None:
+            return res
         if model not in self.repo.models:
             raise UnknownModel(f"unknown model '{model}'")
         raise EdgeError(f"action '{action}' is not available (is OTA enabled?)")
@@ -301,6 +314,8 @@ class Daemon:
             st = getattr(comp, "status", None)
             if st is not None:
                 doc[comp.name] = st()
+        if self.service is not None and self.service.offloader is not None:
+            doc["offload"] = self.service.offloader.status()
         return doc
 
     async def shutdown(self) -> None:

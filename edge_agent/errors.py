@@ -191,6 +191,23 @@ class Forbidden(EdgeError):
     http_status = 403
 
 
+class InsufficientMemory(ModelLoadError):
+    """Loading a model version (start-up, reload, OTA staging or canary) or building its TensorRT engine
+    would leave less memory available than memory.min_available_mb: refused before loading, the versions
+    already loaded keep serving (runtime/memory.py). A load error, so OTA ends the update failed with it."""
+
+    code = "insufficient_memory"
+    http_status = 503
+
+
+class InputTooLarge(EdgeError):
+    """A request's tensors are over a limit of the model's model.yaml `limits` (elements, pixels, text
+    bytes, tokens); refused before it is queued, the message names the limit and the input."""
+
+    code = "input_too_large"
+    http_status = 413
+
+
 class RolloutLeaseHeld(EdgeError):
     """`edge-agent fleet`: another controller holds the rollout's lease (in its retained record,
     fleet/{group}/rollouts/{id}) and renewed it recently; two controllers never drive one rollout."""

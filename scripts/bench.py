@@ -18,6 +18,9 @@ Sections (all by default; pick with --only):
           looked up), in alternating rounds
   minilm  all-MiniLM-L6-v2 INT8 through the daemon at concurrency 32 vs raw
           ORT's best batch (needs .cache/minilm from scripts/export_minilm.py)
+  offload offload throughput through one mosquitto with 1 and with 2 companions
+          (a pool, as edge-agent-companion@.service runs it), alternating
+          rounds (scripts/bench_offload.py)
 
 Clients run in their own processes (scripts/loadgen.py, scripts/mqttload.py),
 so the client's Python does not share the daemon's GIL; on a 2-core machine
@@ -369,11 +372,12 @@ def _wait_http(port: int, timeout: float = 60) -> None:
     raise TimeoutError(f"nothing listening on {port}")
 
 
-def bench_mqtt(args, results: dict) -> None:
+def start_broker(tag: str):
+    """A mosquitto for one section: (process, port, its temporary directory); (None, None, None) without one."""
     if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
-        log("mosquitto not installed: skipping MQTT (apt-get install mosquitto)")
-        return
-    tmp = Path(tempfile.mkdtemp(prefix="eab-mq-"))
+        log(f"mosquitto not installed: skipping {tag} (apt-get install mosquitto)")
+        return None, None, None
+    tmp = Path(tempfile.mkdtemp(prefix=f"eab-{tag}-"))
     port = free_port()
     conf = tmp / "mosquitto.conf"
     # As the shipped example broker config: Nagle off at the broker too.
@@ -382,6 +386,13 @@ def bench_mqtt(args, results: dict) -> None:
     broker = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_http(port)
+    return broker, port, tmp
+
+
+def bench_mqtt(args, results: dict) -> None:
+    broker, port, tmp = start_broker("mq")
+    if broker is None:
+        return
     load = [PY, str(REPO / "scripts" / "mqttload.py"), "load", "--port", str(port), "--body", str(DIGITS / "sample.json"),
             "--inflight", "64", "--duration", str(args.seconds), "--warmup", str(args.warmup)]
     out: dict = {}
@@ -564,7 +575,14 @@ def bench_minilm(args, results: dict) -> None:
     results["minilm"] = out
 
 
-SECTIONS = {"raw": bench_raw, "socket": bench_socket, "tcp": bench_tcp, "mqtt": bench_mqtt, "cache": bench_cache, "minilm": bench_minilm}
+def bench_offload(args, results: dict) -> None:
+    import bench_offload  # scripts/bench_offload.py, beside this file
+
+    bench_offload.run(args, results, sys.modules[__name__])
+
+
+SECTIONS = {"raw": bench_raw, "socket": bench_socket, "tcp": bench_tcp, "mqtt": bench_mqtt, "cache": bench_cache,
+            "minilm": bench_minilm, "offload": bench_offload}
 
 
 # --- output --------------------------------------------------------------------------------
@@ -614,6 +632,10 @@ def print_table(results: dict) -> None:
           f" (per round {c['miss_overhead_per_round']})"
           f" (unique stream, sampling); {c['miss_overhead_every_lookup_vs_off']:.1%} with every request looked up")
         p("  misses: medians of alternating rounds")
+    if "offload" in results:
+        import bench_offload
+
+        bench_offload.table(results)
     if "minilm" in results:
         m = results["minilm"]
         p(f"\nMiniLM v{m['version']} (INT8 dynamic)  raw ORT texts/s by batch: {m['raw_texts_per_s']}")
@@ -627,7 +649,7 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [k for k in ("socket", "tcp", "mqtt", "cache") if k in results]
+    panels = [k for k in ("socket", "tcp", "mqtt", "cache", "offload") if k in results]
     if not panels:
         return
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8))
@@ -650,6 +672,11 @@ def plot(results: dict, path: Path) -> None:
             items = [(k, r["throughput"]) for k, r in results["mqtt"].items() if isinstance(r, dict)]
             labels, vals = [k.replace("_", "\n") for k, _ in items], [v for _, v in items]
             ax.set_title("MQTT round trips, 64 in flight")
+        elif key == "offload":
+            import bench_offload
+
+            labels, vals, title = bench_offload.bars(results)
+            ax.set_title(title)
         else:
             c = results["cache"]
             items = [(k, c[k]["throughput"]) for k in ("hits_c64", "hits_full_path_c64", "misses_c64", "cache_off_c64")]
@@ -670,7 +697,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", choices=list(SECTIONS), help="sections to run (default: all)")
     ap.add_argument("--seconds", type=float, default=5.0, help="measurement time per point")
     ap.add_argument("--warmup", type=float, default=1.0, help="warm-up time per point")
-    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds for the TCP-vs-Mosec, MQTT, cache-miss and MiniLM comparisons (median reported)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds for the TCP-vs-Mosec, MQTT, cache-miss, MiniLM and offload comparisons (median reported)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     ap.add_argument("--plot", type=Path, default=REPO / "bench-results" / "bench.png")
     args = ap.parse_args()

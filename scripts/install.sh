@@ -14,7 +14,8 @@
 #      --ort-wheel PATH installs that ONNX Runtime GPU wheel (NVIDIA's JetPack
 #      build) instead of the CPU onnxruntime pin
 #   5. the unit (edge-agent.service; --companion: edge-agent-companion.service
-#      and companion.yaml), enabled when systemd runs this machine
+#      and companion.yaml, and the pool template edge-agent-companion@.service,
+#      not enabled), enabled when systemd runs this machine
 #   6. edge-agent doctor, as the edge-agent user
 #
 #   sudo scripts/install.sh --ort-wheel ~/onnxruntime_gpu-1.16.0-cp38-cp38-linux_aarch64.whl
@@ -190,6 +191,14 @@ sed "s|/opt/edge-agent/|$PREFIX/|g" "systemd/$NAME.service" >"$UNIT.tmp"
 chmod 0644 "$UNIT.tmp"
 mv "$UNIT.tmp" "$UNIT"
 say "installed $UNIT"
+if ((COMPANION)); then
+    # The pool template (edge-agent-companion@N), installed beside it, never enabled here.
+    POOL=$R/etc/systemd/system/edge-agent-companion@.service
+    sed "s|/opt/edge-agent/|$PREFIX/|g" "systemd/edge-agent-companion@.service" >"$POOL.tmp"
+    chmod 0644 "$POOL.tmp"
+    mv "$POOL.tmp" "$POOL"
+    say "installed $POOL (a pool of N: systemctl enable --now edge-agent-companion@0 ... @N-1)"
+fi
 if [ "$ROOT" = / ] && [ -d /run/systemd/system ]; then
     systemctl daemon-reload
     systemctl enable "$NAME.service"

@@ -24,16 +24,46 @@ import time
 from pathlib import Path
 
 
-class _Conn(asyncio.Protocol):
+class AnswerReader(asyncio.Protocol):
+    """A keep-alive connection's bytes cut into HTTP/1.1 answers, in order: ``answer(status,
+    buf, body_at, end)`` for each complete one (its body is ``buf[body_at:end]`` until it
+    returns); it returns False to read no further. Shared with openloop.py."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.need = -1
+        self.body_at = 0
+        self.status = 0
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        while True:
+            if self.need < 0:
+                head = answer_head(buf)
+                if head is None:
+                    return
+                self.status, self.body_at, self.need = head
+            if len(buf) < self.need:
+                return
+            end, self.need = self.need, -1
+            go_on = self.answer(self.status, buf, self.body_at, end)
+            del buf[:end]
+            if not go_on:
+                return
+
+    def answer(self, status: int, buf: bytearray, body_at: int, end: int) -> bool:
+        raise NotImplementedError
+
+
+class _Conn(AnswerReader):
     def __init__(self, request, stats: dict, stop_at: float, done: asyncio.Future) -> None:
+        super().__init__()
         # bytes, or a callable giving a new request each time (--vary)
         self.request = request
         self.stats = stats
         self.stop_at = stop_at
         self.done = done
-        self.buf = bytearray()
-        self.need = -1
-        self.status = 0
         self.t0 = 0
         self.transport = None
 
@@ -48,44 +78,22 @@ class _Conn(asyncio.Protocol):
         self.t0 = time.perf_counter_ns()
         self.transport.write(req)
 
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        while True:
-            if self.need < 0:
-                end = buf.find(b"\r\n\r\n")
-                if end < 0:
-                    return
-                head = bytes(buf[:end]).lower()
-                self.status = int(head[9:12])
-                # "\r\n" first: "inference-header-content-length:" (the v2 binary
-                # extension) also ends in "content-length:".
-                i = head.find(b"\r\ncontent-length:")
-                if i >= 0:
-                    i += 17
-                    j = head.find(b"\r\n", i)
-                    length = int(head[i : j if j > 0 else None])
-                else:
-                    length = 0
-                self.need = end + 4 + length
-            if len(buf) < self.need:
-                return
-            del buf[: self.need]
-            self.need = -1
-            now = time.perf_counter_ns()
-            st = self.stats
-            st["lat"].append(now - self.t0)
-            if self.status == 200:
-                st["ok"] += 1
-            else:
-                st["errors"] += 1
-                st["codes"][self.status] = st["codes"].get(self.status, 0) + 1
-            if time.monotonic() >= self.stop_at:
-                self.transport.close()
-                if not self.done.done():
-                    self.done.set_result(None)
-                return
-            self._send()
+    def answer(self, status: int, buf: bytearray, body_at: int, end: int) -> bool:
+        now = time.perf_counter_ns()
+        st = self.stats
+        st["lat"].append(now - self.t0)
+        if status == 200:
+            st["ok"] += 1
+        else:
+            st["errors"] += 1
+            st["codes"][status] = st["codes"].get(status, 0) + 1
+        if time.monotonic() >= self.stop_at:
+            self.transport.close()
+            if not self.done.done():
+                self.done.set_result(None)
+            return False
+        self._send()
+        return True
 
     def connection_lost(self, exc) -> None:
         if not self.done.done():
@@ -97,6 +105,25 @@ def build_request(path: str, body: bytes, host: str = "localhost", content_type:
         f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
+
+
+def answer_head(buf: bytearray) -> tuple[int, int, int] | None:
+    """The HTTP/1.1 answer at the front of ``buf``: (status, where its body starts, where it
+    ends), or None while its head is incomplete."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = bytes(buf[:end]).lower()
+    # "\r\n" first: "inference-header-content-length:" (the v2 binary
+    # extension) also ends in "content-length:".
+    i = head.find(b"\r\ncontent-length:")
+    if i >= 0:
+        i += 17
+        j = head.find(b"\r\n", i)
+        length = int(head[i : j if j > 0 else None])
+    else:
+        length = 0
+    return int(head[9:12]), end + 4, end + 4 + length
 
 
 def _varying(path: str, body: bytes):

@@ -216,26 +216,42 @@ class Load:
             else:
                 nxt = time.monotonic()
 
-    def infer(self, seed: int) -> None:
-        """Keep-alive inference: hits, misses, cache bypass, JSON and binary."""
-        rng = random.Random(seed)
+    def keep_alive(self, kind: str, rate: float, next_request, judge) -> None:
+        """Paced requests over one keep-alive connection, opened again after an error.
+        ``next_request() -> (bytes, alone)``: alone, the request goes on a connection of its
+        own, which the server closes after answering; ``judge(status)`` names the outcome."""
         sock, buf = None, bytearray()
-        for _ in self.paced(self.args.rate / self.args.clients):
-            r = rng.random()
-            x = rng.choice(self.pool) if r < 0.5 else [float(rng.randint(0, 16)) for _ in range(64)]
-            body, extra = digits_doc(x, binary=rng.random() < 0.3, cache=r < 0.9)
+        for _ in self.paced(rate):
+            raw, alone = next_request()
             try:
-                if sock is None:
+                if sock is None or alone:
+                    if sock is not None:
+                        sock.close()
                     sock, buf = self.connect(), bytearray()
-                sock.sendall(request(INFER, body, extra=extra))
-                self.tally.add("infer", outcome(read_answer(sock, buf)))
+                sock.sendall(raw)
+                self.tally.add(kind, judge(read_answer(sock, buf)))
+                if alone:
+                    sock.close()
+                    sock = None
             except (OSError, ValueError, IndexError) as e:
-                self.tally.add("infer", f"error:{type(e).__name__}")
+                self.tally.add(kind, f"error:{type(e).__name__}")
                 if sock is not None:
                     sock.close()
                 sock = None
         if sock is not None:
             sock.close()
+
+    def infer(self, seed: int) -> None:
+        """Keep-alive inference: hits, misses, cache bypass, JSON and binary."""
+        rng = random.Random(seed)
+
+        def next_request():
+            r = rng.random()
+            x = rng.choice(self.pool) if r < 0.5 else [float(rng.randint(0, 16)) for _ in range(64)]
+            body, extra = digits_doc(x, binary=rng.random() < 0.3, cache=r < 0.9)
+            return request(INFER, body, extra=extra), False
+
+        self.keep_alive("infer", self.args.rate / self.args.clients, next_request, outcome)
 
     def churn(self) -> None:
         """A connection per request; some dropped before the answer or mid-request."""
@@ -265,27 +281,8 @@ class Load:
         """Malformed and hostile requests: each must get its 4xx."""
         rng = random.Random(3)
         bad = hostile_requests()
-        sock, buf = None, bytearray()
-        for _ in self.paced(self.args.rate / 10):
-            raw, closes = rng.choice(bad)
-            try:
-                if sock is None or closes:
-                    if sock is not None:
-                        sock.close()
-                    sock, buf = self.connect(), bytearray()
-                sock.sendall(raw)
-                status = read_answer(sock, buf)
-                self.tally.add("hostile", "4xx" if 400 <= status < 500 else outcome(status) if status >= 500 else "unexpected-2xx")
-                if closes:
-                    sock.close()
-                    sock = None
-            except (OSError, ValueError, IndexError) as e:
-                self.tally.add("hostile", f"error:{type(e).__name__}")
-                if sock is not None:
-                    sock.close()
-                sock = None
-        if sock is not None:
-            sock.close()
+        self.keep_alive("hostile", self.args.rate / 10, lambda: rng.choice(bad),
+                        lambda status: "4xx" if 400 <= status < 500 else outcome(status) if status >= 500 else "unexpected-2xx")
 
     def slow(self, seed: int) -> None:
         """Slow clients: a request trickled a few bytes at a time, or 32

@@ -31,6 +31,8 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# promtool checks and unit-tests the alert rules; a real prometheus scrapes a daemon (tests/ops/).
+{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || need_apt+=(prometheus)
 python3 -c "import ensurepip, venv" >/dev/null 2>&1 || need_apt+=(python3-venv)
 # scripts/install.sh's test checks the shipped units with systemd-analyze.
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
@@ -45,7 +47,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     fi
 fi
 # Debian starts the packaged services on install; tests run their own on free ports.
-(systemctl disable --now mosquitto nginx >/dev/null 2>&1 || service mosquitto stop >/dev/null 2>&1 || true)
+(systemctl disable --now mosquitto nginx prometheus >/dev/null 2>&1 || { service mosquitto stop; service prometheus stop; } >/dev/null 2>&1 || true)
 
 pyver() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])'; }
 

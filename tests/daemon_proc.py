@@ -110,6 +110,24 @@ class AgentProcess:
         finally:
             c.close()
 
+    def metrics(self) -> str:
+        """One scrape of /metrics over the socket (Prometheus text)."""
+        c = self.client()
+        try:
+            status, _, raw = c.request("GET", "/metrics")
+        finally:
+            c.close()
+        assert status == 200, status
+        return raw.decode()
+
+    def status(self) -> dict:
+        """``/edge/status`` over the socket."""
+        c = self.client()
+        try:
+            return c.json("GET", "/edge/status")[1]
+        finally:
+            c.close()
+
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")

@@ -7,7 +7,8 @@
   the top of tests/ is about a top-level module (``test_<module>[_what].py``) or the
   whole tree (``WHOLE_TREE``).
 - One way to import test helpers (tests/README.md): by plain name; never ``tests.x``,
-  no ``sys.path`` edits, no test module imported by another, helper names unique.
+  no ``sys.path`` edits, no test module or conftest imported by another module, helper
+  names unique. No exceptions but the daemon-side failpoint (``SYS_PATH_OK``).
 
 Each rule is a function over a tree; the tests at the end build a small tree that
 breaks it, so each is shown to catch what it is for.
@@ -38,16 +39,8 @@ WHOLE_TREE = {
     "test_readme.py", "test_docs.py", "test_py38.py", "test_layout.py", "test_docstring_refs.py",
     "test_reload_config.py",  # SIGHUP on the real daemon: config, repository and transports together
 }
-# Left as they were by this reshaping, for the helpers changing those folders (issue 16 item 1,
-# the OTA and quantize tests): an import through tests.mqtt (its conftest's helpers), sys.path
-# edits, and test modules importing another's builders and fixtures.
-QUALIFIED_OK = {"tests/mqtt": "tests.mqtt."}
-SYS_PATH_OK = {
-    "tests/mqtt/conftest.py",
-    "tests/ota/test_ota_daemon_e2e.py",
-    "tests/ota/failpoint/sitecustomize.py",  # runs in the daemon under test, not in pytest
-}
-TEST_IMPORT_OK = {"tests/ota/test_ota_statemachine.py", "tests/quantize/test_quantize_targets.py"}
+# The one file that may edit sys.path: it runs in the daemon under test, not in pytest.
+SYS_PATH_OK = {"tests/ota/failpoint/sitecustomize.py"}
 
 
 # --- the rules -------------------------------------------------------------------
@@ -120,14 +113,14 @@ def helper_import_breaches(tests: Path) -> list[str]:
         rel = f.relative_to(tests.parent).as_posix()
         if f.name != "conftest.py":
             by_name[f.name].append(rel)
-        allowed = QUALIFIED_OK.get(f.parent.relative_to(tests.parent).as_posix())
         found = []
         for line, mod in _imports(f):
             if mod == "tests" or mod.startswith("tests."):
-                if not (allowed and mod.startswith(allowed)):
-                    found.append((line, f"imports {mod}; import helpers by plain name ({mod.split('.')[-1]})"))
-            elif mod.split(".")[0].startswith("test_") and rel not in TEST_IMPORT_OK:
+                found.append((line, f"imports {mod}; import helpers by plain name ({mod.split('.')[-1]})"))
+            elif mod.split(".")[0].startswith("test_"):
                 found.append((line, f"imports the test module {mod}; move what it shares into a helper module"))
+            elif mod.split(".")[0] == "conftest":
+                found.append((line, "imports a conftest (which one depends on sys.path); move what it shares into a helper module"))
         if rel not in SYS_PATH_OK:
             found += [(line, "edits sys.path; pytest.ini's pythonpath and pytest put helpers there") for line in _sys_path_edits(f)]
         out += [f"{rel}:{line}: {what}" for line, what in sorted(found)]
@@ -208,11 +201,12 @@ def test_a_test_folder_the_readme_does_not_describe_is_caught(tree):
 def test_a_second_way_to_import_helpers_is_caught(tree):
     _, tests = tree
     (tests / "serving" / "test_batcher.py").write_text(
-        "import sys\nsys.path.insert(0, '..')\nfrom tests.helper import X\nfrom test_config import Y\n")
+        "import sys\nsys.path.insert(0, '..')\nfrom tests.helper import X\nfrom test_config import Y\nfrom conftest import Z\n")
     (tests / "serving" / "helper.py").write_text("")
     assert helper_import_breaches(tests) == [
         "tests/serving/test_batcher.py:2: edits sys.path; pytest.ini's pythonpath and pytest put helpers there",
         "tests/serving/test_batcher.py:3: imports tests.helper; import helpers by plain name (helper)",
         "tests/serving/test_batcher.py:4: imports the test module test_config; move what it shares into a helper module",
+        "tests/serving/test_batcher.py:5: imports a conftest (which one depends on sys.path); move what it shares into a helper module",
         "helper.py: in tests/helper.py, tests/serving/helper.py; a plain-name import finds only one",
     ]

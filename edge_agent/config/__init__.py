@@ -17,9 +17,12 @@ model (``load_config(path, overrides)``).
 Modules (one per group of sections; ``Config`` and ``load_config`` live here):
   base.py     Section (unknown keys forbidden), paths, logging, shared value checks
   server.py   server: socket, TCP listener, HTTP limits
+  metrics.py  server.metrics: the TCP listener Prometheus scrapes
   runtime.py  runtime (ONNX Runtime, TensorRT, CUDA), batching, admission
   mqtt.py     mqtt, offload
   updates.py  cache, ota
+  memory.py   memory: admission of model loads against available memory
+  telemetry.py  telemetry: Jetson (tegrastats) and GPU (NVML) readers
 """
 
 from __future__ import annotations
@@ -34,10 +37,13 @@ from pydantic import Field, field_validator, model_validator
 from ..credentials import read_secret  # noqa: F401 -- secrets named in the config are read there (systemd 245 fallback)
 from ..errors import ConfigError
 from ..yaml_lines import load_yaml_with_lines, merge_overrides, validate_with_lines  # noqa: F401 -- model_spec imports them from here
-from .base import LoggingConfig, PathsConfig, Section, is_loopback  # noqa: F401
+from .base import LoggingConfig, PathsConfig, Section, _one_topic_level, is_loopback  # noqa: F401
+from .memory import MemoryConfig  # noqa: F401
 from .mqtt import MqttConfig, MqttTlsConfig, OffloadConfig, OutboxConfig, RateLimitConfig  # noqa: F401
 from .runtime import AdmissionConfig, BatchingConfig, CudaConfig, RuntimeConfig, TensorRTConfig  # noqa: F401
+from .metrics import MetricsListenerConfig  # noqa: F401
 from .server import ServerConfig, ServerLimitsConfig, TcpConfig, TcpTlsConfig  # noqa: F401
+from .telemetry import TelemetryConfig  # noqa: F401
 from .updates import CacheConfig, CanaryConfig, OtaConfig  # noqa: F401
 
 
@@ -54,13 +60,13 @@ class Config(Section):
     ota: OtaConfig = Field(default_factory=OtaConfig, description="Over-the-air model updates.")
     offload: OffloadConfig = Field(default_factory=OffloadConfig, description="Offloading from edge units to companion hosts over MQTT.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
+    memory: MemoryConfig = Field(default_factory=MemoryConfig, description="Memory admission of model loads (runtime/memory.py).")
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig, description="Jetson (tegrastats) and GPU (NVML) gauges (ops/hwtelemetry.py).")
 
     @field_validator("device_id")
     @classmethod
     def _device_id_is_topic_safe(cls, v: str) -> str:
-        if not v or any(c in v for c in "/+#") :
-            raise ValueError("must be non-empty and contain none of / + #")
-        return v
+        return _one_topic_level(v)
 
     @model_validator(mode="after")
     def _offload_needs_mqtt_5(self) -> "Config":

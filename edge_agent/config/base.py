@@ -51,6 +51,13 @@ def _topic_levels(v: str, what: str) -> str:
     return v
 
 
+def _one_topic_level(v: str) -> str:
+    """One level of a topic (the device id, a shared-subscription group): one rule, one message."""
+    if not v or any(c in v for c in "/+#"):
+        raise ValueError("must be non-empty and contain none of / + #")
+    return v
+
+
 class LoggingConfig(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     json_format: bool = Field(False, description="One JSON object per line (for log shippers) instead of text.")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Dict, List, Literal, Mapping, Optional  # noqa: F401 -- pydantic resolves field annotations here
 
 from pydantic import Field, field_validator, model_validator
 
-from .base import Section, _topic_levels
+from .base import Section, _one_topic_level, _topic_levels
 
 
 LABEL_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -130,13 +131,20 @@ class MqttConfig(Section):
         return v
 
 
+class BreakerConfig(Section):
+    failures: int = Field(5, ge=0, description="Edge: offloads left unanswered (timeout, broker unreachable) within window_s that open the circuit breaker; while open, requests run here at once without waiting for a companion. 0: the breaker never opens.")
+    window_s: float = Field(60.0, gt=0, description="Edge: how long an unanswered offload counts towards failures.")
+    open_s: float = Field(30.0, gt=0, description="Edge: how long the breaker stays open before one request goes to the companions as a probe (half-open): answered, the breaker closes; not, it opens again for open_s.")
+
+
 class OffloadConfig(Section):
     enabled: bool = Field(False, description="Edge: send some requests to companion hosts over MQTT instead of running them here (needs mqtt.enabled, MQTT 5).")
     models: list[str] = Field(default_factory=list, description="Edge: models whose requests may be offloaded; empty means all.")
     queue_depth_over: int = Field(64, ge=-1, description="Edge: offload a request when its model's local queue already holds more than this many requests; -1 offloads every request.")
     also_when_unavailable: bool = Field(True, description="Edge: offload requests for a model or version not served here (unknown, or failed to load) instead of answering with the error.")
     timeout_s: float = Field(2.0, gt=0, description="Edge: how long to wait for a companion's answer; past it the request runs locally, or gets the usual error if it cannot.")
-    pause_after_timeout_s: float = Field(5.0, ge=0, description="Edge: after a timeout, stop offloading busy models for this long, so a dead companion costs one timeout rather than one per request (unavailable models are still tried). 0 never pauses.")
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig, description="Edge: the circuit breaker on offloading (docs/OPERATIONS.md \"Circuit breaker\").")
+    pause_after_timeout_s: Optional[float] = Field(None, ge=0, description="Deprecated, use breaker: still accepted, as breaker {failures: 1, open_s: this} (0: failures 0, never open) when breaker is not given; a warning is logged.")
     prefix: str = Field("", description="Topic prefix of offload requests: {prefix}/offload/{model}[/{version}]; empty means top-level offload/{model}. Must match on edge units and companions.")
     group: str = Field("companion", description="Companion: shared-subscription group ($share/{group}/...); the companions of one group split the offloaded requests, each request goes to one of them.")
 
@@ -151,6 +159,17 @@ class OffloadConfig(Section):
     @field_validator("group")
     @classmethod
     def _group_is_topic_safe(cls, v: str) -> str:
-        if not v or any(c in v for c in "/+#"):
-            raise ValueError("must be non-empty and contain none of / + #")
-        return v
+        return _one_topic_level(v)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pause_after_timeout_is_a_breaker(cls, data):
+        # The old pause (one timeout stops offloading for N s) is a breaker
+        # that opens on one failure: kept so existing configs mean what they did.
+        p = data.get("pause_after_timeout_s") if isinstance(data, dict) else None
+        if p is not None:
+            logging.getLogger("edge_agent.config").warning(
+                "offload.pause_after_timeout_s is deprecated: use offload.breaker (failures, window_s, open_s)")
+            if "breaker" not in data and isinstance(p, (int, float)) and not isinstance(p, bool) and p >= 0:
+                data = {**data, "breaker": {"failures": 1, "open_s": p} if p > 0 else {"failures": 0}}
+        return data

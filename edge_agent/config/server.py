@@ -8,6 +8,7 @@ from typing import Dict, List, Literal, Mapping, Optional  # noqa: F401 -- pydan
 from pydantic import Field, field_validator, model_validator
 
 from .base import Section, _octal, is_loopback
+from .metrics import MetricsListenerConfig
 
 
 class TcpTlsConfig(Section):
@@ -55,5 +56,13 @@ class ServerConfig(Section):
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0, description="Largest request body accepted; larger gets payload_too_large.")
     drain_timeout_s: float = Field(10.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish.")
     limits: ServerLimitsConfig = Field(default_factory=ServerLimitsConfig, description="Per-connection limits and timeouts of the HTTP server, and the connection cap.")
+    metrics: MetricsListenerConfig = Field(default_factory=MetricsListenerConfig, description="Optional TCP listener serving only /metrics and health, for Prometheus (the limits above apply to it too).")
 
     _mode = field_validator("socket_mode", mode="before")(_octal)
+
+    @model_validator(mode="after")
+    def _metrics_port_is_its_own(self) -> "ServerConfig":
+        m, t = self.metrics, self.tcp
+        if m.enabled and t.enabled and m.port and m.port == t.port:
+            raise ValueError(f"server.metrics.port and server.tcp.port are both {m.port}: the metrics listener needs a port of its own")
+        return self

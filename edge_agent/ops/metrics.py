@@ -27,6 +27,9 @@ MODEL_ARTIFACT = Gauge("edge_agent_model_artifact_info", "The ONNX file each loa
 MODEL_LOAD_FAILURES = Counter("edge_agent_model_load_failures_total", "Model versions that failed to load.", ["model"])
 WARMUP_SECONDS = Gauge("edge_agent_model_warmup_seconds", "Warm-up time of a loaded model version.", ["model", "version"])
 READY = Gauge("edge_agent_ready", "1 when every model is loaded and warm and the daemon takes requests.")
+PROVIDER_FALLBACK = Gauge("edge_agent_provider_fallback", "1 for each loaded model version running on a provider (bound) below one ONNX Runtime offered "
+                          "and that failed (wanted), e.g. TensorRT not bound; gone with the version. The counter "
+                          "edge_agent_provider_fallbacks_total counts the loads.", ["model", "version", "wanted", "bound"])
 BATCHER_STUCK = Gauge("edge_agent_batcher_stuck", "1 when a batcher thread is dead or has not finished a batch within stuck_after_s.", ["model", "version"])
 
 
@@ -78,6 +81,7 @@ class _ProcessCollector:
         yield GaugeMetricFamily("edge_agent_process_threads", "Threads of the daemon process.", value=threads)
         vm = psutil.virtual_memory()
         yield GaugeMetricFamily("edge_agent_system_memory_available_bytes", "Memory available on the host (shared with the GPU on Jetson).", value=vm.available)
+        yield GaugeMetricFamily("edge_agent_system_memory_total_bytes", "Memory of the host (shared with the GPU on Jetson).", value=vm.total)
 
 
 _registered = False

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Deque, Dict
 
 from ..errors import EdgeError, UnknownModel
+from ..runtime.memory import admitting
 from .canary import CanaryWindow
 from .commands import parse_command
 from .errors import InvalidTransition
@@ -177,6 +178,7 @@ class OtaAgent:
         self.updaters[model] = upd = Updater.from_config(
             self.cfg, model, runner_factory=pipeline_runner_factory(lambda: self.cfg),
             on_progress=lambda rec, m=model: self._on_progress(m, rec))
+        upd.validator = admitting(upd.validator, self.daemon.repo.memory, lambda: self.cfg, model)
         self._workers[model] = SerialWorker(f"ota-{model}")
         self._jobs[model] = deque()
         self._wake[model] = asyncio.Event()

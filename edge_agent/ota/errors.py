@@ -106,7 +106,9 @@ class RetriesExhausted(OtaError):
 
 
 class InvalidTransition(OtaError):
-    """An event that the transition table does not allow in the current state."""
+    """An event that the transition table does not allow in the current state; or an operator's
+    load/unload of a model the OTA updater manages that conflicts with it (unloading its active or
+    previous version or an update's target, loading a version it refuses)."""
 
     code = "invalid_transition"
     http_status = 409

@@ -1,10 +1,15 @@
 """Drives one model's update through the state machine, step by step.
 
-Blocking (HTTP, disk, ONNX Runtime), and never touching the daemon: what the
-serving side must do (start a canary, promote, roll back) is queued as an
-intent (``intents.py``) for the caller to take and carry out. In the daemon the
-OTA agent calls it from the model's single worker thread (``worker.py``), so
-its calls never overlap, and carries the intents out on the event loop.
+Here are the decisions: which event each step fires, when to retry, reject or
+give up, how the pointers settle after a verdict, and the public calls (poll,
+commands, the canary's answers). The blocking work of the states before a canary
+(download, verify, validate: HTTP, disk, ONNX Runtime) is ``install.py``'s.
+
+Never touching the daemon: what the serving side must do (start a canary,
+promote, roll back) is queued as an intent (``intents.py``) for the caller to
+take and carry out. In the daemon the OTA agent calls it from the model's
+single worker thread (``worker.py``), so its calls never overlap, and carries
+the intents out on the event loop.
 
 Standalone (no daemon), ``advance()`` carries the intents out itself through
 ``DaemonHooks``; the default hooks have no canary, so an update is promoted
@@ -16,28 +21,26 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List
 
 import requests
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .. import __version__
-from ..atomic import atomic_write, fsync_dir
-from ..digests import sha256_file
 from ..errors import EdgeError, ModelLoadError
 from ..runtime.artifacts import serving_providers
-from .errors import ArtifactDigestMismatch, ArtifactSizeMismatch, InvalidTransition, OtaError, UnknownChannel
+from .errors import InvalidTransition, OtaError, UnknownChannel
 from .golden import RunnerFactory
+from .install import Installer, Validator
 from .intents import DaemonHooks, Intent, Promote, RollBack, StandaloneHooks, StartCanary, Verdict, carry_out
-from .manifest import MANIFEST, SIGNATURE, IOSignature, Manifest, safe_name, version_key
+from .manifest import safe_name, version_key
 from .metrics import REJECTIONS
 from .registry import RegistryClient
 from .statemachine import IN_FLIGHT, Event, State, UpdateRecord, UpdateStateMachine
-from .validate import served_signature, validate_version
-from .versions import STAGING_SUFFIX, Pointers, cleanup, read_pointers, remove_dir, served_version, write_pointers
+from .validate import validate_version
+from .versions import Pointers, cleanup, read_pointers, remove_dir, served_version, write_pointers
 
 log = logging.getLogger(__name__)
-Validator = Callable[[Path, Manifest, Optional[IOSignature]], None]
 
 
 class Updater:
@@ -73,13 +76,25 @@ class Updater:
         self.hooks = hooks or StandaloneHooks()
         self.runner_factory = runner_factory
         # providers: the daemon's (configured and available), so validation picks the file it will serve.
-        self.validator = validator or (lambda d, m, s: validate_version(d, m, s, self.runner_factory, providers=providers))
+        self.installer = Installer(self.model, self.models_dir, self.registry,
+                                   validator or (lambda d, m, s: validate_version(d, m, s, self.runner_factory,
+                                                                                  providers=providers)))
         self.keep_versions = keep_versions
         self.sm = UpdateStateMachine(self.state_dir, model, max_attempts=max_attempts,
                                      max_canary_attempts=max_canary_attempts, on_change=on_progress)
         self._canary_started = False
         self._last_progress = 0.0
         self._intents: List[Intent] = []  # for the caller to carry out, in order (take_intents)
+
+    @property
+    def validator(self) -> Validator:
+        """What checks a staged version; the installer runs it. Set after construction to wrap it
+        (the OTA agent puts memory admission in front: runtime/memory.py ``admitting``)."""
+        return self.installer.validator
+
+    @validator.setter
+    def validator(self, v: Validator) -> None:
+        self.installer.validator = v
 
     @classmethod
     def from_config(cls, cfg, model: str, **kw) -> Updater:
@@ -108,7 +123,7 @@ class Updater:
         return self.state is State.CANARY and self._canary_started
 
     def version_dir(self, version: str) -> Path:
-        return self.models_dir / self.model / version
+        return self.installer.version_dir(version)
 
     def served(self) -> str | None:
         return served_version(self.models_dir, self.state_dir, self.model)
@@ -269,62 +284,23 @@ class Updater:
         protect = (self.record.target,) if self.state in IN_FLIGHT else ()
         return cleanup(self.models_dir, self.state_dir, self.model, self.keep_versions, protect)
 
-    # -- the work of each state ----------------------------------------------------------
+    # -- each state's step: the work is install.py's, the event fired is decided here --------
 
     def _staging(self) -> Path:
-        return self.models_dir / self.model / f"{self.record.target}{STAGING_SUFFIX}"
+        return self.installer.staging(self.record.target)
 
     def _download(self) -> None:
-        target = self.record.target
-        final, staging = self.version_dir(target), self._staging()
-        if final.is_dir():
-            log.info("%s: %s already on disk; verifying it", self.model, final)
-            self.sm.fire(Event.DOWNLOADED, reason="already on disk")
-            return
-        staging.mkdir(parents=True, exist_ok=True)
-        body, sig, manifest = self.registry.manifest(target)
-        atomic_write(staging / MANIFEST, body)
-        atomic_write(staging / SIGNATURE, sig)
-        self.registry.download(manifest, staging, self._progress)
-        self.sm.fire(Event.DOWNLOADED, reason=f"{len(manifest.artifacts)} artifacts, {manifest.total_size} bytes")
+        self.sm.fire(Event.DOWNLOADED, reason=self.installer.download(self.record.target, self._progress))
 
     def _verify(self) -> None:
-        final, staging = self.version_dir(self.record.target), self._staging()
-        vdir = final if final.is_dir() else staging
-        manifest = self.registry.check_manifest((vdir / MANIFEST).read_bytes(), (vdir / SIGNATURE).read_bytes(),
-                                                self.record.target)
-        try:
-            for a in manifest.artifacts:
-                p = vdir / a.path
-                size = p.stat().st_size if p.is_file() else -1
-                if size != a.size:
-                    raise ArtifactSizeMismatch(f"{a.path}: {size} bytes on disk, manifest says {a.size}")
-                digest = sha256_file(p)
-                if digest != a.sha256:
-                    raise ArtifactDigestMismatch(f"{a.path}: sha256 on disk {digest} != manifest {a.sha256}")
-        except (ArtifactSizeMismatch, ArtifactDigestMismatch) as e:
-            # The registry's bytes were checked while streaming, so this is local damage: fetch again.
-            if vdir == final and self.record.target in self._protected():
-                raise
-            remove_dir(vdir)
-            if self.sm.fire(Event.RETRY, reason=f"{e.message}; downloading again", code=e.code) not in IN_FLIGHT:
-                self._gave_up()
-            return
-        for leftover in vdir.rglob("*.part"):
-            leftover.unlink()
-        if vdir == staging:
-            staging.rename(final)
-            fsync_dir(final.parent)
-        self.sm.fire(Event.VERIFIED, reason="signature and digests verified")
+        damage = self.installer.verify(self.record.target, self._protected)
+        if damage is None:
+            self.sm.fire(Event.VERIFIED, reason="signature and digests verified")
+        elif self.sm.fire(Event.RETRY, reason=f"{damage.message}; downloading again", code=damage.code) not in IN_FLIGHT:
+            self._gave_up()
 
     def _validate(self) -> None:
-        vdir = self.version_dir(self.record.target)
-        manifest = Manifest.parse((vdir / MANIFEST).read_bytes())
-        fallback = self.record.fallback
-        served = served_signature(self.version_dir(fallback) if fallback else None)
-        checked = self.validator(vdir, manifest, served)
-        on = f" by {checked.file}, the file this device serves" if getattr(checked, "file", "model.onnx") != "model.onnx" else ""
-        self.sm.fire(Event.VALIDATED, reason=f"loads, IO signature matches, golden outputs reproduced{on}")
+        self.sm.fire(Event.VALIDATED, reason=self.installer.validate(self.record.target, self.record.fallback))
 
     def _canary(self) -> None:
         """Until the serving side routes traffic to it, ask for that; then wait for ``decide``."""

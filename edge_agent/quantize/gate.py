@@ -70,27 +70,11 @@ def _session(model: Path | bytes, disabled_optimizers: Sequence[str] = ()) -> or
     return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled_optimizers))
 
 
-def evaluate(
-    reference: Path,
-    candidate: Path,
-    eval_source: CalibrationSource,
-    task: Task,
-    thresholds: GateThresholds | None = None,
-    *,
-    output: str | None = None,
-    postprocess: Callable[[dict, dict], np.ndarray] | None = None,
-    text_pipeline=None,
-    progress: bool = True,
-    disabled_optimizers: Sequence[str] = (),
-) -> GateReport:
-    """Run both graphs over ``eval_source`` and judge the candidate.
-
-    ``postprocess(outputs_by_name, feeds) -> [n, d]`` turns raw graph outputs
-    into what clients see (e.g. TextPipeline.pool for token-state models);
-    without it ``output`` (default: the first graph output) is compared.
-    """
-    return evaluate_set(reference, {"candidate": candidate}, eval_source, task, thresholds, output=output, postprocess=postprocess,
-                        text_pipeline=text_pipeline, progress=progress, disabled_optimizers=disabled_optimizers)["candidate"]
+def evaluate(reference: Path, candidate: Path | bytes, eval_source: CalibrationSource, task: Task,
+             thresholds: GateThresholds | None = None, **options) -> GateReport:
+    """Run both graphs over ``eval_source`` and judge the candidate: ``evaluate_set`` with one
+    candidate (``options`` are its keyword options)."""
+    return evaluate_set(reference, {"candidate": candidate}, eval_source, task, thresholds, **options)["candidate"]
 
 
 def evaluate_set(
@@ -106,8 +90,14 @@ def evaluate_set(
     progress: bool = True,
     disabled_optimizers: Sequence[str] = (),
 ) -> dict[str, GateReport]:
-    """``evaluate`` for several candidates (the artifacts of one version) on the same batches; the
-    reference runs once. Each candidate is a file or serialized ONNX bytes; returns a report per key."""
+    """Run the reference and several candidates (the artifacts of one version) over the same
+    batches of ``eval_source`` and judge each; the reference runs once. Each candidate is a file
+    or serialized ONNX bytes; returns a report per key.
+
+    ``postprocess(outputs_by_name, feeds) -> [n, d]`` turns raw graph outputs
+    into what clients see (e.g. TextPipeline.pool for token-state models);
+    without it ``output`` (default: the first graph output) is compared.
+    """
     th = thresholds or GateThresholds()
     ref = _session(reference)
     cands = {k: _session(m, disabled_optimizers) for k, m in candidates.items()}

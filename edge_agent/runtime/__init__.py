@@ -9,4 +9,6 @@ What lives here:
   providers.py   execution providers (TensorRT, CUDA, CPU), their options per
                  ONNX Runtime version, and the check of what bound
   text.py        text models: UTF-8 in, tokenized and padded; pooled embedding out
+  memory.py      memory admission: a version's estimated need against available memory, before it loads
+  input_limits.py  model.yaml limits: a request's elements, pixels, text bytes, tokens, before queueing
 """

@@ -79,6 +79,17 @@ class SessionSpec(Section):
     intra_op_num_threads: int | None = Field(None, ge=0, description="Threads inside one operator for this model; default from runtime.intra_op_num_threads.")
 
 
+class ModelLimits(Section):
+    """Request admission by size (runtime/input_limits.py): a request over any of these is refused with
+    input_too_large before it is queued. The graph's shape check bounds fixed dimensions already;
+    these bound what variable (-1) dimensions and text let a client ask of the model."""
+
+    max_elements: Optional[int] = Field(None, gt=0, description="Most tensor elements one request may carry, summed over its inputs, batch rows included.")
+    max_pixels: Optional[int] = Field(None, gt=0, description="Most values of an input's variable (-1) dimensions multiplied, per batch row: H x W for an image input with dims [3, -1, -1].")
+    max_text_bytes: Optional[int] = Field(None, gt=0, description="Text models: most UTF-8 bytes of one request's texts, summed over its rows; checked before tokenizing.")
+    max_tokens: Optional[int] = Field(None, gt=0, description="Text models: most tokens of one request, summed over its rows after tokenizing (each row at most text.max_length): the work a request may ask for.")
+
+
 DEFAULT_ARTIFACT = "model.onnx"
 
 
@@ -145,6 +156,7 @@ class ModelSpec(Section):
     cache: CacheSpec = Field(default_factory=CacheSpec, description="Response cache settings.")
     session: SessionSpec = Field(default_factory=SessionSpec, description="ONNX Runtime session settings that belong to this graph.")
     text: TextSpec | None = Field(None, description="Text model: tokenize a BYTES input in the daemon and pool the token states.")
+    limits: ModelLimits = Field(default_factory=ModelLimits, description="Per-request size limits (elements, pixels, text bytes, tokens), checked before queueing; none by default.")
     non_finite_inputs: Literal["reject", "allow"] = Field(
         "reject",
         description="NaN or ±Inf in a floating-point input (FP16/FP32/FP64): `reject` refuses the request with "

@@ -25,6 +25,7 @@ from ..types import V2_TO_NP, InferRequest
 from .artifacts import (ArtifactChoice, check_artifact_files, check_artifact_signatures, choose_artifact, serving_providers,
                         session_signature)
 from .cpu import this_cpu
+from .input_limits import input_limits
 from .model_spec import ModelSpec, TensorSpec, load_model_spec
 from .providers import build_providers, create_session
 
@@ -121,6 +122,7 @@ class LoadedModel:
         self._finite = frozenset(
             t.name for t in self.spec.inputs if self.spec.non_finite_inputs == "reject" and V2_TO_NP[t.datatype].kind == "f"
         )
+        self._limits = None  # model.yaml limits (input_limits.py), from the end of warmup(): its batches may be larger
 
     # --- loading -------------------------------------------------------------
 
@@ -269,6 +271,7 @@ class LoadedModel:
                 inputs[t.name] = arr
             p = self.prepare(InferRequest(model=self.name, inputs=inputs))
             self.run_batch([p])
+        self._limits = input_limits(self.spec, self.name, self.max_batch > 0)  # clients' requests only
         return time.perf_counter() - t0
 
     # --- serving -------------------------------------------------------------
@@ -319,8 +322,13 @@ class LoadedModel:
             for o in outputs:
                 if o not in self.output_names:
                     raise InvalidInput(f"model '{self.name}' has no output '{o}' (has {self.output_names})")
+        limits = self._limits
+        if limits is not None:
+            limits.check(inputs)
         if self.text is not None:
             feeds = self.text.prepare(inputs[self.spec.text.input], inputs[self.spec.text.input].shape)
+            if limits is not None:
+                limits.check_tokens(feeds)
         else:
             feeds = inputs
         return Prepared(feeds, rows, outputs)

@@ -21,12 +21,13 @@ from pathlib import Path
 
 from ..config import Config
 from ..errors import EdgeError, ModelNotReady, UnknownModel, UnknownVersion
-from ..ops.metrics import MODEL_ARTIFACT, MODEL_INFO, MODEL_LOAD_FAILURES, WARMUP_SECONDS, ModelMetrics
+from ..ops.metrics import MODEL_ARTIFACT, MODEL_INFO, MODEL_LOAD_FAILURES, PROVIDER_FALLBACK, WARMUP_SECONDS, ModelMetrics
 # The OTA updater owns the on-disk layout: which directories are versions,
 # their order, and the active/previous pointers. The repository reads them
 # with the updater's own functions so the two can never disagree.
 from ..ota.manifest import version_key
 from ..ota.versions import list_versions, read_pointers
+from ..runtime.memory import MemoryGate, footprint
 from ..runtime.session import LoadedModel
 from .batcher import Batcher
 
@@ -76,7 +77,12 @@ class ModelRepository:
         self.admit: Callable[[str, str], bool] | None = None
         # fn(name) when a model's last version goes (the service drops its per-model state).
         self.on_model_removed: list[Callable[[str], None]] = []
+        # The operator's load/unload choices (serving/model_control.py Holds, set by
+        # ModelControl): a version they do not admit is not loaded by a scan.
+        self.holds = None
         self._rand = random.Random()
+        # Refuses a load that would leave too little memory (insufficient_memory), learns what loads take.
+        self.memory = MemoryGate(cfg.paths.state_dir)
 
     # --- discovery and loading -------------------------------------------------
 
@@ -95,8 +101,11 @@ class ModelRepository:
         return found
 
     def _load_one(self, name: str, version: str, vdir: Path) -> LoadedModel:
+        est = self.memory.admit(self.cfg, name, version, vdir)
+        before = footprint()
         model = LoadedModel(name, version, vdir, self.cfg.runtime, self.cfg.paths.state_dir)
         secs = model.warmup()
+        self.memory.measured(self.cfg, est, before)
         WARMUP_SECONDS.labels(name, version).set(secs)
         log.info("model %s/%s loaded and warm in %.3fs on %s", name, version, secs, model.provider)
         return model
@@ -122,6 +131,8 @@ class ModelRepository:
             raise EdgeError(f"model {name}/{version}: {e}") from None
         mv = self._start(model)
         MODEL_ARTIFACT.labels(name, version, model.artifact.file, model.artifact.target).set(1)
+        for fb in model.provider_fallback:
+            PROVIDER_FALLBACK.labels(name, version, fb["wanted"], fb["bound"]).set(1)
         self.failed.pop((name, version), None)
         self.models.setdefault(name, ModelEntry()).versions[version] = mv
         return mv
@@ -140,18 +151,7 @@ class ModelRepository:
             on_disk = self.scan()
             added, removed = [], []
             for name, versions in on_disk.items():
-                for version, vdir in versions.items():  # oldest first
-                    entry = self.models.get(name)
-                    if entry and version in entry.versions:
-                        continue
-                    if self.admit is not None and not self.admit(name, version):
-                        log.info("model %s version %s: on disk but held back by the updater; not loaded", name, version)
-                        continue
-                    try:
-                        await self.load(name, version, vdir)
-                        added.append(f"{name}/{version}")
-                    except EdgeError:
-                        pass
+                added += await self._load_new(name, versions)
             for name, entry in list(self.models.items()):
                 for version in list(entry.versions):
                     if version not in on_disk.get(name, {}):
@@ -163,6 +163,34 @@ class ModelRepository:
                 if k[1] not in on_disk.get(k[0], {}):
                     del self.failed[k]
             return {"added": added, "removed": removed}
+
+    async def _load_new(self, name: str, versions: dict[str, Path]) -> list[str]:
+        """Load the versions of ``name`` not loaded yet that may be (oldest first); the ones loaded."""
+        added = []
+        for version, vdir in versions.items():
+            entry = self.models.get(name)
+            if entry and version in entry.versions:
+                continue
+            if self.admit is not None and not self.admit(name, version):
+                log.info("model %s version %s: on disk but held back by the updater; not loaded", name, version)
+                continue
+            if self.holds is not None and not self.holds.admits(name, version):
+                log.info("model %s version %s: on disk but unloaded by the operator; not loaded", name, version)
+                continue
+            try:
+                await self.load(name, version, vdir)
+                added.append(f"{name}/{version}")
+            except EdgeError:
+                pass
+        return added
+
+    async def load_model(self, name: str) -> list[str]:
+        """Load what ``sync`` would load of one model (the operator's ``load``); the versions loaded."""
+        async with self._lock:
+            root = self.cfg.paths.models_dir
+            added = await self._load_new(name, {v: root / name / v for v in list_versions(root, name)})
+            self.refresh_default(name)
+            return added
 
     async def retire(self, name: str) -> list[str]:
         """Unload the loaded versions of ``name`` that ``admit`` no longer admits
@@ -194,7 +222,13 @@ class ModelRepository:
             MODEL_ARTIFACT.remove(name, version, mv.model.artifact.file, mv.model.artifact.target)
         except KeyError:
             pass
+        for fb in mv.model.provider_fallback:
+            try:
+                PROVIDER_FALLBACK.remove(name, version, fb["wanted"], fb["bound"])
+            except KeyError:
+                pass
         mv.model.close()
+        self.memory.forget(name, version)
         if not entry.versions:
             del self.models[name]
             for fn in self.on_model_removed:
@@ -242,12 +276,16 @@ class ModelRepository:
         if entry is None:
             if any(k[0] == name for k in self.failed):
                 raise ModelNotReady(f"model '{name}' failed to load")
+            if self.holds is not None and name in self.holds.models:  # none loaded: the operator's doing
+                raise ModelNotReady(f"model '{name}' was unloaded by the operator")
             raise UnknownModel(f"unknown model '{name}'")
         if version is not None:
             mv = entry.versions.get(version)
             if mv is None:
                 if (name, version) in self.failed:
                     raise ModelNotReady(f"model '{name}' version {version} failed to load: {self.failed[(name, version)]}")
+                if self.holds is not None and not self.holds.admits(name, version):
+                    raise ModelNotReady(f"model '{name}' version {version} was unloaded by the operator")
                 raise UnknownVersion(f"model '{name}' has no version '{version}' (has {self.version_names(name)})")
             return mv
         c = entry.canary
@@ -289,6 +327,11 @@ class ModelRepository:
                 })
         for (name, v), reason in sorted(self.failed.items()):
             out.append({"name": name, "version": v, "state": "UNAVAILABLE", "reason": reason})
+        for name in sorted(self.holds.models if self.holds is not None else ()):
+            loaded = self.models[name].versions if name in self.models else {}
+            for v in list_versions(self.cfg.paths.models_dir, name):
+                if v not in loaded and (name, v) not in self.failed and not self.holds.admits(name, v):
+                    out.append({"name": name, "version": v, "state": "UNAVAILABLE", "reason": "unloaded by the operator"})
         return out
 
     async def close(self, drain_timeout: float) -> None:

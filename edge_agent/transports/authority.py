@@ -2,7 +2,8 @@
 
 Reads and inference stay open to whoever reaches a listener (the socket's
 file mode, the TCP listener's address). Control endpoints — every POST under
-``/edge/``: reload, and the model actions (promote, rollback) — need
+``/edge/`` and ``/v2/repository/models/``: reload, and the model actions
+(promote, rollback, load, unload) — need
 authority, because reaching the socket or the loopback port is not the same
 as being the operator:
 
@@ -41,7 +42,7 @@ log = logging.getLogger("edge_agent.http")
 
 CONTROL_REFUSED = Counter(
     "edge_agent_control_refused_total",
-    "Control requests (reload, promote, rollback) refused for want of authority, by transport and reason.",
+    "Control requests (reload, promote, rollback, load, unload) refused for want of authority, by transport and reason.",
     ["transport", "reason"],
 )
 

@@ -39,6 +39,7 @@ _EXTENSIONS = ["binary_tensor_data", "model_repository", "edge_agent"]
 _HL_KEY = HEADER_LENGTH.lower().encode()
 _CT_BINARY = b"Content-Type: application/octet-stream\r\n" + HEADER_LENGTH.encode() + b": %d\r\n"
 _CT_METRICS = b"Content-Type: " + CONTENT_TYPE_LATEST.encode() + b"\r\n"
+_METRICS_PORT_ROUTES = frozenset((METRICS, LIVE, READY))
 _BEARER = b'WWW-Authenticate: Bearer realm="edge-agent control"\r\n'
 
 
@@ -103,6 +104,18 @@ def _body(req: Request) -> bytes:
     return req.body
 
 
+def _json_body(req: Request) -> dict:
+    """A control or repository request's JSON object body ({} when empty)."""
+    body = _body(req)
+    try:
+        doc = orjson.loads(body) if body else {}
+    except orjson.JSONDecodeError as e:
+        raise MalformedRequest(f"body is not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise MalformedRequest("the body must be a JSON object")
+    return doc
+
+
 class _InferLater(Later):
     """An inference request the service has started: its future, and how
     to turn the settled response into the answer."""
@@ -136,7 +149,7 @@ class HttpTransport:
 
     def __init__(self, app, socket_path: Path | None, socket_mode: int, socket_group: str | None,
                  tcp: tuple[str, int] | None, max_body: int, authority: ControlAuthority | None = None,
-                 tcp_ssl=None, limits=None) -> None:
+                 tcp_ssl=None, limits=None, metrics: tuple[str, int] | None = None) -> None:
         self.app = app
         # Control endpoints need authority (transports/authority.py); the
         # default allows root and this process's user only, and no TCP peer.
@@ -151,6 +164,8 @@ class HttpTransport:
         # limits: server.limits (HttpLimits' attributes); None: HttpLimits' defaults
         self._server = HttpServer(self.respond, max_body, self._protocol_error, limits)
         self.tcp_port: int | None = None
+        self.metrics = metrics  # (host, port) of the metrics-only listener (server.metrics), or None
+        self.metrics_port: int | None = None
         self.draining = False
         self._socket_id: tuple[int, int] | None = None
 
@@ -182,6 +197,11 @@ class HttpTransport:
             self.tcp_port = await self._server.listen_tcp(self.tcp[0], self.tcp[1], ssl=self.tcp_ssl)
             log.info("serving KServe v2 on %s://%s:%d (control over TCP: %s)", "https" if self.tcp_ssl else "http",
                      self.tcp[0], self.tcp_port, "bearer token" if self.authority.token else "off")
+        if self.metrics is not None:
+            # The same HttpServer: one connection cap, one sweep, one shutdown.
+            self.metrics_port = await self._server.listen_tcp(self.metrics[0], self.metrics[1],
+                                                              respond=self.respond_metrics)
+            log.info("serving metrics on http://%s:%d/metrics (and health; nothing else)", self.metrics[0], self.metrics_port)
 
     def stop_listening(self) -> None:
         """Stop accepting connections; open ones get their answers with
@@ -220,9 +240,17 @@ class HttpTransport:
         except EdgeError as e:
             return self._refused(req, e)
 
+    def respond_metrics(self, req: Request):
+        """The metrics listener's hook: /metrics and health, every other
+        route not_found (inference and control never reach this port)."""
+        route = parse_route(req.method, req.path)
+        if route.kind not in _METRICS_PORT_ROUTES:
+            return self._refused(req, NotFound(f"no route {req.method} {req.path} on the metrics port"))
+        return self._answer(req, route)
+
     def _answer(self, req: Request, route):
         kind = route.kind
-        if route.control:  # every POST under /edge/ changes state
+        if route.control:  # every POST under /edge/ and /v2/repository/models/ changes state
             who = self.authority.check(req.transport, req.headers)
             log.info("control: %s %s by %s", req.method, req.path, who)
         if kind == MODEL:
@@ -241,16 +269,14 @@ class HttpTransport:
         if kind == STATUS:
             return _json(self.app.status())
         if kind == REPOSITORY_INDEX:
-            return _json(self.app.repo.index())
+            index = self.app.repo.index()
+            if _json_body(req).get("ready"):  # Triton's {"ready": true}: only what serves
+                index = [m for m in index if m["state"] == "READY"]
+            return _json(index)
         if kind == RELOAD:
             return self._control(req, self.app.reload())
         if kind == MODEL_ACTION:
-            body = _body(req)
-            try:
-                doc = orjson.loads(body) if body else {}
-            except orjson.JSONDecodeError as e:
-                raise MalformedRequest(f"body is not valid JSON: {e}") from None
-            return self._control(req, self.app.ctl(route.model, route.action, doc))
+            return self._control(req, self.app.ctl(route.model, route.action, _json_body(req)))
         raise NotFound(f"no route {req.method} {req.path}")
 
     async def _control(self, req: Request, work) -> tuple[int, bytes, bytes]:

@@ -23,14 +23,15 @@ METRICS = "metrics"  # GET /metrics
 STATUS = "status"  # GET /edge/status
 REPOSITORY_INDEX = "repository_index"  # POST /v2/repository/index
 RELOAD = "reload"  # POST /edge/reload (control)
-MODEL_ACTION = "model_action"  # POST /edge/models/{model}/{action} (control)
+MODEL_ACTION = "model_action"  # POST /edge/models/{model}/{action}, /v2/repository/models/{model}/load|unload (control)
 NOT_FOUND = "not_found"
 
 
 class Route(NamedTuple):
-    """What a request asks for. ``control``: a POST under ``/edge/``, which
-    changes state and needs authority (transports/authority.py) before
-    anything else, a route that does not exist included."""
+    """What a request asks for. ``control``: a POST under ``/edge/`` or
+    ``/v2/repository/models/``, which changes state and needs authority
+    (transports/authority.py) before anything else, a route that does not
+    exist included."""
 
     kind: str
     model: Optional[str] = None
@@ -102,6 +103,11 @@ def _parse(method: str, path: str) -> Route:
     if method == "POST":
         if path == "/v2/repository/index":
             return _REPOSITORY_INDEX
+        if path.startswith("/v2/repository/models/"):  # the KServe/Triton repository extension
+            parts = path[22:].split("/")
+            if len(parts) == 2 and parts[1] in ("load", "unload"):
+                return Route(MODEL_ACTION, parts[0], action=parts[1], control=True)
+            return _CONTROL_NOT_FOUND
         if path.startswith("/edge/"):
             if path == "/edge/reload":
                 return _RELOAD

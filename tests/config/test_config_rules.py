@@ -45,6 +45,9 @@ RULES = [
     ("companion over mqtt 3.1.1",
      "mode: companion\nmqtt:\n  enabled: true\n  protocol: '3.1.1'\n",
      "1: (top level)", 'mode companion with mqtt.enabled needs mqtt.protocol "5"'),
+    ("metrics port is the tcp port",
+     "server:\n  tcp:\n    enabled: true\n    port: 9000\n  metrics:\n    enabled: true\n    port: 9000\n",
+     "2: server", "server.metrics.port and server.tcp.port are both 9000"),
 ]
 
 
@@ -133,3 +136,14 @@ def test_an_mqtt_prefix_of_several_levels_and_a_group_of_one_are_taken():
     assert MqttConfig(prefix="/site/a/", group="lab").prefix == "site/a"
     with pytest.raises(ValidationError, match="group"):
         MqttConfig(group="a/b")
+
+
+def test_deprecated_pause_after_timeout_maps_to_a_one_failure_breaker():
+    from edge_agent.config import OffloadConfig
+
+    assert OffloadConfig().breaker.model_dump() == {"failures": 5, "window_s": 60.0, "open_s": 30.0}
+    old = OffloadConfig(pause_after_timeout_s=12)
+    assert (old.breaker.failures, old.breaker.open_s) == (1, 12)
+    assert OffloadConfig(pause_after_timeout_s=0).breaker.failures == 0  # never paused: never opens
+    both = OffloadConfig(pause_after_timeout_s=12, breaker={"failures": 4})
+    assert (both.breaker.failures, both.breaker.open_s) == (4, 30.0)  # the new section wins

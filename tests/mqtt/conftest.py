@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from edge_agent.config import MqttConfig  # noqa: E402
-from edge_agent.transports.mqtt import MqttTransport  # noqa: E402
-from edge_agent.transports.mqtt.client import MqttInferClient  # noqa: E402
-from brokers import Mosquitto  # noqa: E402
-from tests.mqtt.tiny_service import TinyService, build_model  # noqa: E402
-
-DEVICE = "unit1"
+from brokers import Mosquitto
+from edge_agent.config import MqttConfig
+from edge_agent.transports.mqtt import MqttTransport
+from edge_agent.transports.mqtt.client import MqttInferClient
+from mqtt_helpers import DEVICE
+from tiny_service import TinyService, build_model
 
 
 @pytest.fixture(scope="session")
@@ -45,28 +37,6 @@ def broker(tmp_path):
     b = Mosquitto(tmp_path / "broker", persistence=True).start()
     yield b
     b.kill()
-
-
-def body(rows) -> dict:
-    rows = [list(map(float, r)) for r in rows]
-    return {"inputs": [{"name": "x", "shape": [len(rows), 4], "datatype": "FP32", "data": rows}]}
-
-
-def mqtt_cfg(broker: Mosquitto, prefix: str, **kw) -> MqttConfig:
-    base = dict(
-        enabled=True, host="127.0.0.1", port=broker.port, prefix=prefix, reconnect_min_s=0.1,
-        reconnect_max_s=0.5, keepalive_s=5, client_id=f"edge-agent-{prefix}",
-    )
-    base.update(kw)
-    return MqttConfig(**base)
-
-
-async def wait_for(pred, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest_asyncio.fixture

@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 
 from edge_agent.transports.mqtt import inbound as mqtt_module
 from edge_agent.transports.mqtt.bridge import PublishProperties
-from tests.mqtt.conftest import DEVICE, body, mqtt_cfg, wait_for
+from mqtt_helpers import DEVICE, assert_nothing_left_unacknowledged, body, mqtt_cfg, wait_for
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
@@ -37,19 +37,6 @@ def send(client, prefix: str, payload: bytes, correlation: bytes | None = None, 
          user=None, qos: int = 1, model: str = "tiny") -> None:
     props = PublishProperties(correlation=correlation, response_topic=response_topic, user=user)
     client._bridge.publish(f"{prefix}/{DEVICE}/infer/{model}", payload, qos, False, props)  # noqa: SLF001
-
-
-async def assert_nothing_left_unacknowledged(t) -> None:
-    """Drop the transport's connection: the broker redelivers whatever it did not acknowledge."""
-    got: list = []
-    inner = t._bridge._cb_message  # noqa: SLF001
-    t._bridge._cb_message = lambda m: (got.append(m.topic), inner(m))  # noqa: SLF001
-    gen = t._bridge.generation  # noqa: SLF001
-    t._bridge._drop_connection()  # noqa: SLF001
-    await wait_for(lambda: t._bridge.connected and t._bridge.generation > gen, what="reconnect")  # noqa: SLF001
-    await asyncio.sleep(0.5)
-    t._bridge._cb_message = inner  # noqa: SLF001
-    assert got == [], f"{len(got)} messages were never acknowledged"
 
 
 async def test_refused_reply_topics_are_answered_on_the_default_topic_and_nothing_goes_there(

@@ -12,7 +12,7 @@ from paho.mqtt.properties import Properties
 from edge_agent.transports.mqtt.bridge import BrokerSettings, PahoBridge, PublishProperties, TlsSettings
 from brokers import Mosquitto
 from certs import make_certs
-from tests.mqtt.conftest import wait_for
+from mqtt_helpers import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 

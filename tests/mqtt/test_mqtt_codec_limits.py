@@ -7,7 +7,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from tests.mqtt.conftest import body, mqtt_cfg
+from mqtt_helpers import body, mqtt_cfg
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 

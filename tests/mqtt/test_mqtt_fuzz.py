@@ -40,7 +40,7 @@ from edge_agent.transports.mqtt import MqttTransport
 from edge_agent.transports.mqtt.bridge import PublishProperties
 from edge_agent.transports.mqtt.delivery import Delivery
 from edge_agent.transports.mqtt.outbox import Outbox
-from tests.mqtt.conftest import DEVICE, mqtt_cfg, wait_for
+from mqtt_helpers import DEVICE, assert_nothing_left_unacknowledged, mqtt_cfg, wait_for
 
 PREFIX = "fz"
 BASE = f"{PREFIX}/{DEVICE}"
@@ -478,12 +478,5 @@ async def test_inbound_fuzz_through_mosquitto(broker, make_transport, make_clien
         assert may_receive_answers(topic), topic[:120]
         check_answer(orjson.loads(payload[:hl] if hl is not None else payload))
     # Nothing left unacknowledged: a new connection gets no redelivery.
-    got: list = []
-    inner = t._bridge._cb_message  # noqa: SLF001
-    t._bridge._cb_message = lambda msg: (got.append(msg.topic), inner(msg))  # noqa: SLF001
-    gen = t._bridge.generation  # noqa: SLF001
-    t._bridge._drop_connection()  # noqa: SLF001
-    await wait_for(lambda: t._bridge.connected and t._bridge.generation > gen, what="reconnect")  # noqa: SLF001
-    await asyncio.sleep(0.5)
-    assert got == []
+    await assert_nothing_left_unacknowledged(t)
     assert error_logs.records == []

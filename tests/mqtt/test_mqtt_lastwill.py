@@ -11,17 +11,19 @@ import sys
 import orjson
 import pytest
 
+import tiny_service
+from daemon_proc import REPO
 from edge_agent.transports.mqtt.bridge import BrokerSettings, PahoBridge
-from tests.mqtt.conftest import DEVICE, ROOT
+from mqtt_helpers import DEVICE
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
 
 def spawn(tiny_model, broker, prefix, outbox) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     p = subprocess.Popen(
-        [sys.executable, "-m", "tests.mqtt.tiny_service", str(tiny_model), "127.0.0.1", str(broker.port), prefix, DEVICE, str(outbox)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [sys.executable, tiny_service.__file__, str(tiny_model), "127.0.0.1", str(broker.port), prefix, DEVICE, str(outbox)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     # Lines before "serving" are the service's start-up warnings (on the Python 3.8
     # stack: paho-mqtt 2.1.0 without the fast decoder, cryptography's 3.8 notice).

@@ -8,7 +8,7 @@ import os
 import pytest
 from prometheus_client import REGISTRY
 
-from tests.mqtt.conftest import DEVICE, body, mqtt_cfg
+from mqtt_helpers import DEVICE, body, mqtt_cfg
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 

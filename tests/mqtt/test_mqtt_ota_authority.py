@@ -17,7 +17,7 @@ from daemon_proc import REPO
 from edge_agent.transports.mqtt.bridge import PublishProperties
 from edge_agent.transports.mqtt.client import MqttInferClient
 from brokers import Mosquitto
-from tests.mqtt.conftest import DEVICE, body, mqtt_cfg, wait_for
+from mqtt_helpers import DEVICE, body, mqtt_cfg, wait_for
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 

@@ -8,8 +8,8 @@ import asyncio
 import pytest
 from prometheus_client import REGISTRY
 
-from tests.mqtt.conftest import body, mqtt_cfg, wait_for
-from tests.mqtt.tiny_service import GatedService
+from mqtt_helpers import body, mqtt_cfg, reconnect, wait_for
+from tiny_service import GatedService
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
@@ -18,13 +18,6 @@ ROWS = [[1, 2, 3, 4]]
 
 def duplicates() -> float:
     return REGISTRY.get_sample_value("edge_agent_mqtt_messages_total", {"outcome": "duplicate"}) or 0
-
-
-async def reconnect(t) -> None:
-    """Cut the transport's connection: the broker redelivers what it did not acknowledge, flagged DUP."""
-    gen = t._bridge.generation  # noqa: SLF001
-    t._bridge._drop_connection()  # noqa: SLF001
-    await wait_for(lambda: t._bridge.connected and t._bridge.generation > gen, what="reconnect")  # noqa: SLF001
 
 
 async def test_redelivery_of_a_running_request_is_acknowledged_with_its_answer(broker, prefix, make_transport, make_client, service):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from tests.mqtt.conftest import body, mqtt_cfg, wait_for
-from tests.mqtt.tiny_service import GatedService, expected
+from mqtt_helpers import body, mqtt_cfg, wait_for
+from tiny_service import GatedService, expected
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(90)]
 

@@ -8,8 +8,8 @@ import numpy as np
 import orjson
 import pytest
 
-from tests.mqtt.conftest import DEVICE, body, mqtt_cfg, wait_for
-from tests.mqtt.tiny_service import expected
+from mqtt_helpers import DEVICE, body, mqtt_cfg, wait_for
+from tiny_service import expected
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
@@ -141,7 +141,7 @@ async def test_deadline_counts_from_receipt(broker, prefix, make_transport, make
     (InferRequest.arrived, time.monotonic()), so its deadline counts from there."""
     import time
 
-    from tests.mqtt.tiny_service import TinyService
+    from tiny_service import TinyService
 
     seen = []
 

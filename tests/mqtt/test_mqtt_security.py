@@ -12,7 +12,7 @@ from edge_agent.transports.mqtt import MqttTransport
 from edge_agent.transports.mqtt.bridge import TlsSettings
 from brokers import Mosquitto
 from certs import make_certs
-from tests.mqtt.conftest import DEVICE, body, mqtt_cfg, wait_for
+from mqtt_helpers import DEVICE, body, mqtt_cfg, wait_for
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 

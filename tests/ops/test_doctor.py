@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 from brokers import Mosquitto, free_port
+from cpuinfo_samples import carmel_cpuinfo
 from daemon_proc import REPO, copy_digits
 
 from edge_agent.config import Config
@@ -32,18 +33,6 @@ NV_TEGRA_RELEASE = (
     "TARGET_USERSPACE_LIB_DIR=nvidia\n"
     "TARGET_USERSPACE_LIB_DIR_PATH=usr/lib/aarch64-linux-gnu/nvidia\n"
 )
-# NVIDIA Carmel (Xavier): ARMv8.2 without the dot-product (asimddp) or i8mm extensions.
-CARMEL_CORE = """processor\t: {n}
-model name\t: ARMv8 Processor rev 0 (v8l)
-BogoMIPS\t: 62.50
-Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm dcpop
-CPU implementer\t: 0x4e
-CPU architecture: 8
-CPU variant\t: 0x0
-CPU part\t: 0x004
-CPU revision\t: 0
-MTS version\t: 55637613
-"""
 SYSTEMD_245 = (
     "systemd 245 (245.4-4ubuntu3.22)\n"
     "+PAM +AUDIT +SELINUX +IMA +APPARMOR +SMACK +SYSVINIT +UTMP +LIBCRYPTSETUP +GCRYPT +GNUTLS +ACL +XZ +LZ4 "
@@ -56,7 +45,7 @@ def fake_xavier(root: Path, libs: bool = True) -> Path:
     files = {
         "etc/nv_tegra_release": NV_TEGRA_RELEASE,
         "proc/device-tree/model": "NVIDIA Jetson AGX Xavier Developer Kit\x00",
-        "proc/cpuinfo": "\n".join(CARMEL_CORE.format(n=n) for n in range(8)),
+        "proc/cpuinfo": carmel_cpuinfo(8),  # NVIDIA Carmel: ARMv8.2 without asimddp or i8mm
         "dev/nvhost-gpu": "", "dev/nvhost-ctrl-gpu": "", "dev/nvhost-nvdla0": "", "dev/nvhost-nvdla1": "",
     }
     if libs:

@@ -193,12 +193,7 @@ class Load:
 
 
 def metrics(a) -> str:
-    c = a.client()
-    try:
-        _, _, raw = c.request("GET", "/metrics")
-    finally:
-        c.close()
-    return raw.decode()
+    return a.metrics()
 
 
 def metric(text: str, name: str, *labels: str) -> float:
@@ -529,8 +524,6 @@ def test_ctl_promote_and_rollback_during_a_canary(agent_factory, devserver, regi
 def test_fleet_command_over_mqtt_updates_and_reports_retained_progress(agent_factory, devserver, registry, src_models,
                                                                        keys, v1, tmp_path):
     pytest.importorskip("edge_agent.transports.mqtt")
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
     from paho.mqtt import client as paho
     from brokers import Mosquitto
 

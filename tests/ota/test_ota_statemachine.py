@@ -10,8 +10,7 @@ from edge_agent.digests import sha256_file
 from edge_agent.ota.publish import publish
 from edge_agent.ota.statemachine import IN_FLIGHT, TRANSITIONS, Event, State, UpdateStateMachine
 from edge_agent.ota.versions import Pointers, cleanup, read_pointers, write_pointers
-
-from test_ota_updater_e2e import FakeDaemonSide, install_v1, make_updater, tamper_artifact, wrong_golden
+from updater_helpers import FakeDaemonSide, install_v1, make_updater, tamper_artifact, wrong_golden
 
 
 class Crash(BaseException):

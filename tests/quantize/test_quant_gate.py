@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
-import tempfile
-from pathlib import Path
 from typing import get_args
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-import yaml
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto
 
 from edge_agent.quantize import cli as qcli
 from edge_agent.quantize.convert import CALIBRATE_METHODS, PRECISION, DynamicWeights, QuantizationError, quantize
@@ -21,72 +16,7 @@ from edge_agent.digests import sha256_file
 from edge_agent.quantize.gate import AccuracyGateFailed, GateThresholds
 from edge_agent.quantize.version import quantize_version
 from edge_agent.runtime.model_spec import load_model_spec
-
-D_IN, D_HID, N_CLS = 16, 64, 4
-
-
-def make_model(path: Path, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    w1 = rng.normal(0, 1 / np.sqrt(D_IN), (D_IN, D_HID)).astype(np.float32)
-    b1 = rng.normal(0, 0.1, D_HID).astype(np.float32)
-    w2 = rng.normal(0, 1 / np.sqrt(D_HID), (D_HID, N_CLS)).astype(np.float32)
-    nodes = [
-        helper.make_node("MatMul", ["x", "w1"], ["h0"], name="fc1"),
-        helper.make_node("Add", ["h0", "b1"], ["h1"], name="fc1_bias"),
-        helper.make_node("Relu", ["h1"], ["h2"], name="relu"),
-        helper.make_node("MatMul", ["h2", "w2"], ["logits"], name="fc2"),
-    ]
-    graph = helper.make_graph(
-        nodes, "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", D_IN])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", N_CLS])],
-        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(b1, "b1"), numpy_helper.from_array(w2, "w2")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    """A source version dir, calibration/eval dirs, and a private TMPDIR to prove cleanup."""
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    monkeypatch.setenv("TMPDIR", str(scratch))
-    monkeypatch.setattr(tempfile, "tempdir", None)
-    src = tmp_path / "models" / "tiny" / "1"
-    src.mkdir(parents=True)
-    make_model(src / "model.onnx")
-    (src / "model.yaml").write_text(yaml.safe_dump({
-        "name": "tiny", "max_batch_size": 8,
-        "inputs": [{"name": "x", "datatype": "FP32", "dims": [D_IN]}],
-        "outputs": [{"name": "logits", "datatype": "FP32", "dims": [N_CLS]}],
-        "labels": "labels.txt",
-    }))
-    (src / "labels.txt").write_text("a\nb\nc\nd\n")
-    sess = ort.InferenceSession(str(src / "model.onnx"), providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(1)
-    calib, ev = tmp_path / "calib", tmp_path / "eval"
-    calib.mkdir(), ev.mkdir()
-    for i in range(4):
-        np.savez(calib / f"b{i}.npz", x=rng.normal(size=(16, D_IN)).astype(np.float32))
-    # Labels are the FP32 model's own clear-margin predictions, so the FP32
-    # reference scores 100 % and only quantization error can lower a score.
-    x = rng.normal(size=(2000, D_IN)).astype(np.float32)
-    logits = sess.run(None, {"x": x})[0]
-    top2 = np.sort(logits, 1)[:, -2:]
-    keep = (top2[:, 1] - top2[:, 0]) > 0.3
-    x, y = x[keep][:400], logits[keep][:400].argmax(1)
-    for i in range(0, len(x), 100):
-        np.savez(ev / f"e{i:04d}.npz", x=x[i : i + 100], labels=y[i : i + 100])
-    return {"root": tmp_path, "src": src, "calib": calib, "eval": ev, "scratch": scratch}
-
-
-def run_cli(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="edge-agent")
-    qcli.register(ap.add_subparsers(dest="cmd"))
-    args = ap.parse_args(argv)
-    return args.func(args)
+from tiny_classifier import D_IN, run_cli
 
 
 def test_good_qdq_passes_and_is_recorded(workdir):

@@ -1,6 +1,6 @@
 """`edge-agent quantize --targets`: one gated file per CPU kind, declared in model.yaml artifacts.
 
-Uses the small classifier of test_quant_gate.py (its ``workdir`` fixture).
+Uses the small classifier of tiny_classifier.py (the ``workdir`` fixture of conftest.py).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from edge_agent.runtime.artifacts import choose_artifact
 from edge_agent.runtime.cpu import parse_cpuinfo, this_cpu
 from edge_agent.runtime.model_spec import load_model_spec
 from edge_agent.runtime.session import LoadedModel
-from test_quant_gate import D_IN, run_cli, workdir  # noqa: F401 - workdir is a fixture
+from tiny_classifier import D_IN, run_cli
 
 HERE = this_cpu()
 

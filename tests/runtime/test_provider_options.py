@@ -260,5 +260,8 @@ def test_daemon_models_and_metrics_show_the_fallback(tmp_path, agent_factory):
     _, _, metrics = c.request("GET", "/metrics")
     assert re.search(r'edge_agent_provider_fallbacks_total\{bound="cpu",model="digits",reason="not_bound",wanted="tensorrt"\} 1\.0',
                      metrics.decode()), metrics.decode()[:2000]
+    # The gauge the alert rules read: 1 while this version runs below the provider it wanted.
+    assert re.search(r'edge_agent_provider_fallback\{bound="cpu",model="digits",version="1",wanted="tensorrt"\} 1\.0',
+                     metrics.decode()), metrics.decode()[:2000]
     assert "TensorrtExecutionProvider is available but did not bind" in a.log()
     shutil.rmtree(site)

@@ -95,6 +95,8 @@ def test_install_tree_without_pip_and_rerun(tmp_path):
     install(root, "--skip-pip", "--companion")
     companion = root / "etc" / "systemd" / "system" / "edge-agent-companion.service"
     assert companion.read_text() == (REPO / "systemd" / "edge-agent-companion.service").read_text()
+    pool = root / "etc" / "systemd" / "system" / "edge-agent-companion@.service"
+    assert pool.read_text() == (REPO / "systemd" / "edge-agent-companion@.service").read_text()
     assert (etc / "companion.yaml").read_text() == (REPO / "systemd" / "companion.yaml").read_text()
     assert mode_owner(etc / "companion.yaml") == (0o640, 0, gid) and unit.exists()
 

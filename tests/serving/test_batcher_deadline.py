@@ -14,18 +14,14 @@ import asyncio
 import threading
 import time
 
-import numpy as np
 import pytest
-from daemon_proc import copy_digits
+from batcher_helpers import digits_model, prepared
 
-from edge_agent.config import RuntimeConfig
 from edge_agent.errors import DeadlineExceeded
 from edge_agent.ops.metrics import ModelMetrics
-from edge_agent.runtime.session import LoadedModel
 from edge_agent.serving.batcher import Batcher
-from edge_agent.types import PRIORITY_HIGH, PRIORITY_NORMAL, InferRequest
+from edge_agent.types import PRIORITY_HIGH, PRIORITY_NORMAL
 
-X = np.random.default_rng(7).uniform(0, 16, (8, 64)).astype(np.float32)
 # The timer fires at the deadline; the loop runs it within its granularity
 # (1 ms for uvloop, finer for asyncio), plus one sweep of a short queue.
 SLACK_S = 0.01
@@ -33,12 +29,7 @@ SLACK_S = 0.01
 
 @pytest.fixture
 def model(tmp_path):
-    copy_digits(tmp_path / "models", batching__max_queue_delay_us=0)
-    return LoadedModel("digits", "1", tmp_path / "models" / "digits" / "1", RuntimeConfig(), tmp_path / "state")
-
-
-def prepared(model, i):
-    return model.prepare(InferRequest(model="digits", inputs={"input": X[i : i + 1]}))
+    return digits_model(tmp_path)
 
 
 def gated(model) -> tuple[threading.Event, list[int]]:

@@ -7,26 +7,17 @@ import time
 
 import numpy as np
 import pytest
-from daemon_proc import copy_digits
+from batcher_helpers import X, digits_model, prepared
 
-from edge_agent.config import RuntimeConfig
 from edge_agent.errors import Overloaded, ShuttingDown
 from edge_agent.ops.metrics import ModelMetrics
-from edge_agent.runtime.session import LoadedModel
 from edge_agent.serving.batcher import Batcher
-from edge_agent.types import PRIORITY_HIGH, PRIORITY_NORMAL, InferRequest
-
-X = np.random.default_rng(5).uniform(0, 16, (8, 64)).astype(np.float32)
+from edge_agent.types import PRIORITY_HIGH, PRIORITY_NORMAL
 
 
 @pytest.fixture
 def model(tmp_path):
-    copy_digits(tmp_path / "models", batching__max_queue_delay_us=0)
-    return LoadedModel("digits", "1", tmp_path / "models" / "digits" / "1", RuntimeConfig(), tmp_path / "state")
-
-
-def prepared(model, i):
-    return model.prepare(InferRequest(model="digits", inputs={"input": X[i : i + 1]}))
+    return digits_model(tmp_path)
 
 
 def test_one_turn_is_one_hand_over_even_when_the_loop_lets_go_of_the_gil(model):

@@ -16,7 +16,7 @@ issue) and ones that can (1 s). The promise under test:
   that can wait;
 - after the load it answers normally.
 
-The load generator (tests/openloop.py) runs in its own process, on the other
+The load generator (scripts/openloop.py) runs in its own process, on the other
 core from the daemon when the machine has two: at 5x the daemon's rate it must
 not take the daemon's CPU. Each connection has at most two requests
 outstanding, and requests falling due while every connection is full wait in
@@ -80,7 +80,7 @@ def _generate(a, bodies: list, gen_cpus: set[int] | None, *args: str) -> dict:
         files += ["--body", str(f)]
     pre = (lambda: os.sched_setaffinity(0, gen_cpus)) if gen_cpus else None
     out = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "openloop.py"), "--unix", str(a.socket), *files, *args],
+        [sys.executable, str(REPO / "scripts" / "openloop.py"), "--unix", str(a.socket), *files, *args],
         capture_output=True, text=True, timeout=150, preexec_fn=pre,
     )
     assert out.returncode == 0, out.stderr

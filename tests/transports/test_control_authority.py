@@ -8,6 +8,7 @@ Reads and inference stay open. Clients of another user are forked processes that
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -139,16 +140,17 @@ def test_socket_control_by_another_user_is_refused_and_by_root_works(agent_facto
              (s, "POST", "/v2/models/digits/infer", BODY), (s, "POST", "/v2/repository/index", None)]
     # nobody reaches the socket and may read and infer, but not control.
     got = as_user(NOBODY, NOBODY, [], [(s, "POST", "/edge/reload", None),
-                                       (s, "POST", "/edge/models/digits/rollback", None)] + reads)
-    assert got[:2] == [(403, "forbidden"), (403, "forbidden")]  # before: 200, and the action's own answer
-    assert all(status == 200 for status, _ in got[2:]), got
+                                       (s, "POST", "/edge/models/digits/rollback", None),
+                                       (s, "POST", "/v2/repository/models/digits/unload", None)] + reads)
+    assert got[:3] == [(403, "forbidden")] * 3  # before: 200, and the action's own answer
+    assert all(status == 200 for status, _ in got[3:]), got  # digits still served: the unload was refused
     # root (and the daemon's own user, root here): allowed; rollback then fails for want of OTA, not authority.
     c = a.client()
     assert c.json("POST", "/edge/reload")[0] == 200
     status, doc = c.json("POST", "/edge/models/digits/rollback")
     assert status == 500 and "OTA" in doc["error"]
     text = c.request("GET", "/metrics")[2].decode()
-    assert metric(text, "edge_agent_control_refused_total", transport="socket", reason="forbidden") == 2
+    assert metric(text, "edge_agent_control_refused_total", transport="socket", reason="forbidden") == 3
     c.close()
     a.stop()
     log = a.log()
@@ -202,6 +204,8 @@ def test_tcp_control_needs_the_bearer_token(agent_factory):
     status, _, _ = anon.request("POST", "/edge/reload", headers={"Authorization": "Basic " + TOKEN})
     assert status == 401
     assert anon.json("POST", "/edge/models/digits/rollback")[0] == 401
+    assert anon.json("POST", "/v2/repository/models/digits/unload")[0] == 401
+    assert anon.json("POST", "/v2/repository/models/digits/load", {"version": "1"})[0] == 401
     # Reads and inference need nothing.
     assert anon.json("GET", "/edge/status")[0] == 200 and anon.infer("digits", BODY)[0] == 200
     ok = AgentClient(url, timeout=30, token=TOKEN)
@@ -217,9 +221,17 @@ def test_tcp_control_needs_the_bearer_token(agent_factory):
     assert r.returncode == 0, r.stderr
     r = cli("reload", "--url", url)
     assert r.returncode == 1 and '"unauthorized"' in r.stdout
+    r = cli("ctl", "unload", "digits", "--url", url)
+    assert r.returncode == 1 and '"unauthorized"' in r.stdout
+    assert anon.infer("digits", BODY)[0] == 200  # not unloaded
+    r = cli("ctl", "unload", "digits", "1", "--url", url, "--token-file", str(a.root / "token"))
+    assert r.returncode == 0 and json.loads(r.stdout)["unloaded"] == ["1"], r.stdout + r.stderr
+    assert anon.infer("digits", BODY)[0] == 503
+    status, doc = ok.json("POST", "/v2/repository/models/digits/load")
+    assert status == 200 and doc["serving"] == ["1"], doc
 
     text = anon.request("GET", "/metrics")[2].decode()
-    assert metric(text, "edge_agent_control_refused_total", transport="tcp", reason="unauthorized") == 5
+    assert metric(text, "edge_agent_control_refused_total", transport="tcp", reason="unauthorized") == 8
     a.stop()
     assert "control refused for tcp peer 127.0.0.1: invalid bearer token" in a.log()
     assert TOKEN not in a.log()

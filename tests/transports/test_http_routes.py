@@ -49,6 +49,8 @@ ROUTES = [
     ("POST", "/edge/reload", Route(RELOAD, control=True)),
     ("POST", "/edge/models/digits/rollback", Route(MODEL_ACTION, "digits", action="rollback", control=True)),
     ("POST", "/edge/models/digits/promote", Route(MODEL_ACTION, "digits", action="promote", control=True)),
+    ("POST", "/v2/repository/models/digits/load", Route(MODEL_ACTION, "digits", action="load", control=True)),
+    ("POST", "/v2/repository/models/digits/unload", Route(MODEL_ACTION, "digits", action="unload", control=True)),
 ]
 
 NOT_ROUTES = [
@@ -75,7 +77,8 @@ NOT_ROUTES = [
 # POSTs under /edge/ that are no route still need authority first (a
 # caller without it learns nothing about which control routes exist).
 CONTROL_NOT_ROUTES = ["/edge/", "/edge/nothing", "/edge/models/digits", "/edge/models/digits/rollback/now",
-                      "/edge/reload/", "/edge/status"]
+                      "/edge/reload/", "/edge/status", "/v2/repository/models/", "/v2/repository/models/digits",
+                      "/v2/repository/models/digits/explode", "/v2/repository/models/digits/load/now"]
 
 
 @pytest.mark.parametrize("method,path,route", ROUTES)
@@ -93,9 +96,9 @@ def test_unknown_control_paths_still_need_authority(path):
     assert parse_route("POST", path) == Route(NOT_FOUND, control=True)
 
 
-def test_only_posts_under_edge_are_control():
+def test_only_posts_under_edge_and_the_repository_models_are_control():
     for method, path, route in ROUTES:
-        assert route.control == (method == "POST" and path.startswith("/edge/")), (method, path)
+        assert route.control == (method == "POST" and path.startswith(("/edge/", "/v2/repository/models/"))), (method, path)
 
 
 def test_a_path_seen_with_one_method_keeps_its_route_per_method():

@@ -49,7 +49,7 @@ class HttpProtocol(FlowControl, asyncio.Protocol):
     """One connection. httptools calls the on_* methods from feed_data."""
 
     __slots__ = (
-        "server", "parser", "queue", "task", "later",
+        "server", "respond", "parser", "queue", "task", "later",
         "url", "headers", "header_bytes", "body", "body_size", "error", "discard",
         # progress, for the limits and the sweep: what the parser is in, loop
         # time of the last read, when the current request's first byte came,
@@ -59,9 +59,12 @@ class HttpProtocol(FlowControl, asyncio.Protocol):
         "phase", "now", "began", "last", "fed", "head_from", "mark_at", "mark_fed",
     )
 
-    def __init__(self, server: HttpServer) -> None:
+    def __init__(self, server: HttpServer, respond=None) -> None:
         FlowControl.__init__(self)
         self.server = server
+        # The hook answering this connection's requests: the server's, or its
+        # listener's own (a metrics-only port answers from a narrower one).
+        self.respond = respond or server.respond
         self.parser = httptools.HttpRequestParser(self)
         self.queue: deque[Request] = deque()  # pipelined, waiting for their turn
         # What runs for this connection: the future of a Later (then
@@ -247,7 +250,7 @@ class HttpProtocol(FlowControl, asyncio.Protocol):
         if not req.method:  # refused (malformed, a limit), queued by refuse() behind earlier answers
             return refusal(req.error)
         try:
-            return self.server.respond(req)
+            return self.respond(req)
         except Exception:  # a bug in a route must not take the connection down
             log.exception("unhandled error answering %s %s", req.method, req.path)
             return 500, CT_JSON, INTERNAL
@@ -260,7 +263,7 @@ class HttpProtocol(FlowControl, asyncio.Protocol):
             return
         server = self.server
         try:  # _respond, inline: this runs for every request (and never for a queued refusal)
-            r = server.respond(req)
+            r = self.respond(req)
         except Exception:  # a bug in a route must not take the connection down
             log.exception("unhandled error answering %s %s", req.method, req.path)
             r = 500, CT_JSON, INTERNAL

@@ -58,14 +58,18 @@ class HttpServer:
         self.listeners.append(await self.loop.create_unix_server(self._factory, path, backlog=1024))
         self._started()
 
-    async def listen_tcp(self, host: str, port: int, reuse_port: bool = False, ssl=None) -> int:
+    async def listen_tcp(self, host: str, port: int, reuse_port: bool = False, ssl=None, respond=None) -> int:
         """``reuse_port``: several processes may listen on the port
         (SO_REUSEPORT; the kernel shares connections out among them).
         ``ssl``: an SSLContext to serve TLS (a handshake gets 10 s: until it
-        is done the connection is not ours to sweep)."""
+        is done the connection is not ours to sweep). ``respond``: this
+        listener's own hook instead of the server's (a port serving less);
+        its connections still count against the one cap, are swept by the
+        one sweep and shut down in the one order."""
         self.loop = asyncio.get_running_loop()
         tls = {"ssl": ssl, "ssl_handshake_timeout": 10.0} if ssl is not None else {}
-        srv = await self.loop.create_server(self._factory, host, port, backlog=1024, reuse_address=True,
+        factory = self._factory if respond is None else (lambda: HttpProtocol(self, respond))
+        srv = await self.loop.create_server(factory, host, port, backlog=1024, reuse_address=True,
                                             reuse_port=reuse_port or None, **tls)
         self.listeners.append(srv)
         self._started()

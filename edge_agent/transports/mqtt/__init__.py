@@ -14,7 +14,8 @@ One concern per module:
 - ``offload.py``      edge side of offloading: Offloader, which requests leave the unit and how.
 - ``ota_commands.py`` OTA commands from controllers in, OTA state out.
 - ``telemetry.py``    MQTT request statistics (kept once, Prometheus included) and the telemetry/status JSON.
-- ``bridge.py``       PahoBridge: paho-mqtt driven by the asyncio loop, reconnect with backoff.
+- ``bridge.py``       PahoBridge: paho-mqtt driven by the asyncio loop: the connection's life, reconnect with backoff.
+- ``pump.py``         SocketPump: the open connection's reads and writes on the loop (one recv, one send per turn).
 - ``paho_fast.py``    every use of paho's private API (fast PUBLISH decoder, socket adoption), guarded.
 - ``wire.py``        the bytes between paho and the broker: PUBLISH properties encoded once, the socket.
 - ``settings.py``    how to reach the broker: BrokerSettings, TlsSettings, the password file.

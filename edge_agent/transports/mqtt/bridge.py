@@ -6,10 +6,14 @@ every paho callback runs on the loop thread. A paho thread would cost, per
 message, a hop to the loop and, per answer, a wake-up of paho's thread through
 its socketpair, with the two threads fighting over the GIL.
 
-Only the blocking part of a connection (TCP connect + TLS handshake) runs in an
-executor; paho's state is touched on the loop thread alone. Reads are served
-from one large ``recv`` and writes gathered into one ``send`` per loop
-iteration, where paho alone would make several syscalls per packet.
+This module is the connection's life: the paho client built from the settings,
+the session's events (CONNACK, disconnect, messages), the supervisor that
+connects and reconnects, ``stop``, and the operations the transport calls.
+The bytes of an open connection are ``pump.py``'s: reads served from one large
+``recv`` and writes gathered into one ``send`` per loop iteration, where paho
+alone would make several syscalls per packet. Only the blocking part of a
+connection (TCP connect + TLS handshake) runs in an executor; paho's state is
+touched on the loop thread alone.
 
 paho's built-in reconnect is off because it has no jitter: a supervisor
 coroutine reconnects with jittered exponential backoff, so a fleet of units
@@ -21,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import ssl
 from pathlib import Path
 from typing import Callable
@@ -34,6 +37,7 @@ from prometheus_client import Counter, Gauge
 from ...backoff import backoff_delay
 from ...errors import ConfigError
 from . import paho_fast
+from .pump import SocketPump
 from .settings import BrokerSettings, TlsSettings, read_password  # noqa: F401 - re-exported
 from .wire import BrokerSocket, PublishProperties  # noqa: F401 - re-exported
 
@@ -91,12 +95,10 @@ class PahoBridge:
         self._first_connected = asyncio.Event()
         self._refused = False
         self._disconnect_reason: str | None = None
-        self._sock: BrokerSocket | None = None
-        self._writer_on = False
-        self._flush_scheduled = False
         self._connected_gauge = MQTT_CONNECTED.labels(name)
         paho_fast.require_socket_seam()
         self._client = self._make_client(will, manual_ack)
+        self._io = SocketPump(self._client, name, self._on_session_end)  # the open socket's reads and writes
 
     # --- setup -------------------------------------------------------------
 
@@ -145,9 +147,6 @@ class PahoBridge:
             clean_start=(not s.persistent) if self.v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
             properties=props,
         )
-        c.on_socket_open = self._p_socket_open
-        c.on_socket_close = self._p_socket_close
-        c.on_socket_register_write = self._p_want_write
         c.on_connect = self._p_connect
         c.on_disconnect = self._p_disconnect
         c.on_message = self._p_message
@@ -157,33 +156,9 @@ class PahoBridge:
         return c
 
     # --- paho callbacks (on the loop thread, inside loop_read/loop_write) ----
+    # The socket's own (open, close, want write) are the pump's (pump.py).
     # An exception escaping into paho mid-packet would leave its reader out of
     # step with the stream: each callback keeps its own.
-
-    def _p_socket_open(self, client, userdata, sock: BrokerSocket) -> None:
-        # Without it, small QoS 1 packets wait for Nagle + delayed ACK (~40 ms a hop).
-        try:
-            sock.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except (OSError, AttributeError):
-            pass
-        self._sock = sock
-        self._writer_on = False
-        self._loop.add_reader(sock.fileno(), self._on_readable)
-
-    def _p_socket_close(self, client, userdata, sock: BrokerSocket) -> None:
-        if sock is not self._sock or self._loop.is_closed():
-            return  # (paho's __del__ closes its socket too, possibly after the loop)
-        fd = sock.fileno()
-        self._loop.remove_reader(fd)
-        if self._writer_on:
-            self._loop.remove_writer(fd)
-            self._writer_on = False
-        self._sock = None
-        # After paho's on_disconnect, which may come just after this, has given the reason.
-        self._loop.call_soon(self._on_session_end)
-
-    def _p_want_write(self, client, userdata, sock) -> None:
-        self._kick()
 
     def _p_connect(self, client, userdata, flags, reason_code, properties) -> None:
         try:
@@ -206,46 +181,6 @@ class PahoBridge:
                 self._cb_publish(mid)
             except Exception:
                 log.exception("%s: publish handler failed", self.name)
-
-    # --- socket events ---------------------------------------------------------
-
-    def _on_readable(self) -> None:
-        s, c = self._sock, self._client
-        try:
-            rc = c.loop_read()
-            # Bytes already read into our (or TLS's) buffer never wake the loop again.
-            while rc == 0 and s is self._sock and s.pending():
-                rc = c.loop_read()
-        except Exception:
-            log.exception("%s: reading from the broker failed; dropping the connection", self.name)
-            if s is not None and s is self._sock:
-                s.error = ConnectionAbortedError("read handler failed")
-                c.loop_read()  # paho closes the connection on the error
-
-    def _kick(self) -> None:
-        # Every packet queued in this loop iteration goes out in one send.
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        s = self._sock
-        if s is None:
-            self._flush_scheduled = False
-            return
-        self._client.loop_write()  # paho's queue -> s.wbuf; never blocks
-        self._flush_scheduled = False
-        if s is not self._sock:
-            return  # that was a DISCONNECT: paho closed the socket
-        if s.flush():
-            if self._writer_on:
-                self._loop.remove_writer(s.fileno())
-                self._writer_on = False
-        elif not self._writer_on:
-            self._loop.add_writer(s.fileno(), self._flush)
-            self._writer_on = True
-        if s.error is not None:
-            self._on_readable()  # paho finds the broken socket on its read and closes it
 
     # --- loop side -----------------------------------------------------------
 
@@ -283,7 +218,7 @@ class PahoBridge:
         self._session_ended.set()
 
     def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        self._loop = self._io.loop = asyncio.get_running_loop()
         self._connected_gauge.set(0)
         self._task = self._loop.create_task(self._supervise(), name=f"{self.name}-supervisor")
 
@@ -321,7 +256,7 @@ class PahoBridge:
             else:
                 self._refused = False
                 self._session_ended.clear()
-                self._client.adopt = BrokerSocket(sock, self._kick)
+                self._client.adopt = BrokerSocket(sock, self._io.kick)
                 try:
                     self._client.reconnect()  # on the loop: adopts the socket and queues CONNECT
                 except Exception:  # the supervisor must outlive any one attempt
@@ -356,12 +291,12 @@ class PahoBridge:
             try:
                 await asyncio.wait_for(self._session_ended.wait(), 1.0)
             except asyncio.TimeoutError:
-                if self._sock is not None:
+                if self._io.sock is not None:
                     self._client.loop_misc()
 
     async def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
-        if self._sock is not None:
+        if self._io.sock is not None:
             # Written by the next flush; paho then closes the socket.
             self._client.disconnect()
             try:
@@ -378,10 +313,7 @@ class PahoBridge:
         self._connected_gauge.set(0)
 
     def _drop_connection(self) -> None:
-        s = self._sock
-        if s is not None:
-            s.error = ConnectionAbortedError("connection dropped")
-            self._on_readable()  # paho closes the socket on the error
+        self._io.drop()
 
     # --- operations (call on the loop thread) --------------------------------
 

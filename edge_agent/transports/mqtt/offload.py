@@ -11,6 +11,13 @@ ways, so the numbers that come back are bit for bit the companion's.
 an InferResponse with ``parameters.offloaded_to = "companion"``, or None meaning
 "run it locally after all", or, for a model that cannot run here, the routing
 error again with the reason offloading failed. docs/MQTT.md has the wire details.
+
+A circuit breaker (breaker.py, ``offload.breaker``) stands in front: after
+``failures`` offloads nobody answered within ``window_s`` it opens, and for
+``open_s`` no request is offloaded: busy models run here at once, models that
+cannot run here get their routing error at once. Then one request probes.
+Only an unanswered offload (timeout, broker unreachable) is a failure: an
+answer, an error answer included, shows a companion is there.
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ import time
 
 import numpy as np
 import orjson
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
+from ...breaker import GAUGE_VALUE, Breaker, BreakerState
 from ...config import OffloadConfig
 from ...errors import EdgeError, MalformedRequest
 from ...serving.codec import decode_request, encode_bytes_tensor
@@ -33,9 +41,15 @@ log = logging.getLogger(__name__)
 OFFLOADS = Counter(
     "edge_agent_offload_total",
     "Requests sent to a companion, by model and outcome: ok, timeout_fallback (ran locally), "
-    "timeout (could not run locally), error (companion error or broker unreachable).",
+    "timeout (could not run locally), error (companion error or broker unreachable), "
+    "breaker_open (not sent: the breaker is open; answered with the routing error).",
     ["model", "outcome"],
 )
+BREAKER_STATE = Gauge(
+    "edge_agent_offload_breaker_state",
+    "The offload circuit breaker: 0 closed (offloading), 1 half-open (one probe out), 2 open (not offloading).",
+)
+BREAKER_OPENED = Counter("edge_agent_offload_breaker_opened_total", "Times the offload circuit breaker opened.")
 OFFLOADED_TO = "companion"
 # Parameters that steer this hop only; the rest (post-processing options) travels on.
 _HOP_PARAMETERS = frozenset({"reply_to", "id", "binary_data_output", "timeout_ms", "priority"})
@@ -123,7 +137,10 @@ class Offloader:
         self.cfg = cfg
         self.transport = transport
         self._models = frozenset(cfg.models)
-        self._paused_until = 0.0
+        b = cfg.breaker
+        self.breaker = Breaker(b.failures, b.window_s, b.open_s, probe_timeout_s=cfg.timeout_s + 1.0,
+                               on_change=self._breaker_moved)
+        BREAKER_STATE.set(0)
         self._labels: set[str] = set()
         transport.enable_offload_replies()
 
@@ -135,8 +152,8 @@ class Offloader:
         return (
             mv.batcher.queued > self.cfg.queue_depth_over
             and self._covers(mv.name)
-            and time.monotonic() >= self._paused_until
             and self.transport.connected
+            and self.breaker.allow()  # last: in half-open, a True makes this request the probe
         )
 
     def wants_unavailable(self, model: str) -> bool:
@@ -151,6 +168,17 @@ class Offloader:
                 self._labels.add(model)
         OFFLOADS.labels(model, outcome).inc()
 
+    @staticmethod
+    def _breaker_moved(state: BreakerState) -> None:
+        BREAKER_STATE.set(GAUGE_VALUE[state])
+        if state is BreakerState.OPEN:
+            BREAKER_OPENED.inc()
+        log.warning("offload: circuit breaker %s", state.value)
+
+    def status(self) -> dict:
+        """The daemon's status ``offload`` section."""
+        return {"breaker": self.breaker.status()}
+
     async def offload(self, req: InferRequest, unavailable: EdgeError | None = None) -> InferResponse | None:
         """The companion's answer; None = run locally; raises when it cannot run locally.
 
@@ -163,19 +191,26 @@ class Offloader:
         if req.deadline is not None:
             budget = min(budget, req.deadline - time.monotonic())
         topic = offload_topic(self.cfg.prefix, req.model, req.version)
+        if unavailable is not None and not self.breaker.allow():  # wants() asked it for busy models
+            self._count(req.model, "breaker_open")
+            raise type(unavailable)(f"{unavailable.message}; not offloaded: companions did not answer lately "
+                                    f"(offload breaker {self.breaker.state.value})") from None
         try:
             if budget <= 0:
                 raise TimeoutError("no time left before the request's deadline")
             payload, header_length = encode_offload_request(req, budget)
-            answer, answer_hl = await self.transport.request(topic, payload, header_length, budget)
+            try:
+                answer, answer_hl = await self.transport.request(topic, payload, header_length, budget)
+            except (TimeoutError, ConnectionError):
+                self.breaker.failure()
+                raise
+            self.breaker.success()  # an answer, even an error, shows a companion is there
             resp = decode_offload_answer(answer, answer_hl, req)
         except TimeoutError:
             if unavailable is None:
                 self._count(req.model, "timeout_fallback")
-                if self.cfg.pause_after_timeout_s > 0:
-                    self._paused_until = time.monotonic() + self.cfg.pause_after_timeout_s
-                log.warning("offload: no companion answered %s within %.3g s; running it here (offloading paused %.3g s)",
-                            topic, budget, self.cfg.pause_after_timeout_s)
+                log.warning("offload: no companion answered %s within %.3g s; running it here (breaker %s)",
+                            topic, budget, self.breaker.state.value)
                 return None
             self._count(req.model, "timeout")
             raise type(unavailable)(f"{unavailable.message}; no companion answered on {topic} within {budget:.3g} s") from None

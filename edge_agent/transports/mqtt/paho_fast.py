@@ -19,8 +19,8 @@ here and nowhere else. The private names it touches:
   / ``reconnect()`` do the TCP connect and TLS handshake on the calling thread and
   put their own socket object in place, so the bridge could neither keep the
   loop free of blocking I/O nor stand its batching ``_BrokerSocket`` between paho
-  and the wire, which its read/write driving depends on (bridge.py). Running paho's
-  threaded loop instead would be a second bridge, not a fallback.
+  and the wire, which its read/write driving depends on (bridge.py, pump.py).
+  Running paho's threaded loop instead would be a second bridge, not a fallback.
 
 The fast decoder: paho decodes every incoming PUBLISH's properties with
 ``Properties.unpack``, which rescans all 27 property names (``str.replace`` on

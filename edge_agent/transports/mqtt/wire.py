@@ -1,6 +1,7 @@
 """The bytes between paho and the broker: outgoing PUBLISH properties encoded once, and
 the broker socket as paho sees it (one large recv, one gathered send per loop iteration).
-Used by bridge.py, which drives paho from the asyncio loop.
+Used by bridge.py, which drives paho from the asyncio loop, and pump.py, which reads and writes
+the socket there.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class BrokerSocket:
     paho reads a packet with several recv() calls (1 byte of type, 1 per length
     byte, then the rest) and sends each packet with its own send(): here one
     recv of up to 64 KiB serves the small reads, and sends land in a buffer the
-    bridge writes with one send per loop iteration. pending() counts buffered
+    pump (pump.py) writes with one send per loop iteration. pending() counts buffered
     bytes (and TLS's own), which the socket's readiness does not show.
     """
 

@@ -14,11 +14,12 @@ its own buffers, not the daemon. Each request is timed from the moment it
 was written to the moment its whole answer was read; how long due requests
 waited here is reported beside.
 
-Raw asyncio protocols on uvloop, one pre-encoded request, answers parsed by
-a few ``bytes.find`` calls: a few µs per request, so the generator does not
+Raw asyncio protocols on uvloop, one pre-encoded request, answers framed by
+a few ``bytes.find`` calls (loadgen.py's ``AnswerReader``, as in the closed-loop
+generator of the benchmarks): a few µs per request, so the generator does not
 take the CPU the daemon needs.
 
-    python tests/openloop.py --unix /tmp/agent.sock --body body.json \\
+    python scripts/openloop.py --unix /tmp/agent.sock --body body.json \\
         --mode open --rate 20000 --duration 3 --connections 256 --window 4
 
 Prints one JSON object: ``sent``, ``answered``, ``unanswered``, ``seconds``,
@@ -37,27 +38,19 @@ import time
 from collections import deque
 from pathlib import Path
 
+from loadgen import AnswerReader, build_request  # scripts/loadgen.py: this file's folder is on sys.path
+
 _now = time.monotonic
 
 
-def build_request(path: str, body: bytes) -> bytes:
-    return (
-        f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
-
-
-class _Conn(asyncio.Protocol):
+class _Conn(AnswerReader):
     """One connection: answers come back in request order (HTTP/1.1), so
     each answer belongs to the oldest send time still waiting."""
 
     def __init__(self, gen: "Generator") -> None:
+        super().__init__()
         self.gen = gen
         self.sent: deque[float] = deque()
-        self.buf = bytearray()
-        self.need = -1
-        self.body_at = 0
-        self.status = 0
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport) -> None:
@@ -69,31 +62,16 @@ class _Conn(asyncio.Protocol):
         self.sent.append((_now(), kind))
         self.transport.write(gen.requests[kind])
 
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        while True:
-            if self.need < 0:
-                end = buf.find(b"\r\n\r\n")
-                if end < 0:
-                    return
-                self.status = int(buf[9:12])
-                i = buf.find(b"\r\nContent-Length: ", 0, end) + 18
-                j = buf.find(b"\r\n", i)
-                self.need = end + 4 + int(buf[i:j])
-                self.body_at = end + 4
-            if len(buf) < self.need:
-                return
-            code = ""
-            if self.status != 200:
-                body = bytes(buf[self.body_at : self.need])
-                k = body.find(b'"code":"')
-                if k >= 0:
-                    code = body[k + 8 : body.index(b'"', k + 8)].decode()
-            del buf[: self.need]
-            self.need = -1
-            t, kind = self.sent.popleft()
-            self.gen.answered(self, _now() - t, self.status, code, kind)
+    def answer(self, status: int, buf: bytearray, body_at: int, end: int) -> bool:
+        code = ""
+        if status != 200:
+            body = bytes(buf[body_at:end])
+            k = body.find(b'"code":"')
+            if k >= 0:
+                code = body[k + 8 : body.index(b'"', k + 8)].decode()
+        t, kind = self.sent.popleft()
+        self.gen.answered(self, _now() - t, status, code, kind)
+        return True
 
     def connection_lost(self, exc) -> None:
         self.gen.lost(self)

@@ -5,7 +5,10 @@
 - XEON_AMX: this project's build machine, an Intel Xeon (Sapphire Rapids class,
   family 6 model 167) in a VM: avx512_vnni, avx_vnni, amx_int8.
 - CARMEL: one core of a Jetson AGX Xavier (NVIDIA Carmel, ARMv8.2): asimd, no
-  asimddp / i8mm.
+  asimddp / i8mm; ``carmel_cpuinfo(8)``: the whole module's (8 cores).
+
+Shared by the artifact chooser's tests (tests/quantize/) and the doctor's recorded
+Xavier (tests/ops/test_doctor.py).
 """
 
 EPYC_7551_VM = """processor\t: 0
@@ -31,7 +34,7 @@ flags\t\t: fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse
 bugs\t\t: spectre_v1 spectre_v2 spec_store_bypass swapgs retbleed bhi spectre_v2_user its its_native_only
 """
 
-CARMEL = """processor\t: 0
+_CARMEL_CORE = """processor\t: {n}
 model name\t: ARMv8 Processor rev 0 (v8l)
 BogoMIPS\t: 62.50
 Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm dcpop
@@ -42,3 +45,11 @@ CPU part\t: 0x004
 CPU revision\t: 0
 MTS version\t: 55637613
 """
+
+
+def carmel_cpuinfo(cores: int) -> str:
+    """A Jetson AGX Xavier's /proc/cpuinfo with ``cores`` Carmel entries, numbered from 0."""
+    return "\n".join(_CARMEL_CORE.format(n=n) for n in range(cores))
+
+
+CARMEL = carmel_cpuinfo(1)
