@@ -13,6 +13,7 @@ What lives here:
   quantize/       INT8 / FP16 quantization behind an accuracy gate
   vision/         images: decoding with limits, declared pre-processing, the OCR pipeline's ops
   pipeline/       several graphs of one version served as one model (model.yaml pipeline:)
+  fleet/          `edge-agent fleet`: rollouts over many units in waves, from the broker's side
   ops/            the daemon's footing on its host: logs, metrics, systemd, the doctor
   daemon.py       the daemon's lifecycle: start-up, main loop, ordered shutdown, SIGHUP
   cli.py          the `edge-agent` command line

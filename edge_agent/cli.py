@@ -1,4 +1,4 @@
-"""`edge-agent` command line: run, infer, models, status, reload, ctl, check-config, ...
+"""`edge-agent` command line: run, infer, models, status, reload, ctl, check-config, fleet, ...
 
 Exit codes: 0 success, 1 the request or action failed, 2 bad usage or input
 file, 3 the daemon could not start.
@@ -357,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_opts(p)
     p.set_defaults(func=cmd_ctl)
 
-    for mod in ("edge_agent.ota.cli", "edge_agent.quantize.cli", "edge_agent.ops.doctor"):
+    for mod in ("edge_agent.ota.cli", "edge_agent.quantize.cli", "edge_agent.ops.doctor", "edge_agent.fleet.cli"):
         try:
             module = __import__(mod, fromlist=["register"])
         except ImportError:

@@ -222,3 +222,19 @@ class ImageTooLarge(EdgeError):
 
     code = "image_too_large"
     http_status = 413
+
+
+class RolloutLeaseHeld(EdgeError):
+    """`edge-agent fleet`: another controller holds the rollout's lease (in its retained record,
+    fleet/{group}/rollouts/{id}) and renewed it recently; two controllers never drive one rollout."""
+
+    code = "rollout_lease_held"
+    http_status = 409
+
+
+class RolloutNotFound(EdgeError):
+    """`edge-agent fleet`: no rollout of that id, neither in the local state directory nor retained
+    on the broker."""
+
+    code = "rollout_not_found"
+    http_status = 404

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Dict, List, Literal, Mapping, Optional  # noqa: F401 -- pydantic resolves field annotations here
 
 from pydantic import Field, field_validator, model_validator
 
 from .base import Section, _one_topic_level, _topic_levels
+
+
+LABEL_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def check_label(text: object, what: str) -> str:
+    """A label key or value (mqtt.labels, ``fleet rollout --select``); ValueError names ``what``."""
+    if not isinstance(text, str) or not LABEL_RE.fullmatch(text):
+        raise ValueError(f"{what} {text!r}: 1-64 characters of letters, digits, . _ -")
+    return text
 
 
 class RateLimitConfig(Section):
@@ -61,6 +72,10 @@ class MqttConfig(Section):
         default_factory=list,
         description="Identities whose OTA commands on {prefix}/{device}/ota and fleet/{group}/ota are obeyed: the MQTT 5 user property controller, or (MQTT 3.1.1) a top-level \"controller\" key in the command. Empty: MQTT OTA commands are refused. Only as good as the broker ACL that lets only controller accounts write those topics (systemd/mosquitto-edge.acl).",
     )
+    labels: Dict[str, str] = Field(
+        default_factory=dict,
+        description="Key/value labels of this unit (site, hardware, ring, ...), published in its retained {prefix}/{device}/status (also in the Last Will), so `edge-agent fleet rollout --select key=value` can choose units by them. Keys and values: 1-64 characters of letters, digits, . _ -.",
+    )
     max_payload_bytes: int = Field(1024 * 1024, gt=0, description="Larger request payloads get payload_too_large.")
     username: str | None = Field(None, description="Broker username.")
     password_file: Path | None = Field(None, description="File holding the password (or a systemd credential name under $CREDENTIALS_DIRECTORY). Never logged.")
@@ -97,6 +112,15 @@ class MqttConfig(Section):
                 split_filter(f.format(prefix="p", device="d"))
             except (KeyError, IndexError):
                 raise ValueError(f"{f!r}: the only placeholders are {{prefix}} and {{device}}") from None
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_are_plain(cls, v: Dict[str, str]) -> Dict[str, str]:
+        # They travel in JSON and on the fleet CLI's command line (key=value): no separators, no spaces.
+        for key, value in v.items():
+            check_label(key, "label key")
+            check_label(value, f"label {key!r}'s value")
         return v
 
     @field_validator("controllers")

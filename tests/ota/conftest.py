@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +11,7 @@ import yaml
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_agent.ota.devserver import RegistryServer
+from nginx_server import NginxServer, nginx_binary
 from edge_agent.ota.signing import keygen
 
 
@@ -91,66 +87,17 @@ def device(tmp_path):
     return d
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def nginx(registry, tmp_path):
     """Debian's nginx serving the registry dir on a free loopback port (Range support built in)."""
-    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-    if binary is None:
+    if nginx_binary() is None:
         pytest.skip("nginx binary not installed")
-    prefix = tmp_path / "nginx"
-    prefix.mkdir()
-    port = free_port()
-    user = "user root;" if os.geteuid() == 0 else ""  # workers must read pytest's 0700 tmp dirs
-    conf = prefix / "nginx.conf"
-    conf.write_text(f"""
-{user}
-daemon off;
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 64; }}
-http {{
-    access_log {prefix}/access.log;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    types {{ application/json json; application/octet-stream onnx npz sig; }}
-    default_type application/octet-stream;
-    server {{
-        listen 127.0.0.1:{port};
-        root {registry};
-        location / {{ }}
-    }}
-}}
-""")
-    proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(prefix)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                out = proc.stdout.read().decode(errors="replace") if proc.poll() is not None else ""
-                proc.kill()
-                err = (prefix / "error.log").read_text() if (prefix / "error.log").exists() else ""
-                pytest.fail(f"nginx did not start: {out} {err}")
-            time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", prefix
-    proc.terminate()
     try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        server = NginxServer(registry, tmp_path / "nginx").start()
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    yield server.url, server.prefix
+    server.stop()
 
 
 def _linear_spec(version_dir: Path, in_dim: int = 4, out_dim: int = 3) -> None:

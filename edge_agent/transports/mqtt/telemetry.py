@@ -82,8 +82,11 @@ class RequestStats:
 class Telemetry:
     """The JSON published on {prefix}/{device}/telemetry (documented in docs/MQTT.md)."""
 
-    def __init__(self, device_id: str, agent_version: str, info: Callable[[], dict]) -> None:
+    def __init__(self, device_id: str, agent_version: str, info: Callable[[], dict], group: str = "default",
+                 labels: Optional[Dict[str, str]] = None) -> None:
         self.device_id = device_id
+        self.group = group
+        self.labels = dict(labels or {})
         self.agent_version = agent_version
         self.stats = RequestStats()
         self._info = info
@@ -124,7 +127,9 @@ class Telemetry:
 
     def status(self, state: str, reason: Optional[str] = None) -> dict:
         """The retained status document (online, or offline with a reason)."""
-        doc: dict = {"state": state, "device": self.device_id, "version": self.agent_version}
+        # group and labels in the Last Will too: the fleet inventory knows an offline unit by them.
+        doc: dict = {"state": state, "device": self.device_id, "version": self.agent_version, "group": self.group,
+                     "labels": self.labels}
         if state == "online":
             doc["models"] = self.safe_info().get("models", {})
             doc["since"] = time.time()

@@ -123,3 +123,50 @@ class DeviceTopics:
     def subscriptions(self, qos: int) -> List[Tuple[str, int]]:
         """What the transport subscribes to on every connection."""
         return [(self.infer_prefix + "#", qos), (self.ota, qos), (self.fleet_ota, qos)]
+
+
+# -- the fleet controller's side (edge_agent/fleet/) ---------------------------------------
+
+
+def unit_ota_topic(prefix: str, device: str) -> str:
+    """One unit's OTA command topic: what a rollout commands (never the group-wide one)."""
+    return f"{prefix}/{device}/ota"
+
+
+def status_filter(prefix: str) -> str:
+    """Every unit's retained status (online / offline by the Last Will)."""
+    return f"{prefix}/+/status"
+
+
+def ota_state_filter(prefix: str) -> str:
+    """Every unit's retained OTA state."""
+    return f"{prefix}/+/ota/state"
+
+
+def ota_command_filter(prefix: str) -> str:
+    """Every unit's OTA command topic (what a broker-side audit counts)."""
+    return f"{prefix}/+/ota"
+
+
+def unit_of(prefix: str, topic: str, tail: str) -> Optional[str]:
+    """The device of ``{prefix}/{device}/{tail}``; None for any other topic."""
+    head, end = prefix + "/", "/" + tail
+    if not (topic.startswith(head) and topic.endswith(end)):
+        return None
+    device = topic[len(head): len(topic) - len(end)]
+    return device if device and "/" not in device else None
+
+
+def rollout_topic(group: str, rollout_id: str) -> str:
+    """The retained rollout record: any operator sees progress and who holds the lease."""
+    return f"fleet/{group}/rollouts/{rollout_id}"
+
+
+def rollouts_filter(group: str) -> str:
+    """Every retained rollout record of a group."""
+    return f"fleet/{group}/rollouts/+"
+
+
+def rollout_control_topic(group: str, rollout_id: str) -> str:
+    """Where `fleet pause|resume|abort` ask the controller holding the lease (retained until it answers)."""
+    return f"fleet/{group}/rollouts/{rollout_id}/control"

@@ -66,7 +66,7 @@ class MqttTransport:
         self._limiter = TokenBuckets(rl.rate, rl.burst, total_rate=rl.total_rate, total_burst=rl.total_burst)
         self._reply_topics = self._make_reply_topics()
         self._ota = OtaCommands(device_id, frozenset(cfg.controllers), self.topics.ota_state)
-        self._telemetry = Telemetry(device_id, agent_version, info)
+        self._telemetry = Telemetry(device_id, agent_version, info, cfg.group, cfg.labels)
         self._stats = self._telemetry.stats
         self._connected_at = 0.0  # monotonic time of the current connection's CONNACK
         self._tasks: set[asyncio.Task] = set()
