@@ -18,7 +18,7 @@ What is read:
   contiguous allocations only, which the GPU's IOMMU-mapped allocations on
   Xavier and Orin do not need: it is exported (edge_agent_jetson_ram_largest_free_block_bytes)
   but not used here.
-- *need*: the digest of the file the device will serve, looked up in
+- *need*: the digest of the file the device will serve (a pipeline: all its steps' graphs, one key), looked up in
   ``{state_dir}/memory-needs.json``: what its last load took (growth of the
   process's RSS, plus growth of ``NvMapMemUsed`` from /proc/meminfo where the
   Jetson kernel reports it, since GPU buffers are not in RSS) times
@@ -30,6 +30,7 @@ What is read:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -130,19 +131,23 @@ def estimate(cfg, vdir: Path, needs: MemoryNeeds, providers: Optional[List[str]]
     spec = load_model_spec(vdir / "model.yaml")
     if providers is None:
         providers = serving_providers(runtime)
-    choice = choose_artifact(spec, this_cpu(), providers)
-    path = vdir / choice.file
-    digest = sha256_file(path)
+    if spec.pipeline is not None:  # a pipeline loads every step's graph (pipeline/model.py)
+        files = [step.model for step in spec.pipeline]
+    else:
+        files = [choose_artifact(spec, this_cpu(), providers).file]
+    digests = [sha256_file(vdir / f) for f in files]
+    # One key per set of graphs: a pipeline's need is remembered for the whole of it.
+    digest = digests[0] if len(digests) == 1 else hashlib.sha256(" ".join(digests).encode()).hexdigest()
     measured = needs.get(digest)
     if measured is not None:
         need, basis = int(measured * mem.measured_factor), f"measured {measured / _MB:.1f} MiB on its last load x {mem.measured_factor:g}"
     else:
-        size = path.stat().st_size
+        size = sum((vdir / f).stat().st_size for f in files)
         need, basis = int(size * mem.load_factor), f"file {size / _MB:.1f} MiB x memory.load_factor {mem.load_factor:g}"
-        if "tensorrt" in providers and not _engine_cached(cfg.paths.state_dir, digest):
+        if "tensorrt" in providers and not all(_engine_cached(cfg.paths.state_dir, d) for d in digests):
             need += runtime.tensorrt.workspace_mb * _MB
             basis += f" + TensorRT build workspace {runtime.tensorrt.workspace_mb} MiB"
-    return Estimate(need, basis, digest, choice.file)
+    return Estimate(need, basis, digest, ", ".join(files))
 
 
 class MemoryGate:

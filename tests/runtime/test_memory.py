@@ -65,3 +65,19 @@ def test_a_tensorrt_engine_to_build_adds_its_workspace_until_one_is_cached(tmp_p
     (engine / "TensorrtExecutionProvider_TRTKernel.engine").write_bytes(b"x")
     assert estimate(c, vdir, needs, providers=["tensorrt", "cpu"]).need == size * 2
     assert estimate(c, vdir, needs, providers=["cpu"]).need == size * 2
+
+
+def test_a_pipeline_needs_every_step_graph(tmp_path, ocr_build):
+    """A pipeline version has no model.onnx: its need is all its steps' graphs together, remembered
+    under one key (before, admission looked for model.onnx and every pipeline failed to load)."""
+    from edge_agent.runtime.model_spec import load_model_spec
+
+    vdir = ocr_build / "1"
+    c = cfg(tmp_path, load_factor=3.0)
+    needs = MemoryNeeds(tmp_path / "state")
+    est = estimate(c, vdir, needs)
+    graphs = [vdir / s.model for s in load_model_spec(vdir / "model.yaml").pipeline]
+    assert len(graphs) == 3 and not (vdir / "model.onnx").exists()
+    assert est.need == int(sum(g.stat().st_size for g in graphs) * 3.0)
+    needs.put(est.digest, 7 * MB)
+    assert estimate(c, vdir, MemoryNeeds(tmp_path / "state")).need == int(7 * MB * c.memory.measured_factor)
