@@ -32,7 +32,8 @@ VARIABLE_DIM = 4
 def make_inputs(spec: ModelSpec, cases: int = 2, seed: int = SEED) -> list[dict[str, np.ndarray]]:
     """Inputs derived only from model.yaml and a fixed seed, so publishes are reproducible."""
     rng = np.random.default_rng(seed)
-    batch = [min(2, spec.max_batch_size)] if spec.max_batch_size > 0 else []
+    one = spec.image is not None and spec.image.detect is not None  # a detector answers one image per request
+    batch = [1 if one else min(2, spec.max_batch_size)] if spec.max_batch_size > 0 else []
     out = []
     for _ in range(cases):
         case = {}

@@ -14,4 +14,6 @@ What lives here:
   input_limits.py  model.yaml limits: a request's elements, pixels, text bytes, tokens, before queueing
   image_model.py image models (model.yaml image:): encoded image in, decoded and pre-processed
                  on the batcher thread; outputs mapped back to the image's pixels
+  detect_post.py image models' detector post-processing (model.yaml image.detect): YOLO
+                 boxes decoded, NMS, mapped to the original image's pixels
 """

@@ -19,8 +19,9 @@ An image body (HTTP/MQTT) arrives as the input ``types.IMAGE_BODY``;
 ``resolve`` gives it the model's image input name and shape, so it is the same
 request (and the same cache key) as a BYTES input carrying those bytes.
 
-Detector post-processing (box decoding + NMS from the vision package's detector ops)
-hooks in after ``to_original``: ``_postprocess`` is the one place.
+Detector post-processing (``image.detect``: box decoding + NMS, runtime/detect_post.py) runs
+in ``_postprocess`` after ``to_original``, per request; a detector answers one image per
+request (``check`` refuses more rows), since the number of objects differs per image.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from ..errors import EdgeError, ImageTooLarge, InvalidInput, ModelLoadError
 from ..types import IMAGE_BODY
 from ..vision.image import ImageLimits, decode
 from ..vision.preprocess import PreprocessSpec, preprocess
+from .detect_post import DetectPost, DetectSpec
 
 _GRAPH_TYPES = {"tensor(float)": "FP32", "tensor(float16)": "FP16", "tensor(uint8)": "UINT8"}
 
@@ -54,6 +56,7 @@ class ImageSpec(ImageLimits):
     graph_input: Optional[str] = Field(None, description="The graph input the tensor feeds; default: the graph's one input not listed in inputs.")
     reshape: Optional[List[int]] = Field(None, description="Reshape the pre-processed tensor (no batch axis) to these dims, e.g. [64] for a graph taking 8x8 grey pixels flat.")
     to_original: List[OriginalCoords] = Field(default_factory=list, description="Outputs in tensor pixels mapped back to the client image's pixels.")
+    detect: Optional[DetectSpec] = Field(None, description="A detector: decode its raw output into boxes (original pixels), scores, classes (+ labels), with NMS (runtime/detect_post.py); one image per request.")
 
 
 def resolve_image_body(inputs: dict, name: str, batched: bool) -> dict:
@@ -91,7 +94,8 @@ def warmup_image(limits: ImageLimits, rng: Optional[np.random.Generator] = None)
 class ImageModel:
     """The image input of one loaded model (LoadedModel holds one when model.yaml has ``image:``)."""
 
-    def __init__(self, spec: ImageSpec, graph_inputs: list, declared: List[str], outputs: List[str], batched: bool, where: str) -> None:
+    def __init__(self, spec: ImageSpec, graph_inputs: list, declared: List[str], graph_outputs: list, batched: bool, where: str,
+                 labels: Optional[List[str]] = None) -> None:
         if spec.preprocess is None:
             raise ModelLoadError(f"{where}: image.preprocess is needed for a single-graph image model")
         self.spec = spec
@@ -108,9 +112,15 @@ class ImageModel:
         self.graph_input = g.name
         if _GRAPH_TYPES.get(g.type) != spec.preprocess.dtype:
             raise ModelLoadError(f"{where}: graph input '{g.name}' is {g.type}; image.preprocess.dtype is {spec.preprocess.dtype}")
+        outputs = [o.name for o in graph_outputs]
         for c in spec.to_original:
             if c.output not in outputs:
                 raise ModelLoadError(f"{where}: image.to_original names '{c.output}', which the graph does not produce")
+        self.detect = None
+        if spec.detect is not None:
+            if any(c.output == spec.detect.output for c in spec.to_original):
+                raise ModelLoadError(f"{where}: image.to_original names '{spec.detect.output}', which image.detect decodes and maps itself")
+            self.detect = DetectPost(spec.detect, graph_outputs, labels, batched, where)
 
     def graph_inputs(self) -> set:
         return {self.graph_input}
@@ -125,8 +135,11 @@ class ImageModel:
     # --- event loop ----------------------------------------------------------
 
     def check(self, inputs: dict) -> None:
-        """Encoded sizes against max_bytes, before the request is queued (O(rows))."""
+        """Encoded sizes against max_bytes (and a detector's one image), before the request is queued (O(rows))."""
         limit = self.spec.max_bytes
+        if self.detect is not None and inputs[self.name].size != 1:
+            raise InvalidInput(f"input '{self.name}': {inputs[self.name].size} images; a detector answers one image per request "
+                               "(the number of objects differs per image): send them as separate requests")
         for i, b in enumerate(inputs[self.name].reshape(-1)):
             if not isinstance(b, (bytes, bytearray)):
                 raise InvalidInput(f"input '{self.name}': element {i} is not bytes; send the encoded image as BYTES data")
@@ -169,14 +182,18 @@ class ImageModel:
                 continue
             feeds = {k: v for k, v in p.feeds.items() if k != self.name}
             feeds[self.graph_input] = tensor
-            groups.setdefault(tensor.shape, []).append((i, Prepared(feeds, p.rows, p.outputs), transforms))
+            wanted = p.outputs if self.detect is None else self.detect.graph_wanted(p.outputs)
+            groups.setdefault(tensor.shape, []).append((i, Prepared(feeds, p.rows, wanted), transforms, p.outputs))
         for members in groups.values():
             outs = run([m[1] for m in members])
-            for (i, _, transforms), out in zip(members, outs):
-                results[i] = self._postprocess(out, transforms)
+            for (i, _, transforms, asked), out in zip(members, outs):
+                try:
+                    results[i] = self._postprocess(out, transforms, asked)
+                except EdgeError as e:
+                    results[i] = e
         return results
 
-    def _postprocess(self, out: dict, transforms: list) -> dict:
+    def _postprocess(self, out: dict, transforms: list, asked: Optional[List[str]]) -> dict:
         for c in self.spec.to_original:
             arr = out.get(c.output)
             if arr is None:  # not asked for
@@ -187,6 +204,8 @@ class ImageModel:
                 pts = rows[r].reshape(rows[r].shape[:-1] + (-1, 2))
                 mapped[r] = t.to_original(pts).reshape(rows[r].shape)
             out[c.output] = mapped if self.batched else mapped[0]
+        if self.detect is not None:
+            return self.detect.apply(out, transforms, asked)
         return out
 
     def warmup_bytes(self) -> bytes:

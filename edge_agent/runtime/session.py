@@ -73,7 +73,7 @@ class LoadedModel:
         self.image = None
         if self.spec.image is not None:  # an encoded image in, decoded on the batcher thread (image_model.py)
             self.image = ImageModel(self.spec.image, self.session.get_inputs(), [t.name for t in self.spec.inputs],
-                                    [o.name for o in self.session.get_outputs()], self.max_batch > 0, f"{version_dir}/model.yaml")
+                                    self.session.get_outputs(), self.max_batch > 0, f"{version_dir}/model.yaml", self.labels)
         self._check_signature()
         if self.spec.artifacts is not None:
             check_artifact_signatures(self.spec, version_dir, (self.artifact.file, session_signature(self.session)))
@@ -174,6 +174,8 @@ class LoadedModel:
                 names |= {f"{prefix}_indices", f"{prefix}_values"}
                 if self.labels:
                     names.add(f"{prefix}_labels")
+        if self.image is not None and self.image.detect is not None:
+            names |= self.image.detect.names
         return names
 
     def _served_outputs(self) -> list[TensorSpec]:
@@ -188,6 +190,8 @@ class LoadedModel:
             if self.labels:
                 extra.append(TensorSpec(name=f"{prefix}_labels", datatype="BYTES", dims=[p.k]))
             specs += [t for t in extra if t.name not in have]
+        if self.image is not None and self.image.detect is not None:
+            specs = self.image.detect.serve(specs)
         return specs
 
     def warmup(self) -> float:
@@ -198,10 +202,11 @@ class LoadedModel:
         sizes = w.batch_sizes if self.max_batch > 0 else [1]
         for n in sizes:
             n = max(1, min(n, self.max_batch or 1))
+            per = 1 if self.image is not None and self.image.detect is not None else n  # a detector: n requests of one image
             inputs = {}
             for t in self.spec.inputs:
                 dims = [d if d > 0 else 8 for d in t.dims]
-                shape = ([n] if self.max_batch > 0 else []) + dims
+                shape = ([per] if self.max_batch > 0 else []) + dims
                 if t.datatype == "BYTES":
                     image = self.image is not None and t.name == self.image.name
                     arr = np.full(shape, self.image.warmup_bytes() if image else w.text.encode(), dtype=object)
@@ -211,9 +216,9 @@ class LoadedModel:
                     arr = np.full(shape, 1 if w.fill == "ones" else 0, dtype=V2_TO_NP[t.datatype])
                 inputs[t.name] = arr
             p = self.prepare(InferRequest(model=self.name, inputs=inputs))
-            out = self.run_batch([p])[0]
-            if isinstance(out, Exception):  # an image model returns a refused image's error in its results
-                raise ModelLoadError(f"model {self.name}/{self.version}: warm-up failed: {out}")
+            for out in self.run_batch([p] * (n // per)):
+                if isinstance(out, Exception):  # an image model returns a refused image's error in its results
+                    raise ModelLoadError(f"model {self.name}/{self.version}: warm-up failed: {out}")
         self._limits = input_limits(self.spec, self.name, self.max_batch > 0)  # clients' requests only
         return time.perf_counter() - t0
 

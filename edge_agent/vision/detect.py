@@ -12,7 +12,7 @@ Coordinates come out as x1, y1, x2, y2 in the network input's pixels; the pre-pr
 
 from __future__ import annotations
 
-from typing import Literal, Tuple
+from typing import Literal, Optional, Tuple
 
 import numpy as np
 
@@ -51,13 +51,15 @@ def iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
-def nms(boxes_xyxy: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+def nms(boxes_xyxy: np.ndarray, scores: np.ndarray, iou: float, max_keep: Optional[int] = None) -> np.ndarray:
     """Greedy non-maximum suppression: indices of the kept boxes, best score first. A box is
-    suppressed when its IoU with a kept, better-scoring box is above ``iou``."""
+    suppressed when its IoU with a kept, better-scoring box is above ``iou``. With ``max_keep``
+    it stops after that many (the same first ones: boxes are kept in score order), so many
+    candidates cost at most ``max_keep`` rounds."""
     boxes = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4)
     order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
     keep = []
-    while order.size:
+    while order.size and (max_keep is None or len(keep) < max_keep):
         best = order[0]
         keep.append(best)
         rest = order[1:]
@@ -65,11 +67,12 @@ def nms(boxes_xyxy: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     return np.asarray(keep, np.int64)
 
 
-def batched_nms(boxes_xyxy: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou: float) -> np.ndarray:
+def batched_nms(boxes_xyxy: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou: float,
+                max_keep: Optional[int] = None) -> np.ndarray:
     """NMS within each class (boxes of different classes never suppress each other): the
     boxes are shifted apart by class so one ``nms`` call does all classes."""
     boxes = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4)
     if not len(boxes):
         return np.zeros((0,), np.int64)
     shift = (boxes.max() - boxes.min() + 1.0) * np.asarray(class_ids, np.float64)
-    return nms(boxes + shift[:, None], scores, iou)
+    return nms(boxes + shift[:, None], scores, iou, max_keep)

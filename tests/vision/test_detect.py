@@ -51,3 +51,13 @@ def test_decode_v8_and_v5():
     np.testing.assert_allclose(boxes, [[8, 8, 12, 12]])
     with pytest.raises(ValueError):
         decode_yolo(v5, "v8", 3, 0.5)
+
+
+def test_nms_max_keep_stops_after_the_same_first_boxes():
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        boxes, scores = random_boxes(rng, int(rng.integers(1, 60)))
+        classes = rng.integers(0, 3, len(boxes))
+        for k in (1, 3, 10):
+            assert nms(boxes, scores, 0.5, k).tolist() == nms(boxes, scores, 0.5)[:k].tolist()
+            assert batched_nms(boxes, scores, classes, 0.5, k).tolist() == batched_nms(boxes, scores, classes, 0.5)[:k].tolist()
