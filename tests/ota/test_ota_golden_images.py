@@ -13,6 +13,7 @@ from edge_agent.ota.errors import GoldenMismatch, GoldenRunnerMissing
 from edge_agent.ota.publish import publish
 from edge_agent.runtime.model_spec import load_model_spec
 from edge_agent.vision.image import decode
+from detect_models import detector_model
 from image_files import digits_image_model
 
 
@@ -42,3 +43,17 @@ def test_publish_and_check_through_the_daemons_image_path(tmp_path, registry, ke
     cases[0][1]["probabilities"] = np.roll(cases[0][1]["probabilities"], 1, axis=-1)
     with pytest.raises(GoldenMismatch):
         golden.check(runner, cases, m.golden)
+
+
+def test_a_detector_publishes_one_image_per_golden_case(tmp_path, registry, keys):
+    """A detector answers one image per request (image.detect): golden inputs hold one, and
+    its golden answers are the boxes, scores, classes and labels, re-checked on the daemon's path."""
+    vdir = detector_model(tmp_path / "src" / "det" / "1")
+    spec = load_model_spec(vdir / "model.yaml")
+    assert [c["image"].shape for c in golden.make_inputs(spec)] == [(1, 1), (1, 1)]
+    factory = golden.pipeline_runner_factory(lambda: Config(paths={"state_dir": tmp_path / "state"}))
+    m = publish(vdir, registry, keys[0], runner_factory=factory)
+    assert m.golden.outputs == ["boxes", "scores", "classes", "labels"]
+    cases = golden.load(registry / "det" / "1" / "golden.npz", m.golden, ["image"])
+    assert cases[0][1]["boxes"].shape == (1, 4, 4) and cases[0][1]["labels"].ravel().tolist() == [b"cat", b"dog", b"dog", b"dog"]
+    golden.check(factory(registry / "det" / "1", spec), cases, m.golden)
