@@ -84,3 +84,5 @@ def check_pipeline(spec) -> None:
         raise ValueError("pipeline: max_batch_size must be 0 (one image per request; the steps batch inside)")
     if spec.artifacts is not None:
         raise ValueError("pipeline: builds per CPU (artifacts) are not supported for pipelines yet")
+    if spec.image is not None and spec.image.detect is not None:
+        raise ValueError("pipeline: image.detect is for single-graph models (a pipeline's steps post-process with their op)")

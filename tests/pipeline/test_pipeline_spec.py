@@ -46,6 +46,7 @@ def test_a_pipeline_spec_loads_and_names_its_graphs(tmp_path):
     ({"pipeline": [STEPS[0], {**STEPS[1], "name": "det"}, STEPS[2]]}, "step names must be unique"),
     ({"pipeline": [STEPS[0], {**STEPS[1], "model": "../cls.onnx"}, STEPS[2]]}, "plain file name"),
     ({"pipeline": [STEPS[0], {**STEPS[1], "op": "sharpen"}, STEPS[2]]}, r"model.yaml:\d+: pipeline\[1\].op: Input should be"),
+    ({"image": {"detect": {"output": "x", "num_classes": 2}}}, "image.detect is for single-graph models"),
 ])
 def test_broken_pipelines_are_refused_with_the_reason(tmp_path, change, message):
     with pytest.raises(ModelLoadError, match=message):

@@ -53,6 +53,21 @@ def test_detections_come_back_in_the_images_own_pixels(tmp_path, layout, w, h):
     _check(out, PER_CLASS, w, h)
 
 
+@pytest.mark.parametrize("resize, w, h, sx, sy", [
+    ({"mode": "stretch", "height": 64, "width": 64}, 128, 96, 128 / 64, 96 / 64),
+    ({"mode": "keep_ratio", "height": 64, "width": 64}, 48, 96, 48 / 32, 96 / 64),  # 32 wide, padded on the right
+])
+def test_stretch_and_keep_ratio_map_back_too(tmp_path, resize, w, h, sx, sy):
+    m = _load(tmp_path, image={"preprocess": {"color": "rgb", "resize": resize, "normalize": {"scale": 1 / 255}}})
+    out = _ask(m, w, h)
+    want = []
+    for i in PER_CLASS:  # no offset: the image sits at the tensor's top-left, scaled by (sx, sy)
+        cx, cy, bw, bh = DETS[i][:4]
+        want.append([np.clip((cx - bw / 2) * sx, 0, w), np.clip((cy - bh / 2) * sy, 0, h),
+                     np.clip((cx + bw / 2) * sx, 0, w), np.clip((cy + bh / 2) * sy, 0, h)])
+    np.testing.assert_allclose(out["boxes"][0], want, atol=1e-4)
+
+
 def test_class_agnostic_nms_drops_overlapping_boxes_of_other_classes(tmp_path):
     out = _ask(_load(tmp_path, class_agnostic=True), 128, 96)
     _check(out, [0, 3, 5], 128, 96)  # C went with B
