@@ -75,7 +75,16 @@ make_venv() {
     fi
     [ -x "$dir/bin/python" ] || "$py" -m venv "$dir"
     "$dir/bin/pip" install --quiet --disable-pip-version-check -e ".[dev]"
+    # The dev extra's rapidocr-onnxruntime pulls opencv-python (the GUI build, which needs
+    # libGL), writing the same cv2/ as the runtime's opencv-python-headless: put the headless
+    # files back on top, so the tests import what a unit runs (docs/INSTALL.md).
+    local cv2pin
+    cv2pin=$(grep -h '^opencv-python-headless==' "$(req_file "$want_ver")")
+    "$dir/bin/pip" install --quiet --disable-pip-version-check --force-reinstall --no-deps "$cv2pin"
 }
+
+# req_file X.Y: the pin set that Python X.Y installs (setup.py's environment markers).
+req_file() { case $1 in 3.8|3.9|3.10) echo requirements-jetpack5.txt ;; *) echo requirements.txt ;; esac; }
 
 PY38=""
 missing38=0

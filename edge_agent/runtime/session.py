@@ -82,8 +82,10 @@ class LoadedModel:
         self.output_names = [o.name for o in self.output_specs]
         self._inputs = {t.name: (V2_TO_NP[t.datatype], t) for t in self.spec.inputs}
         # Float inputs that must hold finite values only (model.yaml non_finite_inputs).
+        # (A text model's feeds are its tokens, never a served float input.)
         self._finite = frozenset(
-            t.name for t in self.spec.inputs if self.spec.non_finite_inputs == "reject" and V2_TO_NP[t.datatype].kind == "f"
+            t.name for t in self.spec.inputs
+            if self.spec.non_finite_inputs == "reject" and V2_TO_NP[t.datatype].kind == "f" and self.spec.text is None
         )
         self._limits = None  # model.yaml limits (input_limits.py), from the end of warmup(): its batches may be larger
 
@@ -266,9 +268,6 @@ class LoadedModel:
             for d, want in zip(shape, dims):
                 if want != -1 and d != want:
                     raise InvalidInput(f"input '{name}': shape {list(arr.shape)}, model expects {self._shape_str(spec)}")
-            # One vectorised pass (~1 µs on the digits model's 64 floats).
-            if name in self._finite and not np.isfinite(arr).all():
-                raise _non_finite(name, arr)
         outputs = req.outputs
         if outputs is not None:
             for o in outputs:
@@ -297,7 +296,31 @@ class LoadedModel:
         Runs on a batcher thread (ORT releases the GIL during run)."""
         if self.image is not None:
             return self.image.run_batch(batch, self._run_tensors)
+        if self._finite:
+            refused = self._non_finite_rows(batch)
+            if refused:
+                kept = [p for i, p in enumerate(batch) if i not in refused]
+                outs = iter(self._run_tensors(kept) if kept else ())
+                return [refused[i] if i in refused else next(outs) for i in range(len(batch))]
         return self._run_tensors(batch)
+
+    def _non_finite_rows(self, batch: list[Prepared]) -> dict:
+        """The requests holding NaN or ±Inf in an input model.yaml says must be finite
+        (non_finite_inputs: reject), by their index in ``batch``, each with its refusal.
+
+        Here on the batcher thread, one vectorised pass per input over the whole batch, not
+        in ``prepare`` on the event loop: there the check cost the loop 3-5 µs a request
+        (docs/BENCHMARKS.md), a seventh of what it spends on one. Only a batch holding a bad
+        value is looked at request by request."""
+        refused: dict = {}
+        for name in self._finite:
+            arrs = [p.feeds[name] for p in batch]
+            if np.isfinite(arrs[0] if len(arrs) == 1 else np.concatenate(arrs)).all():
+                continue
+            for i, arr in enumerate(arrs):
+                if i not in refused and not np.isfinite(arr).all():
+                    refused[i] = _non_finite(name, arr)
+        return refused
 
     def _run_tensors(self, batch: list[Prepared]) -> list[dict[str, np.ndarray]]:
         text = self.text
