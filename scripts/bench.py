@@ -392,6 +392,13 @@ def start_broker(tag: str):
     return broker, port, tmp
 
 
+def stop_broker(broker, tmp: Path) -> None:
+    """Undo start_broker: stop the mosquitto and remove its directory."""
+    broker.terminate()
+    broker.wait()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def bench_mqtt(args, results: dict) -> None:
     broker, port, tmp = start_broker("mq")
     if broker is None:
@@ -437,9 +444,7 @@ def bench_mqtt(args, results: dict) -> None:
         for e in echos:
             e.terminate()
             e.wait()
-        broker.terminate()
-        broker.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop_broker(broker, tmp)
     results["mqtt"] = out
 
 
@@ -587,7 +592,7 @@ def bench_offload(args, results: dict) -> None:
 def bench_ocr(args, results: dict) -> None:
     from bench_ocr import bench_ocr as run
 
-    run(args, results, Daemon, free_port, log)
+    run(args, results, sys.modules[__name__])
 
 
 SECTIONS = {"raw": bench_raw, "socket": bench_socket, "tcp": bench_tcp, "mqtt": bench_mqtt, "cache": bench_cache,

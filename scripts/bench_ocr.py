@@ -20,8 +20,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import shutil
-import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -137,8 +135,9 @@ def _median(runs: list) -> dict:
     return {**best, "all_images_per_s": [round(r["images_per_s"], 2) for r in runs]}
 
 
-def bench_ocr(args, results: dict, Daemon, free_port, log) -> None:
-    """``Daemon``, ``free_port`` and ``log`` are scripts/bench.py's."""
+def bench_ocr(args, results: dict, kit) -> None:
+    """``kit`` is scripts/bench.py (Daemon, start_broker, stop_broker, log)."""
+    Daemon, log = kit.Daemon, kit.log
     import sys
 
     sys.path.insert(0, str(REPO / "scripts"))
@@ -151,13 +150,10 @@ def bench_ocr(args, results: dict, Daemon, free_port, log) -> None:
 
     imgs = rendered_images(args.ocr_images, seed=18)
     images = [b for b, _ in imgs]
-    tmp = Path(tempfile.mkdtemp(prefix="eab-ocr-"))
+    broker, port, tmp = kit.start_broker("ocr")
+    if broker is None:
+        return
     shutil.copytree(OCR_BUILD, tmp / "models" / "ocr" / "1")
-    port = free_port()
-    conf = tmp / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\n")
-    broker = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     d = None
     out: dict = {"images": len(images), "points": []}
     try:
@@ -194,9 +190,7 @@ def bench_ocr(args, results: dict, Daemon, free_port, log) -> None:
     finally:
         if d is not None:
             d.stop()
-        broker.terminate()
-        broker.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
+        kit.stop_broker(broker, tmp)
     results["ocr"] = out
 
 

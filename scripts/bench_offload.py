@@ -19,7 +19,6 @@ loadgen, start_broker, ...).
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
 import time
 
@@ -79,9 +78,7 @@ def run(args, results: dict, kit) -> None:
     finally:
         for p in reversed(procs):
             p.stop()
-        broker.terminate()
-        broker.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
+        kit.stop_broker(broker, tmp)
     results["offload"] = out
 
 
