@@ -53,7 +53,7 @@ def model_yaml() -> dict:
                     {"name": "scores", "datatype": "FP32", "dims": [-1]}],
         "max_batch_size": 0,
         # Decoding limits (vision/image.py); RapidOCR itself scales anything over 2000 px down.
-        "image": {"max_bytes": 8 << 20, "max_pixels": 40_000_000},
+        "image": {"max_bytes": 8 << 20, "max_pixels": 16_000_000},
         "pipeline": [
             {"name": "det", "model": "det.onnx", "input": "image", "op": "db",
              "params": {"limit_side_len": 736, "limit_type": "min", "thresh": 0.3, "box_thresh": 0.5,

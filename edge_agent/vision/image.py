@@ -52,7 +52,7 @@ class ImageLimits(Section):
     """What a model takes as an encoded image (model.yaml ``image:``)."""
 
     max_bytes: int = Field(8 * 1024 * 1024, gt=0, description="Largest encoded image, in bytes received; over it: image_too_large.")
-    max_pixels: int = Field(40_000_000, gt=0, description="Largest width x height the header may state (decompression bombs); over it: image_too_large, before decoding. Pillow refuses more than 178956970 pixels whatever this says (also image_too_large).")
+    max_pixels: int = Field(16_000_000, gt=0, description="Largest width x height the header may state (decompression bombs); over it: image_too_large, before decoding. Decoding takes about 17 bytes a pixel at its peak (an RGBA PNG: Pillow's buffer, its array, the BGR copy and the alpha compositing), so 16 M pixels (4000 x 4000) is ~270 MB per image being decoded. Pillow refuses more than 178956970 pixels whatever this says (also image_too_large).")
     max_side: int = Field(16384, gt=0, description="Longest side the header may state; over it: image_too_large, before decoding.")
     channels: List[int] = Field([1, 2, 3, 4], description="Channel counts of the encoded image accepted (1 grey, 2 grey+alpha, 3 colour, 4 colour+alpha); others: invalid_image.")
     formats: List[Format] = Field(["jpeg", "png", "bmp", "webp"], description="Encoded formats accepted; any other file: invalid_image.")
@@ -137,10 +137,18 @@ def _to_bgr(im: Image.Image) -> np.ndarray:
 
 
 def _over_white(bgr: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Composite over a white background (what a viewer shows)."""
-    a = alpha.astype(np.uint16)[..., None]
-    out = (bgr.astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
-    return np.ascontiguousarray(out.astype(np.uint8))
+    """Composite over a white background (what a viewer shows): (c·a + 255·(255 − a) + 127) // 255,
+    one colour plane at a time, in place in ``bgr``. The temporaries are three uint16 planes
+    (6 bytes a pixel); whole-image uint16 arithmetic took ~20 more, and a small RGBA PNG of a
+    flat colour within max_pixels took the daemon past a gigabyte (hostile review)."""
+    back = (255 * 255 + 127) - alpha.astype(np.uint16) * 255  # 255·(255 − a) + 127; c·a + back <= 65152
+    t = np.empty(alpha.shape, np.uint16)
+    for ch in range(3):
+        np.multiply(bgr[..., ch], alpha, out=t, dtype=np.uint16)
+        t += back
+        t //= 255
+        bgr[..., ch] = t
+    return bgr
 
 
 def _brief(e: BaseException) -> str:

@@ -157,3 +157,26 @@ def test_the_committed_demo_sample_is_the_test_digit():
 
     png = (REPO / "models" / "digits-image" / "1" / "sample.png").read_bytes()
     np.testing.assert_array_equal(decode(png, LIMITS)[..., 1], digit_pixels())
+
+
+_PEAK = r"""
+import io, resource, sys
+from PIL import Image
+from edge_agent.vision.image import ImageLimits, decode
+n = int(sys.argv[1])
+buf = io.BytesIO(); Image.new("RGBA", (n, n), (10, 200, 30, 128)).save(buf, "PNG"); data = buf.getvalue(); del buf
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+decode(data, ImageLimits(max_pixels=n * n))
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 / (n * n))
+"""
+
+
+def test_an_rgba_image_within_the_limits_decodes_in_a_few_bytes_a_pixel():
+    """A flat-colour RGBA PNG is a few KB on the wire and max_pixels lets it through: its decode
+    must stay near the arrays it has to hold. Whole-image uint16 compositing took 25 bytes a pixel
+    (a 170 KB PNG of 40 M pixels took the daemon past a gigabyte: hostile review); per plane, 11."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _PEAK, "3000"], capture_output=True, text=True, timeout=120, check=True)
+    assert float(out.stdout.strip()) < 16, out.stdout
