@@ -89,9 +89,13 @@ class MemoryNeeds:
         if self._needs is None:
             try:
                 data = json.loads(self.path.read_text())
-                self._needs = {k: int(v) for k, v in data.items()} if isinstance(data, dict) else {}
-            except (OSError, ValueError, TypeError):
-                self._needs = {}
+            except (OSError, ValueError):
+                data = None
+            # A damaged entry (a string, null, 1e999, a negative size) is dropped, not fatal:
+            # one bad number used to fail every later model load (OverflowError from int(inf)).
+            self._needs = {k: int(v) for k, v in data.items()
+                           if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 2 ** 62
+                           } if isinstance(data, dict) else {}
         return self._needs
 
     def get(self, digest: str) -> Optional[int]:

@@ -81,3 +81,16 @@ def test_a_pipeline_needs_every_step_graph(tmp_path, ocr_build):
     assert est.need == int(sum(g.stat().st_size for g in graphs) * 3.0)
     needs.put(est.digest, 7 * MB)
     assert estimate(c, vdir, MemoryNeeds(tmp_path / "state")).need == int(7 * MB * c.memory.measured_factor)
+
+
+def test_a_damaged_needs_file_drops_its_bad_entries_and_loads_go_on(tmp_path):
+    """One bad number in memory-needs.json (infinity from a hand edit or a bit flip) made every
+    later estimate raise OverflowError, so every model load failed (hostile review)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "memory-needs.json").write_text('{"inf": 1e999, "neg": -5, "str": "x", "null": null, "ok": 3145728, "f": 2.0}')
+    needs = MemoryNeeds(state)
+    assert needs.get("ok") == 3145728 and needs.get("f") == 2
+    assert all(needs.get(k) is None for k in ("inf", "neg", "str", "null"))
+    (state / "memory-needs.json").write_text("[1, 2")
+    assert MemoryNeeds(state).get("ok") is None
