@@ -19,7 +19,9 @@ A model the OTA updater follows is the updater's: unloading its active or
 previous version (the fallback) or the target of an update in progress, or
 loading a version the routing rule refuses (rejected, not yet validated), is
 refused with ``invalid_transition``. The updater's own later actions (a canary
-of a version the operator had unloaded) win over an earlier hold.
+of a version the operator had unloaded) win over an earlier hold, across restarts
+too: a version the updater's pointers name active or previous is loaded at every
+scan whatever an older hold says (serving/repository.py ``_load_new``).
 """
 
 from __future__ import annotations

@@ -180,8 +180,15 @@ class ModelRepository:
                 log.info("model %s version %s: on disk but held back by the updater; not loaded", name, version)
                 continue
             if self.holds is not None and not self.holds.admits(name, version):
-                log.info("model %s version %s: on disk but unloaded by the operator; not loaded", name, version)
-                continue
+                # The updater's pointers win over an older hold: a version it made active (or
+                # keeps as the fallback) after the operator unloaded it must come back after a
+                # restart, else the unit serves another version while reporting this one active.
+                ptr = read_pointers(self.cfg.paths.state_dir, name)
+                if version not in (ptr.active, ptr.previous):
+                    log.info("model %s version %s: on disk but unloaded by the operator; not loaded", name, version)
+                    continue
+                log.info("model %s version %s: unloaded by the operator earlier, but the updater's %s; loaded",
+                         name, version, "active version" if version == ptr.active else "fallback")
             try:
                 await self.load(name, version, vdir)
                 added.append(f"{name}/{version}")

@@ -125,3 +125,23 @@ def test_hostile_requests_get_precise_codes(agent_factory, path, body, status, c
     assert (got, doc["code"]) == (status, code), doc
     assert a.infer_once("digits", BODY)[0] == 200
     assert not (a.state_dir / "model_control.json").exists()  # nothing was held
+
+
+def test_a_version_the_updater_made_active_after_an_unload_is_loaded_at_start(agent_factory):
+    """The operator unloaded 2; later an update (OTA or a fleet rollout) made 2 active. After a
+    restart the unit must serve 2, not quietly serve 1 while its OTA state says active on 2
+    (hostile review: the old hold kept 2 out)."""
+    from edge_agent.ota.versions import Pointers, write_pointers
+
+    a = agent_factory()
+    copy_digits(a.models_dir)
+    copy_digits(a.models_dir, "2")
+    a.start()
+    code, res = cli(a, "unload", "digits", "2")
+    assert code == 0 and res["unloaded"] == ["2"]
+    assert a.stop() == 0
+    write_pointers(a.state_dir, "digits", Pointers(active="2", previous="1"))  # what the updater writes on promote
+    a.start()
+    assert index(a)[("digits", "2")]["state"] == "READY"
+    assert a.client().infer("digits", BODY, "2")[0] == 200
+    assert "unloaded by the operator earlier, but the updater's active version; loaded" in a.log()
