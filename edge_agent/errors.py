@@ -238,3 +238,12 @@ class RolloutNotFound(EdgeError):
 
     code = "rollout_not_found"
     http_status = 404
+
+
+class BrokerLost(EdgeError):
+    """`edge-agent fleet`: the controller lost its broker connection mid-rollout (or its
+    publishes went unacknowledged for a lease) and stopped rather than decide on what it no
+    longer hears; the rollout record is saved and `fleet resume` continues it."""
+
+    code = "broker_lost"
+    http_status = 503

@@ -36,9 +36,15 @@ class FleetBus:
         self.changed = asyncio.Event()
         self._pending: set = set()  # mids of publishes the broker has not acknowledged yet
         self._last_message = time.monotonic()
+        # The controller fails stop on a lost connection (controller.py ``_check_broker``): it
+        # must not go on deciding (timeouts, halts, rollbacks) on what it no longer hears, nor
+        # have paho replay what it queued meanwhile over a record another controller took.
+        self.connected = False
+        self.lost = False
+        self._acked_at = time.monotonic()
         self._rollouts_prefix = rollouts_filter(group)[:-1]  # "fleet/{group}/rollouts/"
-        self._bridge = PahoBridge(settings, on_connect=self._on_connect, on_disconnect=lambda: None,
-                                  on_message=self._on_message, on_publish=self._pending.discard, name="fleet")
+        self._bridge = PahoBridge(settings, on_connect=self._on_connect, on_disconnect=self._on_disconnect,
+                                  on_message=self._on_message, on_publish=self._acked, name="fleet")
         self._bridge.publish_events(True)
 
     async def connect(self, timeout: float = 10.0) -> None:
@@ -55,7 +61,22 @@ class FleetBus:
     async def close(self, timeout: float = 5.0) -> None:
         await self._bridge.stop(timeout=timeout)
 
+    def _on_disconnect(self) -> None:
+        if self.connected:
+            self.lost = True
+        self.connected = False
+
+    def _acked(self, mid: int) -> None:
+        self._pending.discard(mid)
+        self._acked_at = time.monotonic()
+
+    def unacked_for(self) -> float:
+        """Seconds the oldest wait for a publish acknowledgement has lasted (0 with none
+        outstanding): a half-open connection shows here before the keepalive notices it."""
+        return time.monotonic() - self._acked_at if self._pending else 0.0
+
     def _on_connect(self, session_present: bool) -> None:
+        self.connected = True
         self._bridge.subscribe([(status_filter(self.prefix), 1), (ota_state_filter(self.prefix), 1),
                                 (rollouts_filter(self.group), 1), (rollouts_filter(self.group) + "/control", 1)])
 

@@ -25,7 +25,7 @@ import logging
 import time
 from typing import Callable, Optional
 
-from ..errors import RolloutLeaseHeld
+from ..errors import BrokerLost, RolloutLeaseHeld
 from .bus import FleetBus
 from .plan import allowed_errors, needed, parse_threshold
 from .record import FINAL, SETTLED, Lease, RolloutRecord, RolloutStore, UnitEntry, check_lease
@@ -82,6 +82,7 @@ class Controller:
     async def run(self) -> RolloutRecord:
         self.take_lease()
         while self.rec.state not in FINAL:
+            self._check_broker()
             self._check_still_ours()
             self.apply_control()
             self._renew()
@@ -97,6 +98,16 @@ class Controller:
         self.save(publish_now=True)
         await self.bus.drained()
         return self.rec
+
+    def _check_broker(self) -> None:
+        """Fail stop when the broker is gone (disconnected, or publishes unacknowledged for a
+        lease): the record is saved as it stands (lease kept), and `fleet resume` carries on
+        once the broker is back, from the units' own retained states."""
+        if self.bus.lost or self.bus.unacked_for() > self.lease_s:
+            self.store.save(self.rec)
+            raise BrokerLost(f"rollout {self.rec.id}: lost the broker; stopped with the record saved "
+                             f"(state {self.rec.state}, wave {self.rec.wave + 1}): run `edge-agent fleet resume "
+                             f"{self.rec.id}` when it is back")
 
     def _check_still_ours(self) -> None:
         """Another controller took the record (our lease ran out while we were stopped): stop."""
