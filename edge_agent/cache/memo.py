@@ -19,7 +19,9 @@ Rules:
     and a ``delete``/``clear`` of the response cache drops every entry
     (the cache's ``generation`` moves; a delete cannot tell which entries
     encode the key it dropped);
-  - memory only, bounded by ``cache.memo_max_bytes``; never written to disk.
+  - memory only, bounded by ``cache.memo_max_bytes``; never written to disk;
+  - requests over ``MEMO_MAX_REQUEST`` bytes (camera images) are not memoised: their
+    digest would cost the event loop more than the memo saves.
 
 A hit counts as a request answered (``answered``) and as a hit for the
 model's governor, as the same request through the full path would.
@@ -55,6 +57,12 @@ def memo_key(transport: bytes, model: str, version: str, version_digest: str, re
     return h.digest()
 
 
+# Requests larger than this are not memoised: digesting the body costs the event loop
+# about 1 ms per MB (an 8 MB camera image: ~9 ms, every transport waiting), and a repeat
+# of such a body still hits the response cache, keyed once on its digest.
+MEMO_MAX_REQUEST = 256 * 1024
+
+
 class MemoTier(MemoryTier):
     """Encoded answers by memo key."""
 
@@ -84,7 +92,7 @@ class Memo:
         routed to) for the transport to decode the request for and to hand
         back to ``keep``."""
         gov = self._governors.get(name)
-        if gov is None or gov.sampling:
+        if gov is None or gov.sampling or len(request) > MEMO_MAX_REQUEST:
             return None, None
         t0 = _now()
         try:

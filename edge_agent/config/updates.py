@@ -22,7 +22,7 @@ class CacheConfig(Section):
     sample_window: int = Field(4096, ge=256, description="Requests per verdict of sample_below_hit_ratio.")
     memo_max_bytes: int = Field(
         8 * 1024 * 1024, ge=0,
-        description="Bound of the memo of encoded answers: a request whose bytes equal those of an earlier one answered from the cache gets the same response bytes back without being decoded or encoded (socket and TCP listener; never for a model while it is sampling). Memory only; 0 turns it off.",
+        description="Bound of the memo of encoded answers: a request whose bytes equal those of an earlier one answered from the cache gets the same response bytes back without being decoded or encoded (socket and TCP listener; requests up to 256 KiB, so a camera image is not digested twice on the event loop; never for a model while it is sampling). Memory only; 0 turns it off.",
     )
 
 
