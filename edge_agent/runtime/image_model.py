@@ -185,7 +185,15 @@ class ImageModel:
             wanted = p.outputs if self.detect is None else self.detect.graph_wanted(p.outputs)
             groups.setdefault(tensor.shape, []).append((i, Prepared(feeds, p.rows, wanted), transforms, p.outputs))
         for members in groups.values():
-            outs = run([m[1] for m in members])
+            try:
+                outs = run([m[1] for m in members])
+            except EdgeError as e:
+                # This group's graph run failed (e.g. a shape the graph refuses): its requests get
+                # the error; the other groups keep their answers. Raised, it made the batcher run
+                # every request again alone, decoding each image a second time.
+                for m in members:
+                    results[m[0]] = e
+                continue
             for (i, _, transforms, asked), out in zip(members, outs):
                 try:
                     results[i] = self._postprocess(out, transforms, asked)

@@ -148,3 +148,26 @@ def test_the_image_demo_serves_the_digits_graph_itself():
 
     assert (DIGITS_IMAGE / "model.onnx").read_bytes() == (DIGITS / "model.onnx").read_bytes()
     assert (DIGITS_IMAGE / "labels.txt").read_text() == (DIGITS / "labels.txt").read_text()
+
+
+def test_a_group_whose_graph_run_fails_fails_alone(tmp_path):
+    """Images batched by tensor shape: when the graph refuses one group's shape, that group's
+    requests get the error and the others their answers. Before, the error escaped run_batch and
+    the batcher ran every request again alone, decoding each image twice (hostile review)."""
+    from edge_agent.errors import InferenceFailed
+
+    m = _model(tmp_path, {"mode": "keep_ratio", "height": 32})
+    a, b, c = (m.prepare(_req(_png(w, 16))) for w in (32, 64, 32))
+    decoded = []
+    tensors = m.image.tensors
+    m.image.tensors = lambda x: decoded.append(1) or tensors(x)
+
+    def run(members):
+        if members[0].feeds[m.image.graph_input].shape[-1] == 128:
+            raise InferenceFailed("the graph refuses width 128")
+        return m._run_tensors(members)
+
+    out = m.image.run_batch([a, b, c], run)
+    assert isinstance(out[1], InferenceFailed)
+    assert [o["width"].tolist() for o in (out[0], out[2])] == [[[64]], [[64]]]
+    assert len(decoded) == 3
