@@ -91,7 +91,11 @@ class PipelineRunner:
             for b in self.batchers[1:]:
                 if not items:
                     break
-                futs = [b.submit(it, priority, deadline) for it in b.model.op.items(items)]
+                step_items = list(b.model.op.items(items))
+                if len(step_items) > b.room():  # all or none: no crops left running for a refused image
+                    raise Overloaded(f"model '{self.model.name}': {len(step_items)} crops do not fit the queue of "
+                                     f"step '{b.model.step.name}' ({b.max_queue})", reason="queue_full")
+                futs = [b.submit(it, priority, deadline) for it in step_items]
                 items = _first_error(await asyncio.gather(*futs, return_exceptions=True))
             outputs = model.answer(regions, items or [], prepared.outputs)
             if store is not None:

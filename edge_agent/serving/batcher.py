@@ -173,6 +173,12 @@ class Batcher:
             self._arm(deadline)
         return fut
 
+    def room(self) -> int:
+        """Requests ``submit`` still takes before refusing with overloaded: a caller with several
+        to submit at once (a pipeline's crops) checks first, rather than leave some queued for
+        an answer it will not wait for."""
+        return max(0, self.max_queue - self._size - len(self._incoming))
+
     def _arm(self, when: float) -> None:
         """(Re)arm the deadline timer for ``when`` (loop thread). Requests
         of one priority mostly share one budget, so deadlines mostly grow

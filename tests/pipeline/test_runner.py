@@ -65,3 +65,31 @@ def test_one_deadline_for_the_chain_and_a_bad_image_fails_alone(ocr_build, tmp_p
     assert [differences([t.decode() for t in o["text"]], o["boxes"], want) for o, (_, want) in zip(outs, cases * 2)] == [None] * 8
     # The warm-up's image and the eight on time ran detection; the late one never ran a step.
     assert det_items == 1 + 8
+
+
+def test_crops_that_do_not_fit_a_step_queue_refuse_the_image_and_none_of_them_runs(ocr_build, tmp_path):
+    """All or none: an image whose crops do not all fit the next step's queue is refused
+    (overloaded) before any is queued. Before, the crops submitted until the queue filled were
+    left running for an answer nobody waited for (hostile review)."""
+    from edge_agent.errors import Overloaded
+
+    ref.require_rapidocr()
+    cases = [c for c in rendered_cases(6, seed=77) if len(c[1].texts) >= 2]
+    assert cases, "no rendered image with two lines"
+    model = PipelineModel("ocr", "1", ocr_build / "1", RuntimeConfig(), tmp_path)
+    model.warmup()
+
+    async def go():
+        runner = PipelineRunner(model, asyncio.get_running_loop(), ModelMetrics("ocr", "t"), 0.002, 64)
+        try:
+            cls = runner.batchers[1]
+            before = cls.model.metrics.items._value.get()
+            cls.max_queue = 1  # room for one crop: the image has more
+            with pytest.raises(Overloaded):
+                await runner.submit(_prepared(cases[0][0]), PRIORITY_NORMAL, time.monotonic() + 300)
+            await asyncio.sleep(0.5)
+            return cls.model.metrics.items._value.get() - before
+        finally:
+            runner.close()
+
+    assert asyncio.run(go()) == 0
