@@ -305,7 +305,10 @@ class ModelRepository:
             mv = entry.versions.get(c.version)
             if mv is not None:
                 return mv
-        return entry.versions[entry.default]  # type: ignore[index]
+        mv = entry.versions.get(entry.default) if entry.default is not None else None
+        if mv is None:  # its last version is being unloaded (drained): gone for new requests
+            raise ModelNotReady(f"model '{name}' has no version ready (unloading)")
+        return mv
 
     def set_canary(self, name: str, version: str | None, share: float = 0.0) -> None:
         entry = self.models[name]

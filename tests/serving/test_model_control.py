@@ -64,8 +64,12 @@ def test_unload_drains_the_requests_in_flight_then_refuses(agent_factory):
         t.join(60)
     assert status == 200, res
     assert res["unloaded"] == ["1"] and res["serving"] == []
-    # At least 3 were queued when the unload came: all answered, none cut off.
-    assert len(done) == n and all(s == 200 for s, _ in done), [d[1] for d in done if d[0] != 200]
+    # At least 3 were queued when the unload came: all answered, none cut off. A request that
+    # reached the daemon only after the unload began (a slow client thread on a busy machine)
+    # is refused model_not_ready, never a 500 (it was: KeyError routing to no default version).
+    assert len(done) == n and all(s == 200 or (s == 503 and d["code"] == "model_not_ready") for s, d in done), \
+        [d for s, d in done if s != 200]
+    assert sum(s == 200 for s, _ in done) >= 3
     status, err = a.infer_once("slow", body)
     assert status == 503 and err["code"] == "model_not_ready" and "unloaded by the operator" in err["error"]
     row = index(a)[("slow", "1")]

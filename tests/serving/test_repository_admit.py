@@ -98,3 +98,42 @@ def test_the_repository_retires_what_the_rule_no_longer_admits_but_never_the_las
                     await repo.unload(name, v, drain_timeout=1)
 
     asyncio.run(scenario())
+
+
+def test_a_model_whose_last_version_is_draining_routes_to_model_not_ready(tmp_path):
+    """While its last version drains (unload), the model is still listed with no version: a
+    request naming no version got KeyError: None, a 500 (found under load by the unload test)."""
+    from edge_agent.errors import ModelNotReady
+    from edge_agent.serving.repository import ModelRepository
+
+    models = tmp_path / "models"
+    copy_digits(models)
+    cfg = Config.model_validate({"paths": {"models_dir": str(models), "state_dir": str(tmp_path / "state"),
+                                           "cache_dir": str(tmp_path / "cache"), "outbox_dir": str(tmp_path / "outbox")}})
+
+    async def scenario():
+        repo = ModelRepository(cfg, asyncio.get_running_loop())
+        await repo.sync()
+        mv = repo.route("digits", None)
+        release = asyncio.Event()
+        drain = mv.batcher.drain
+
+        async def slow_drain(timeout):  # hold the unload in its drain, as queued requests do
+            await release.wait()
+            return await drain(timeout)
+
+        mv.batcher.drain = slow_drain
+        unloading = asyncio.ensure_future(repo.unload("digits", "1", drain_timeout=1))
+        await asyncio.sleep(0.05)
+        try:
+            repo.route("digits", None)
+        except ModelNotReady as e:
+            refused = e
+        else:
+            refused = None
+        release.set()
+        await unloading
+        return refused
+
+    err = asyncio.run(scenario())
+    assert err is not None and "unloading" in err.message
