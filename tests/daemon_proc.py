@@ -36,6 +36,15 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
+def paths_config(root: Path):
+    """A Config whose paths (models, state, cache, outbox) all lie under ``root``: for tests
+    that run a ModelRepository in-process."""
+    from edge_agent.config import Config
+
+    return Config.model_validate({"paths": {"models_dir": str(root / "models"), "state_dir": str(root / "state"),
+                                            "cache_dir": str(root / "cache"), "outbox_dir": str(root / "outbox")}})
+
+
 def copy_digits(models_dir: Path, version: str = "1", **yaml_changes) -> Path:
     """Copy the shipped digits model as {models_dir}/digits/{version}, editing model.yaml."""
     dest = models_dir / "digits" / version

@@ -7,9 +7,8 @@ import asyncio
 import gc
 import weakref
 
-from daemon_proc import copy_digits
+from daemon_proc import copy_digits, paths_config
 
-from edge_agent.config import Config
 
 
 def test_an_unloaded_version_frozen_at_start_up_is_collected(tmp_path):
@@ -17,8 +16,7 @@ def test_an_unloaded_version_frozen_at_start_up_is_collected(tmp_path):
 
     models = tmp_path / "models"
     copy_digits(models)
-    cfg = Config.model_validate({"paths": {"models_dir": str(models), "state_dir": str(tmp_path / "state"),
-                                           "cache_dir": str(tmp_path / "cache"), "outbox_dir": str(tmp_path / "outbox")}})
+    cfg = paths_config(tmp_path)
 
     async def scenario():
         repo = ModelRepository(cfg, asyncio.get_running_loop())

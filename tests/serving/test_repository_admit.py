@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from daemon_proc import copy_digits
+from daemon_proc import copy_digits, paths_config
 
-from edge_agent.config import Config
 
 
 def test_sync_skips_versions_the_hook_refuses(tmp_path):
@@ -15,8 +14,7 @@ def test_sync_skips_versions_the_hook_refuses(tmp_path):
 
     models = tmp_path / "models"
     copy_digits(models)  # digits/1
-    cfg = Config.model_validate({"paths": {"models_dir": str(models), "state_dir": str(tmp_path / "state"),
-                                           "cache_dir": str(tmp_path / "cache"), "outbox_dir": str(tmp_path / "outbox")}})
+    cfg = paths_config(tmp_path)
 
     async def scenario():
         repo = ModelRepository(cfg, asyncio.get_running_loop())
@@ -45,8 +43,7 @@ def test_on_model_removed_fires_when_the_last_version_goes(tmp_path):
     models = tmp_path / "models"
     copy_digits(models)
     copy_digits(models, version="2")
-    cfg = Config.model_validate({"paths": {"models_dir": str(models), "state_dir": str(tmp_path / "state"),
-                                           "cache_dir": str(tmp_path / "cache"), "outbox_dir": str(tmp_path / "outbox")}})
+    cfg = paths_config(tmp_path)
     removed: list[str] = []
 
     async def scenario():
@@ -71,8 +68,7 @@ def test_the_repository_retires_what_the_rule_no_longer_admits_but_never_the_las
     for v in ("1", "2", "3"):
         copy_digits(models, version=v)
     write_pointers(state, "digits", Pointers(active="1"))
-    cfg = Config.model_validate({"paths": {"models_dir": str(models), "state_dir": str(state),
-                                           "cache_dir": str(tmp_path / "cache"), "outbox_dir": str(tmp_path / "o")}})
+    cfg = paths_config(tmp_path)
     live = {"digits": UpdateRecord(model="digits", state=State.CANARY, target="3")}
     rule = RoutingRule(state, models)
     rule.follow(["digits"], live.__getitem__)
@@ -108,8 +104,7 @@ def test_a_model_whose_last_version_is_draining_routes_to_model_not_ready(tmp_pa
 
     models = tmp_path / "models"
     copy_digits(models)
-    cfg = Config.model_validate({"paths": {"models_dir": str(models), "state_dir": str(tmp_path / "state"),
-                                           "cache_dir": str(tmp_path / "cache"), "outbox_dir": str(tmp_path / "outbox")}})
+    cfg = paths_config(tmp_path)
 
     async def scenario():
         repo = ModelRepository(cfg, asyncio.get_running_loop())
